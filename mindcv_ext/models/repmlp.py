@@ -1,0 +1,493 @@
+"""RepMLPNet (Ding et al., "RepMLPNet: Hierarchical Vision MLP with Re-parameterized Locality", CVPR 2022).
+
+Each RepMLP block applies a per-partition FC ("fc3", weights shared by channels c with the same c mod S) and,
+while training, parallel depthwise conv branches on the same partitions ("Locality Injection"). The branches are
+merged into fc3 afterwards (`RepMLPBlock.switch_to_deploy`, driven by `mindcv_ext.reparameterize`).
+
+Parameter names and shapes follow mindcv's released checkpoint (repmlp_t224-8dbedd00.ckpt), so mindcv-trained
+weights load as they are. Two deliberate differences from every public port:
+- partitions are put back in the right order, so inputs larger than the native size (a multiple of it) give
+  each partition's FC its own partition only; at the native size the output equals the authors';
+- fc3 runs as a (batched) matmul on the partition rows instead of a grouped 1x1 convolution: same weights,
+  far faster on CPU, and the dense-matmul shape Ascend's cube units want.
+"""
+import math
+from typing import Dict, Optional, Sequence, Tuple
+
+import mindspore as ms
+from mindspore import Parameter, Tensor, nn, ops
+from mindspore.common.initializer import HeUniform, initializer
+
+from mindcv.models.helpers import load_pretrained
+from mindcv.models.layers import DropPath
+from mindcv.models.registry import register_model
+
+__all__ = ["RepMLPNet", "RepMLPBlock", "RepMLPNetUnit", "ARCHS", "default_cfgs", "checkpoint_form"]
+
+
+def _cfg(url="", image_size=224, **kwargs):
+    return {
+        "url": url,
+        "num_classes": 1000,
+        "input_size": (3, image_size, image_size),
+        "crop_pct": 0.875,
+        "interpolation": "bilinear",
+        "first_conv": "conv_embedding.conv.conv",
+        "classifier": "head",
+        **kwargs,
+    }
+
+
+# mindcv's published t224 weights were trained with MindSpore's default (tanh-approximated) GELU.
+_MINDCV_T224 = "https://download.mindspore.cn/toolkits/mindcv/repmlp/repmlp_t224-8dbedd00.ckpt"
+default_cfgs = {
+    "repmlp_t224": _cfg(url=_MINDCV_T224, gelu_approximate=True, top1=76.71),
+    "repmlp_t256": _cfg(image_size=256),
+    "repmlp_b224": _cfg(),
+    "repmlp_b256": _cfg(image_size=256),
+    "repmlp_d256": _cfg(image_size=256),
+    "repmlp_l256": _cfg(image_size=256),
+    "demo_repmlp": _cfg(image_size=64),
+}
+
+# Architecture per variant. Partition size per stage = image_size / (4 * 2**stage), i.e. the whole feature map
+# at the native resolution.
+ARCHS = {
+    "repmlp_t224": dict(channels=(64, 128, 256, 512), num_blocks=(2, 2, 6, 2), sharesets=(1, 4, 16, 128), image_size=224),
+    "repmlp_t256": dict(channels=(64, 128, 256, 512), num_blocks=(2, 2, 6, 2), sharesets=(1, 4, 16, 128), image_size=256),
+    "repmlp_b224": dict(channels=(96, 192, 384, 768), num_blocks=(2, 2, 12, 2), sharesets=(1, 4, 32, 128), image_size=224),
+    "repmlp_b256": dict(channels=(96, 192, 384, 768), num_blocks=(2, 2, 12, 2), sharesets=(1, 4, 32, 128), image_size=256),
+    "repmlp_d256": dict(channels=(80, 160, 320, 640), num_blocks=(2, 2, 18, 2), sharesets=(1, 4, 16, 128), image_size=256),
+    "repmlp_l256": dict(channels=(96, 192, 384, 768), num_blocks=(2, 2, 18, 2), sharesets=(1, 4, 32, 256), image_size=256),
+    # Not from the paper: a small model for the CPU demo and fast tests (64x64 inputs).
+    "demo_repmlp": dict(channels=(16, 32, 64, 128), num_blocks=(1, 1, 2, 1), sharesets=(1, 2, 4, 8), image_size=64),
+}
+
+
+class ConvBN(nn.Cell):
+    """Conv2d without bias + BatchNorm2d, the unit every fusion works on."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, group=1):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, pad_mode="pad",
+                              padding=padding, group=group, has_bias=False)
+        self.bn = nn.BatchNorm2d(out_channels)
+
+    def construct(self, x):
+        return self.bn(self.conv(x))
+
+    def fused_kernel_bias(self) -> Tuple[Tensor, Tensor]:
+        """Kernel and bias of the conv with the BN's inference statistics folded in."""
+        return fuse_bn(self.conv.weight, self.bn)
+
+
+class ConvBNReLU(nn.Cell):
+    # Nested as conv.{conv,bn} to keep mindcv's checkpoint names (conv_embedding.conv.conv.weight).
+    def __init__(self, in_channels, out_channels, kernel_size, stride):
+        super().__init__()
+        self.conv = ConvBN(in_channels, out_channels, kernel_size, stride)
+        self.relu = nn.ReLU()
+
+    def construct(self, x):
+        return self.relu(self.conv(x))
+
+
+def fuse_bn(kernel: Tensor, bn: nn.BatchNorm2d) -> Tuple[Tensor, Tensor]:
+    """Fold an inference-mode BN into the preceding bias-free kernel. If the kernel has k times as many output
+    rows as the BN has channels (fc3: S*h*w rows, S channels), each channel's scale covers k consecutive rows."""
+    t = bn.gamma / ops.sqrt(bn.moving_variance + bn.eps)
+    bias = bn.beta - bn.moving_mean * t
+    repeat = kernel.shape[0] // t.shape[0]
+    if repeat > 1:
+        t = t.reshape(-1, 1).tile((1, repeat)).reshape(-1)
+        bias = bias.reshape(-1, 1).tile((1, repeat)).reshape(-1)
+    return kernel * t.reshape((-1,) + (1,) * (kernel.ndim - 1)), bias
+
+
+class PartitionFC(nn.Cell):
+    """fc3: S independent (h*w -> h*w) FCs over rows of shape (S, h, w), as one matmul (S == 1) or a batched
+    matmul over S. Keeps the grouped-1x1-conv weight shape (S*h*w, h*w, 1, 1) of the released checkpoints."""
+
+    def __init__(self, sharesets: int, h: int, w: int, has_bias: bool = False):
+        super().__init__()
+        self.s, self.h, self.w = sharesets, h, w
+        hw = h * w
+        # Same distribution as a PyTorch/MindSpore conv default init with fan_in = h*w.
+        self.weight = Parameter(initializer(HeUniform(negative_slope=math.sqrt(5)), (sharesets * hw, hw, 1, 1),
+                                            ms.float32), name="weight")
+        self.bias = Parameter(initializer("zeros", (sharesets * hw,), ms.float32), name="bias") if has_bias else None
+        self.matmul = ops.MatMul(transpose_b=True)
+        self.bmm = ops.BatchMatMul(transpose_b=True)
+
+    def construct(self, x):
+        m = x.shape[0]
+        hw = self.h * self.w
+        if self.s == 1:
+            y = self.matmul(x.reshape(m, hw), self.weight.reshape(hw, hw))
+        else:
+            rows = x.reshape(m, self.s, hw).transpose(1, 0, 2)  # (S, M, hw): one GEMM per shareset
+            y = self.bmm(rows, self.weight.reshape(self.s, hw, hw)).transpose(1, 0, 2)
+        if self.bias is not None:
+            y = y.reshape(m, self.s * hw) + self.bias
+        return y.reshape(m, self.s, self.h, self.w)
+
+    def add_bias(self, value: Tensor):
+        """Give a bias-free fc3 its deploy-form bias, named after the weight so checkpoint names stay right."""
+        prefix = self.weight.name[: -len("weight")]
+        self.bias = Parameter(value, name=prefix + "bias")
+
+
+class GlobalPerceptron(nn.Cell):
+    """Channel attention from the globally pooled input (squeeze-excitation with sigmoid)."""
+
+    def __init__(self, channels: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Conv2d(channels, hidden, 1, has_bias=True)
+        self.fc2 = nn.Conv2d(hidden, channels, 1, has_bias=True)
+        self.relu = nn.ReLU()
+        self.sigmoid = nn.Sigmoid()
+
+    def construct(self, x):
+        x = ops.mean(x, (2, 3), keep_dims=True)
+        return self.sigmoid(self.fc2(self.relu(self.fc1(x))))
+
+
+class RepMLPBlock(nn.Cell):
+    """Global perceptron x (partition FC + local conv branches). `switch_to_deploy` folds the branches and BNs
+    into fc3, after which the block computes the same function with one FC."""
+
+    def __init__(self, channels: int, h: int, w: int, sharesets: int, reparam_conv_k: Sequence[int] = (1, 3),
+                 gp_reduce: int = 4, deploy: bool = False):
+        super().__init__()
+        if channels % sharesets:
+            raise ValueError(f"channels ({channels}) must be a multiple of the number of sharesets ({sharesets})")
+        self.channels, self.h, self.w, self.s = channels, h, w, sharesets
+        self.reparam_conv_k = tuple(reparam_conv_k)
+        self.deploy = deploy
+        self.gp = GlobalPerceptron(channels, channels // gp_reduce)
+        self.fc3 = PartitionFC(sharesets, h, w, has_bias=deploy)
+        if not deploy:
+            self.fc3_bn = nn.BatchNorm2d(sharesets)
+            for k in self.reparam_conv_k:
+                setattr(self, f"repconv{k}", ConvBN(sharesets, sharesets, k, padding=k // 2, group=sharesets))
+        # Attribute names, not a CellList: the checkpoint names are repmlp_block.repconv{k}.*
+        self.branch_names = tuple(f"repconv{k}" for k in self.reparam_conv_k)
+
+    def construct(self, x):
+        n, c, H, W = x.shape
+        hp, wp = H // self.h, W // self.w
+        gate = self.gp(x)
+        # Rows of (S, h, w) ordered (n, partition row, partition col, c // S). At the native size there is one
+        # partition and this is a free reshape.
+        if hp == 1 and wp == 1:
+            rows = x.reshape(-1, self.s, self.h, self.w)
+        else:
+            rows = x.reshape(n, c, hp, self.h, wp, self.w).transpose(0, 2, 4, 1, 3, 5).reshape(-1, self.s, self.h, self.w)
+        out = self.fc3(rows)
+        if not self.deploy:
+            out = self.fc3_bn(out)
+            for name in self.branch_names:
+                out = out + getattr(self, name)(rows)
+        if hp == 1 and wp == 1:
+            out = out.reshape(n, c, H, W)
+        else:
+            # The exact inverse of the partitioning above (the authors' code mixes partitions here when hp*wp > 1).
+            out = out.reshape(n, hp, wp, c, self.h, self.w).transpose(0, 3, 1, 4, 2, 5).reshape(n, c, H, W)
+        return out * gate
+
+    def get_equivalent_fc3(self) -> Tuple[Tensor, Tensor]:
+        """(weight (S*h*w, h*w, 1, 1), bias (S*h*w,)) of the single FC equal to fc3 + fc3_bn + conv branches in
+        inference mode. Built from differentiable ops, so it can also drive quantization-aware training."""
+        if self.deploy:
+            return self.fc3.weight.value(), self.fc3.bias.value()
+        weight, bias = fuse_bn(self.fc3.weight, self.fc3_bn)
+        if not self.reparam_conv_k:
+            return weight, bias
+        kmax = max(self.reparam_conv_k)
+        kernel, kbias = 0, 0
+        for k, name in zip(self.reparam_conv_k, self.branch_names):
+            kb_w, kb_b = getattr(self, name).fused_kernel_bias()
+            pad = (kmax - k) // 2
+            kernel = kernel + (ops.pad(kb_w, (pad, pad, pad, pad)) if pad else kb_w)
+            kbias = kbias + kb_b
+        # A conv is linear: its FC matrix is its response to each one-hot input pixel.
+        hw = self.h * self.w
+        eye = ops.eye(hw, hw, ms.float32).reshape(hw, 1, self.h, self.w).tile((1, self.s, 1, 1))
+        response = ops.conv2d(eye, kernel, pad_mode="pad", padding=kmax // 2, groups=self.s)  # (in px, S, h, w)
+        conv_weight = response.reshape(hw, self.s * hw).transpose(1, 0).reshape(self.s * hw, hw, 1, 1)
+        conv_bias = kbias.reshape(-1, 1).tile((1, hw)).reshape(-1)
+        return weight + conv_weight, bias + conv_bias
+
+    def switch_to_deploy(self):
+        """Re-parameterization protocol (see mindcv_ext.reparameterize): become the deploy form in place."""
+        if self.deploy:
+            return
+        weight, bias = self.get_equivalent_fc3()
+        self.fc3.weight.set_data(weight)
+        self.fc3.add_bias(bias)
+        del self.fc3_bn
+        for name in self.branch_names:
+            delattr(self, name)
+        self.deploy = True
+
+
+class FFNBlock(nn.Cell):
+    def __init__(self, channels: int, expand: int = 4, gelu_approximate: bool = False):
+        super().__init__()
+        self.ffn_fc1 = ConvBN(channels, channels * expand, 1)
+        self.ffn_fc2 = ConvBN(channels * expand, channels, 1)
+        self.act = nn.GELU(approximate=gelu_approximate)
+
+    def construct(self, x):
+        return self.ffn_fc2(self.act(self.ffn_fc1(x)))
+
+
+class RepMLPNetUnit(nn.Cell):
+    """Pre-norm residual pair: x + RepMLPBlock(BN(x)), then + FFN(BN(.))."""
+
+    def __init__(self, channels, h, w, sharesets, reparam_conv_k=(1, 3), gp_reduce=4, ffn_expand=4,
+                 deploy=False, gelu_approximate=False, drop_path=0.0):
+        super().__init__()
+        self.prebn1 = nn.BatchNorm2d(channels)
+        self.repmlp_block = RepMLPBlock(channels, h, w, sharesets, reparam_conv_k, gp_reduce, deploy)
+        self.prebn2 = nn.BatchNorm2d(channels)
+        self.ffn_block = FFNBlock(channels, ffn_expand, gelu_approximate)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def construct(self, x):
+        x = x + self.drop_path(self.repmlp_block(self.prebn1(x)))
+        return x + self.drop_path(self.ffn_block(self.prebn2(x)))
+
+
+class RepMLPNet(nn.Cell):
+    r"""RepMLPNet backbone + classifier.
+
+    Args:
+        channels, num_blocks, sharesets: per stage (4 stages in the paper).
+        image_size: the resolution the FC sizes are built for; stage i partitions are image_size / (4 * 2**i).
+            Inputs must have height and width that are multiples of it.
+        num_classes, in_channels: classifier outputs and image channels.
+        deploy: build the re-parameterized form (fc3 with bias, no conv branches, no fc3_bn).
+        gelu_approximate: tanh GELU instead of the exact erf one the authors trained with.
+        drop_rate: dropout before the classifier. drop_path_rate: stochastic depth, linear over the blocks.
+        features_only: return the per-stage feature maps (strides 4, 8, 16, 32) instead of logits; the
+            classifier is not built. out_indices picks the stages.
+    """
+
+    def __init__(self, channels: Sequence[int] = (64, 128, 256, 512), num_blocks: Sequence[int] = (2, 2, 6, 2),
+                 sharesets: Sequence[int] = (1, 4, 16, 128), image_size: int = 224, num_classes: int = 1000,
+                 in_channels: int = 3, patch_size: int = 4, reparam_conv_k: Sequence[int] = (1, 3),
+                 gp_reduce: int = 4, ffn_expand: int = 4, deploy: bool = False, gelu_approximate: bool = False,
+                 drop_rate: float = 0.0, drop_path_rate: float = 0.0, features_only: bool = False,
+                 out_indices: Sequence[int] = (0, 1, 2, 3), name: str = "RepMLPNet"):
+        super().__init__()
+        num_stages = len(channels)
+        if not len(num_blocks) == len(sharesets) == num_stages:
+            raise ValueError("channels, num_blocks and sharesets need one entry per stage")
+        last_stride = patch_size * 2 ** (num_stages - 1)
+        if image_size % last_stride:
+            raise ValueError(f"image_size {image_size} must be a multiple of {last_stride} "
+                             f"(patch {patch_size}, {num_stages - 1} downsamplings)")
+        if not 0.0 <= drop_rate < 1.0 or not 0.0 <= drop_path_rate < 1.0:
+            raise ValueError(f"drop_rate and drop_path_rate must be in [0, 1); got {drop_rate}, {drop_path_rate}")
+        self.name = name
+        self.image_size = image_size
+        self.deploy = deploy
+        self.num_classes = num_classes
+        self.partition_sizes = [image_size // (patch_size * 2 ** i) for i in range(num_stages)]
+        self.feature_info = [dict(chs=c, reduction=patch_size * 2 ** i, name=f"stages.{i}")
+                             for i, c in enumerate(channels)]
+
+        self.conv_embedding = ConvBNReLU(in_channels, channels[0], patch_size, patch_size)
+        total_blocks, done = sum(num_blocks), 0
+        stages, embeds = [], []
+        for i, (c, n, s, p) in enumerate(zip(channels, num_blocks, sharesets, self.partition_sizes)):
+            blocks = []
+            for _ in range(n):
+                dp = drop_path_rate * done / max(total_blocks - 1, 1)
+                blocks.append(RepMLPNetUnit(c, p, p, s, reparam_conv_k, gp_reduce, ffn_expand, deploy,
+                                            gelu_approximate, dp))
+                done += 1
+            stages.append(nn.CellList(blocks))
+            if i < num_stages - 1:
+                embeds.append(ConvBNReLU(c, channels[i + 1], 2, 2))
+        self.stages = nn.CellList(stages)
+        self.embeds = nn.CellList(embeds)
+
+        self.features_only = features_only
+        self.out_indices = tuple(out_indices)
+        if features_only:
+            bad = [i for i in self.out_indices if not 0 <= i < num_stages]
+            if bad or not self.out_indices:
+                raise ValueError(f"out_indices must be stage indices in 0..{num_stages - 1}; got {list(out_indices)}")
+        else:
+            self.head_norm = nn.BatchNorm2d(channels[-1])
+            self.dropout = nn.Dropout(p=drop_rate) if drop_rate > 0 else nn.Identity()
+            self.head = nn.Dense(channels[-1], num_classes)
+
+    @property
+    def out_channels(self):
+        return [self.feature_info[i]["chs"] for i in self.out_indices]
+
+    def switch_to_deploy(self):
+        # The blocks convert themselves; this only records that the whole net is in deploy form.
+        self.deploy = True
+
+    def check_input(self, shape):
+        """Raise if the network cannot take an input of this shape. Shapes are static in graph mode, so this
+        runs while the graph is built, before anything executes."""
+        m = self.image_size
+        if len(shape) != 4 or shape[2] % m != 0 or shape[3] % m != 0 or shape[2] == 0 or shape[3] == 0:
+            raise ValueError(f"{self.name} takes (N, C, H, W) images with H and W multiples of {m} "
+                             f"(e.g. {m}x{m}, {2 * m}x{2 * m}, {m}x{2 * m}); got shape {tuple(shape)}. Resize or "
+                             f"crop to a multiple of {m}, or use the variant built for your resolution.")
+
+    def forward_stages(self, x):
+        self.check_input(x.shape)
+        x = self.conv_embedding(x)
+        outs = ()
+        for i in range(len(self.stages)):
+            if i > 0:
+                x = self.embeds[i - 1](x)
+            for block in self.stages[i]:
+                x = block(x)
+            outs = outs + (x,)
+        return outs
+
+    def forward_features(self, x):
+        return self.forward_stages(x)[-1]
+
+    def forward_head(self, x):
+        x = ops.mean(self.head_norm(x), (2, 3))
+        return self.head(self.dropout(x))
+
+    def construct(self, x):
+        feats = self.forward_stages(x)
+        if self.features_only:
+            outs = ()
+            for i in self.out_indices:
+                outs = outs + (feats[i],)
+            return outs
+        return self.forward_head(feats[-1])
+
+
+def checkpoint_form(param_dict: Dict) -> Optional[str]:
+    """'train' or 'deploy' for a RepMLPNet checkpoint in our (mindcv) layout, None if it holds no RepMLP block."""
+    keys = list(param_dict)
+    if any(".repmlp_block.fc3_bn." in k or ".repmlp_block.repconv" in k for k in keys):
+        return "train"
+    if any(k.endswith(".repmlp_block.fc3.bias") for k in keys):
+        return "deploy"
+    if any(k.endswith(".repmlp_block.fc3.weight") for k in keys):
+        return "deploy"  # no conv branches and no fc3_bn: a bias-free deploy form is still a deploy layout
+    return None
+
+
+# mindcv's released checkpoint carries an unused stem conv.
+MINDCV_EXTRA_KEYS = ("conv2d.weight", "conv2d.bias")
+
+
+def _pretrained_filter(model, num_classes, default_cfg):
+    """Runs inside mindcv's load_pretrained: strict instead of its warn-and-continue."""
+    from ..checkpoint import CheckpointError, split_training_state
+
+    def check(param_dict):
+        for k in MINDCV_EXTRA_KEYS:
+            param_dict.pop(k, None)
+        form = checkpoint_form(param_dict)
+        if form == "train" and model.deploy:
+            raise CheckpointError("The pretrained weights are train form; build with deploy=False and run "
+                                  "mindcv_ext.reparameterize(net) afterwards.")
+        names = {p.name: p for p in model.get_parameters()}
+        got, _, unknown = split_training_state(param_dict, names)
+        head_dropped = num_classes != default_cfg["num_classes"]
+        missing = [k for k in names if k not in got and not (head_dropped and k.startswith("head."))]
+        wrong = [k for k, v in got.items() if tuple(v.shape) != tuple(names[k].shape)]
+        if missing or unknown or wrong:
+            raise CheckpointError(f"pretrained weights do not fit: missing {missing[:8]}, unexpected {unknown[:8]}, "
+                                  f"wrong shape {wrong[:8]}")
+        return param_dict
+
+    return check
+
+
+_CREATE_ARGS = ("pretrained", "num_classes", "in_channels", "deploy", "gelu_approximate", "drop_rate",
+                "drop_path_rate", "features_only", "out_indices", "image_size")
+
+
+def _create(variant: str, pretrained=False, num_classes=1000, in_channels=3, deploy=False,
+            gelu_approximate=None, drop_rate=0.0, drop_path_rate=0.0, features_only=False,
+            out_indices=(0, 1, 2, 3), image_size=None, **kwargs):
+    if kwargs:
+        raise TypeError(f"{variant}() got unexpected argument(s) {sorted(kwargs)}; it accepts {list(_CREATE_ARGS)}")
+    arch = dict(ARCHS[variant])
+    cfg = default_cfgs[variant]
+    if image_size is not None and image_size != arch["image_size"]:
+        raise ValueError(f"{variant} is built for {arch['image_size']}x{arch['image_size']} (its FC sizes depend on "
+                         f"it); got image_size={image_size}. Inputs may be any multiple of {arch['image_size']}; for "
+                         f"256-pixel FCs use a *256 variant.")
+    if pretrained and not cfg["url"]:
+        raise ValueError(f"No published MindSpore weights for {variant}. Convert the authors' release with "
+                         f"scripts/convert_weights.py and pass checkpoint_path=... instead.")
+    if gelu_approximate is None:
+        gelu_approximate = bool(pretrained and cfg.get("gelu_approximate", False))
+    model = RepMLPNet(**arch, num_classes=num_classes, in_channels=in_channels, deploy=deploy,
+                      gelu_approximate=gelu_approximate, drop_rate=drop_rate, drop_path_rate=drop_path_rate,
+                      name=variant)
+    if pretrained:
+        if deploy:
+            raise ValueError(f"Published {variant} weights are train form: create with deploy=False, then "
+                             f"mindcv_ext.reparameterize(net).")
+        load_pretrained(model, cfg, num_classes, in_channels, filter_fn=_pretrained_filter(model, num_classes, cfg))
+    if features_only:
+        # Rebuilding without the classifier keeps the loaded weights: parameters are shared Cell by Cell.
+        feat = RepMLPNet(**arch, in_channels=in_channels, deploy=deploy, gelu_approximate=gelu_approximate,
+                         drop_path_rate=drop_path_rate, features_only=True, out_indices=out_indices, name=variant)
+        if pretrained:
+            own = {p.name: p for p in model.get_parameters()}
+            for p in feat.get_parameters():
+                p.set_data(own[p.name].value())
+        model = feat
+    return model
+
+
+@register_model
+def repmlp_t224(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3, **kwargs) -> RepMLPNet:
+    """RepMLPNet-T224 (38.3M params, 2.8 GFLOPs)."""
+    return _create("repmlp_t224", pretrained, num_classes, in_channels, **kwargs)
+
+
+@register_model
+def repmlp_t256(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3, **kwargs) -> RepMLPNet:
+    """RepMLPNet-T256 (58.7M params, 4.2 GFLOPs)."""
+    return _create("repmlp_t256", pretrained, num_classes, in_channels, **kwargs)
+
+
+@register_model
+def repmlp_b224(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3, **kwargs) -> RepMLPNet:
+    """RepMLPNet-B224 (68.2M params, 6.7 GFLOPs)."""
+    return _create("repmlp_b224", pretrained, num_classes, in_channels, **kwargs)
+
+
+@register_model
+def repmlp_b256(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3, **kwargs) -> RepMLPNet:
+    """RepMLPNet-B256 (96.5M params, 9.6 GFLOPs)."""
+    return _create("repmlp_b256", pretrained, num_classes, in_channels, **kwargs)
+
+
+@register_model
+def repmlp_d256(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3, **kwargs) -> RepMLPNet:
+    """RepMLPNet-D256 (86.9M params, 8.6 GFLOPs)."""
+    return _create("repmlp_d256", pretrained, num_classes, in_channels, **kwargs)
+
+
+@register_model
+def repmlp_l256(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3, **kwargs) -> RepMLPNet:
+    """RepMLPNet-L256 (117.7M params, 11.5 GFLOPs)."""
+    return _create("repmlp_l256", pretrained, num_classes, in_channels, **kwargs)
+
+
+@register_model
+def demo_repmlp(pretrained: bool = False, num_classes: int = 10, in_channels: int = 3, **kwargs) -> RepMLPNet:
+    """A small RepMLPNet for 64x64 inputs (not from the paper): the CPU demo and fast tests."""
+    return _create("demo_repmlp", pretrained, num_classes, in_channels, **kwargs)
