@@ -1,0 +1,60 @@
+"""Convert RepMLPNet weights (the authors' .pth, mmpretrain's .pth, or a mindcv-layout .ckpt) to a MindSpore
+checkpoint of this project's model, keeping the source's form (train or deploy).
+
+    python scripts/convert_weights.py --model repmlp_b256 --src RepMLPNet-B256-train.pth --output b256.ckpt
+
+Reading .pth needs torch (pip install "mindcv-ext-repmlp[torch]"); .safetensors, .npz and .ckpt sources do not.
+"""
+import argparse
+import os
+import sys
+
+import _common  # noqa: F401  (import path for a source checkout, quiet_exit)
+
+OUTPUT_SUFFIXES = (".ckpt", ".safetensors")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="registered name, e.g. repmlp_t224, repmlp_b256")
+    p.add_argument("--src", required=True,
+                   help="source weights: .pth/.pt/.pth.tar/.bin (torch), .safetensors, .npz or .ckpt")
+    p.add_argument("--output", required=True, help="output .ckpt, or .safetensors (format chosen by the name)")
+    p.add_argument("--num_classes", type=int, default=None,
+                   help="classifier size; default: the source's")
+    args = p.parse_args(argv)
+    # Cheap checks first, so a typo fails in a second rather than after loading hundreds of MB.
+    if not args.output.endswith(OUTPUT_SUFFIXES):
+        p.error(f"--output {args.output!r} must end in .ckpt or .safetensors (the format follows the name)")
+    if args.num_classes is not None and args.num_classes <= 0:
+        p.error(f"--num_classes must be positive, got {args.num_classes}")
+    if not os.path.isfile(args.src):
+        what = "is a directory" if os.path.isdir(args.src) else "does not exist"
+        p.error(f"--src {args.src!r} {what}; pass the weight file (relative paths start at {os.getcwd()!r})")
+    if os.path.exists(args.output) and os.path.samefile(args.src, args.output):
+        p.error("--output is the source file; write to another name")
+    return p, args
+
+
+def main(argv=None) -> int:
+    parser, args = parse_args(argv)
+    import mindcv
+
+    import mindcv_ext  # noqa: F401  (registers our RepMLPNets in mindcv)
+    from mindcv_ext.checkpoint import CheckpointError
+    from mindcv_ext.weight_import import convert
+
+    if not mindcv.is_model(args.model):
+        parser.error(f"--model {args.model!r} is not a registered model; RepMLPNets: "
+                     f"{', '.join(mindcv.list_models('*repmlp*'))}")
+    try:
+        convert(args.src, args.model, args.output, num_classes=args.num_classes)
+    except (CheckpointError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    _common.quiet_exit(main())
