@@ -15,7 +15,7 @@ OUTPUT_SUFFIXES = (".ckpt", ".safetensors")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="convert_weights.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="registered name, e.g. repmlp_t224, repmlp_b256")
     p.add_argument("--src", required=True,
