@@ -1,0 +1,47 @@
+"""MindSpore context, devices and data-parallel setup from the config."""
+import os
+from typing import Tuple
+
+import mindspore as ms
+
+from .config import ConfigError
+
+__all__ = ["init_context"]
+
+# Variables a MindSpore launcher sets in every worker: msrun / the dynamic cluster (MS_ROLE, MS_WORKER_NUM) or an
+# Ascend rank table.
+_LAUNCHER_VARS = ("MS_ROLE", "MS_WORKER_NUM", "RANK_TABLE_FILE", "MINDSPORE_HCCL_CONFIG_PATH")
+
+
+def init_context(cfg) -> Tuple[int, int]:
+    """Apply mode, device, jit level, data parallelism and seeds. Returns (rank, number of ranks)."""
+    ms.set_context(mode=cfg.mode)
+    if hasattr(ms, "set_device"):  # MindSpore >= 2.5; set_context(device_target=...) is deprecated in 2.10
+        ms.set_device(cfg.device_target)
+    else:
+        ms.set_context(device_target=cfg.device_target)
+    if cfg.jit_level and cfg.mode == 0:
+        # Deprecated in 2.10 in favour of per-function ms.jit(jit_level=...), which has no O2; the global setting
+        # still works on 2.7-2.10 and is what mindcv uses for its Ascend recipes.
+        ms.set_context(jit_config={"jit_level": cfg.jit_level})
+
+    rank, group_size = 0, 1
+    if cfg.distribute:
+        if not any(v in os.environ for v in _LAUNCHER_VARS):
+            raise ConfigError("distribute: True needs a launcher that starts one process per device: "
+                              "msrun --worker_num 8 --local_worker_num 8 python train.py --config ... "
+                              "(see scripts/run_distribute_8p.sh), or set distribute: False.")
+        from mindspore.communication import get_group_size, get_rank, init
+
+        init()  # HCCL on Ascend, NCCL on GPU, MCCL on CPU
+        rank, group_size = get_rank(), get_group_size()
+        ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
+                                     device_num=group_size)
+
+    # The same seed on every rank: identical initial weights, which data parallelism needs (MindSpore does not
+    # broadcast them). Each rank still reads a different shard of the data.
+    from mindcv.utils import set_seed
+
+    set_seed(cfg.seed)
+    ms.dataset.config.set_seed(cfg.seed)
+    return rank, group_size

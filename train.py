@@ -1,0 +1,241 @@
+"""Train RepMLPNet (or any mindcv model) from a YAML recipe with mindcv's config keys.
+
+    python train.py --config configs/repmlp/repmlp_demo_cpu.yaml                     # CPU demo, built-in data
+    python train.py --config configs/repmlp/repmlp_t224_ascend.yaml --data_dir /data/imagenet --distribute False
+    msrun --worker_num 8 --local_worker_num 8 python train.py --config configs/repmlp/repmlp_t224_ascend.yaml
+    python train.py --config <same recipe> --ckpt_path <ckpt_save_dir>/latest.ckpt --resume_opt True
+
+`python train.py --help` lists the keys. Everything goes to ckpt_save_dir: latest.ckpt (every epoch, full state),
+<model>-<epoch>_<steps>.ckpt (every ckpt_save_interval epochs, keep_checkpoint_max of them), best.ckpt (the
+evaluated weights with the best val top-1: EMA weights when ema is on), metrics.jsonl, curves.png, train.log.
+
+Steps are run one by one from Python rather than sunk to the device (dataset_sink_mode is accepted and ignored):
+the loss is checked after every step, and at ~0.5 s per RepMLPNet step on Ascend the launch overhead is small.
+"""
+import logging
+import math
+import os
+import sys
+import time
+import traceback
+
+import mindcv_ext  # noqa: F401  (registers repmlp_* and demo_repmlp with mindcv)
+from mindcv.models import create_model
+from mindcv.utils import AllReduceSum
+from mindcv_ext.checkpoint import CheckpointError, save_checkpoint
+from mindcv_ext.training.ckpt_manager import CheckpointManager, load_weights, restore_training_state
+from mindcv_ext.training.config import ConfigError, load_config
+from mindcv_ext.training.console import Progress, format_duration, setup_logging
+from mindcv_ext.training.evaluate import evaluate
+from mindcv_ext.training.loaders import (build_eval_loader, build_train_loader, check_images, count_classes,
+                                         prepare_data_dir)
+from mindcv_ext.training.metrics import MetricsLog, plot_curves
+from mindcv_ext.training.optim import build_loss, build_loss_scale, build_lr_schedule, build_optimizer
+from mindcv_ext.training.runtime import init_context
+from mindcv_ext.training.step import NonFiniteLossError, build_train_step
+
+
+def main(argv=None) -> int:
+    # ---- configuration and runtime ------------------------------------------------------------------------------
+    cfg = load_config(argv)
+    resuming = bool(cfg.ckpt_path) and cfg.resume_opt
+    latest_path = os.path.join(cfg.ckpt_save_dir, "latest.ckpt")
+    if not resuming and os.path.exists(latest_path):
+        raise ConfigError(f"{cfg.ckpt_save_dir} already holds a run ({latest_path}). Continue it with "
+                          f"--ckpt_path {latest_path} --resume_opt True, or pick another --ckpt_save_dir.")
+    rank, group_size = init_context(cfg)
+    is_main = rank == 0
+    log = setup_logging(cfg.ckpt_save_dir, rank, group_size)
+
+    # ---- data ---------------------------------------------------------------------------------------------------
+    data_dir = prepare_data_dir(cfg)
+    if cfg.check_data:
+        t0 = time.time()
+        check_images(data_dir, workers=max(1, (os.cpu_count() or 1) // _local_workers(group_size)))
+        log.info(f"check_data: every image under {data_dir} decodes ({time.time() - t0:.1f} s)")
+    found_classes = count_classes(os.path.join(data_dir, cfg.train_split))
+    num_classes = cfg.num_classes or found_classes
+    if num_classes < found_classes:
+        raise ConfigError(f"num_classes is {num_classes} but {data_dir}/{cfg.train_split} has {found_classes} "
+                          f"class folders; set num_classes: {found_classes} (or None to count them).")
+    train_loader, train_samples = build_train_loader(cfg, data_dir, num_classes, rank, group_size)
+    steps_per_epoch = train_loader.get_dataset_size()
+    if steps_per_epoch == 0:
+        raise ConfigError(f"batch_size {cfg.batch_size} is larger than this rank's {train_samples} train samples "
+                          f"(drop_remainder drops them all); lower batch_size.")
+    val_loader = build_eval_loader(cfg, data_dir, rank, group_size)[0] if cfg.val_while_train else None
+    if group_size > 1:
+        print(f"rank {rank}/{group_size}: {train_samples} train samples in this shard, {steps_per_epoch} steps "
+              f"per epoch", flush=True)
+
+    # ---- model, loss, optimizer, train step ---------------------------------------------------------------------
+    # Checkpoints are loaded by us, strictly: mindcv's create_model(checkpoint_path=...) skips a missing file and
+    # only warns about missing keys.
+    network = create_model(cfg.model, num_classes=num_classes, in_channels=cfg.in_channels,
+                           drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path_rate, pretrained=cfg.pretrained,
+                           checkpoint_path="", ema=False)
+    if cfg.ckpt_path and not resuming:
+        load_weights(cfg.ckpt_path, network)
+        log.info(f"initial weights from {cfg.ckpt_path}")
+    lr_schedule = build_lr_schedule(cfg, steps_per_epoch)
+    optimizer = build_optimizer(cfg, network, lr_schedule)
+    train_step = build_train_step(cfg, network, build_loss(cfg), optimizer, build_loss_scale(cfg), group_size)
+
+    # ---- resume -------------------------------------------------------------------------------------------------
+    start_epoch, best_acc = 0, -1.0
+    if resuming:
+        state = restore_training_state(cfg.ckpt_path, train_step, network, ema=train_step.ema,
+                                       restore_loss_scale=cfg.loss_scale_type == "dynamic")
+        start_epoch, best_acc = state["epoch"], state["best_acc"]
+        log.info(f"resumed from {cfg.ckpt_path}: {start_epoch} epochs done, optimizer step "
+                 f"{int(optimizer.global_step.asnumpy().reshape(-1)[0])}, best top-1 {best_acc:.2f}"
+                 + (" (EMA restarted from the weights: the checkpoint has none)" if state["ema_restarted"] else ""))
+    ckpts = CheckpointManager(cfg.ckpt_save_dir, cfg.model, steps_per_epoch, cfg.keep_checkpoint_max,
+                              cfg.ckpt_save_policy, enabled=is_main)
+    metrics = MetricsLog(os.path.join(cfg.ckpt_save_dir, "metrics.jsonl"), enabled=is_main)
+    for row in metrics.start(start_epoch if resuming else None):
+        if row.get("kind") == "epoch" and row.get("val_top1") is not None:
+            ckpts.val_top1[row["epoch"]] = row["val_top1"]
+    plot_path = os.path.join(cfg.ckpt_save_dir, "curves.png")
+
+    num_params = sum(p.size for p in network.trainable_params())
+    log.info(f"model {cfg.model}: {num_params / 1e6:.2f}M trainable parameters, {num_classes} classes | "
+             f"data {data_dir} ({cfg.dataset}): {train_samples * group_size} train samples, {steps_per_epoch} "
+             f"steps/epoch, batch {cfg.batch_size} x {group_size} device(s) | {cfg.opt} lr {cfg.lr} "
+             f"{cfg.scheduler} warmup {cfg.warmup_epochs} | amp {cfg.amp_level}, loss scale {cfg.loss_scale} "
+             f"({cfg.loss_scale_type}) | ema {cfg.ema} | mode {cfg.mode} on {cfg.device_target}")
+    if start_epoch >= cfg.epoch_size:
+        log.info(f"all {cfg.epoch_size} epochs are done already; nothing to train.")
+        return 0
+
+    # ---- train --------------------------------------------------------------------------------------------------
+    all_reduce = AllReduceSum() if group_size > 1 else None
+    progress = Progress(cfg.epoch_size, steps_per_epoch, cfg.batch_size * group_size, enabled=is_main)
+    batches = train_loader.create_tuple_iterator(num_epochs=cfg.epoch_size - start_epoch)
+    first_step, skipped_steps, run_start = True, 0, time.time()
+    for epoch in range(start_epoch + 1, cfg.epoch_size + 1):
+        epoch_start, loss_sum, window, step = time.time(), 0.0, [], 0
+        for step, (images, labels) in enumerate(batches, 1):
+            progress.start_step()
+            loss, overflow = train_step(images, labels)
+            loss = float(loss.asnumpy())  # waits for the step: the time below is real
+            progress.end_step(first_step)
+            first_step = False
+            if not math.isfinite(loss):
+                raise NonFiniteLossError(_nonfinite_message(loss, epoch, step, cfg, ckpts))
+            skipped_steps += int(bool(overflow.asnumpy())) if cfg.loss_scale_type == "dynamic" or \
+                cfg.drop_overflow_update else 0
+            loss_sum += loss
+            window.append(loss)
+            lr = lr_schedule[min((epoch - 1) * steps_per_epoch + step - 1, len(lr_schedule) - 1)]
+            evals_left = _evals_left(cfg, epoch) if val_loader is not None else 0
+            progress.draw(epoch, step, loss, lr, evals_left)
+            if step % cfg.log_interval == 0 or step == steps_per_epoch:
+                eta = progress.eta(epoch, step, evals_left)
+                progress.clear()
+                log.info(f"epoch {epoch}/{cfg.epoch_size} step {step}/{steps_per_epoch} | loss "
+                         f"{sum(window) / len(window):.4f} | lr {lr:.4e} | {progress.img_per_s():.1f} img/s | "
+                         f"ETA {format_duration(eta) if eta is not None else '?'}")
+                metrics.append({"kind": "step", "epoch": epoch, "step": step,
+                                "global_step": (epoch - 1) * steps_per_epoch + step,
+                                "loss": sum(window) / len(window), "lr": lr, "img_s": progress.img_per_s()})
+                window = []
+        progress.clear()
+        if step != steps_per_epoch:
+            raise RuntimeError(f"epoch {epoch} ended after {step} of {steps_per_epoch} steps: the data pipeline "
+                               f"stopped early (see the MindSpore messages above).")
+
+        row = {"kind": "epoch", "epoch": epoch, "train_loss": loss_sum / steps_per_epoch, "lr": lr,
+               "time_s": time.time() - epoch_start, "img_s": progress.img_per_s()}
+        if val_loader is not None and (epoch % cfg.val_interval == 0 or epoch == cfg.epoch_size):
+            eval_start = time.time()
+            with (train_step.ema.swapped_in() if train_step.ema is not None else _nothing()):
+                result = evaluate(network, val_loader, all_reduce)
+                if result["top1"] > best_acc:
+                    best_acc = result["top1"]
+                    ckpts.save_best(network, epoch, best_acc)  # while swapped in: the evaluated weights
+            progress.eval_seconds = time.time() - eval_start
+            row.update(val_top1=result["top1"], val_top5=result["top5"], val_loss=result["loss"])
+            ckpts.val_top1[epoch] = result["top1"]
+            log.info(f"epoch {epoch}/{cfg.epoch_size} | train loss {row['train_loss']:.4f} | val top-1 "
+                     f"{result['top1']:.2f} top-5 {result['top5']:.2f} loss {result['loss']:.4f} "
+                     f"({result['count']} images{', EMA weights' if cfg.ema else ''}) | best {best_acc:.2f} | "
+                     f"{row['time_s']:.0f} s")
+        else:
+            log.info(f"epoch {epoch}/{cfg.epoch_size} | train loss {row['train_loss']:.4f} | {row['time_s']:.0f} s")
+        # Metrics row first, then the checkpoint: a kill in between resumes from the previous checkpoint and the
+        # row is dropped and redone (MetricsLog.start), so no epoch is ever listed twice or missing.
+        metrics.append(row)
+        ckpts.save_epoch(train_step, epoch, best_acc,
+                         periodic=epoch % cfg.ckpt_save_interval == 0 or epoch == cfg.epoch_size)
+        if is_main:
+            plot_curves(metrics.rows(), plot_path)
+
+    if cfg.save_rank_weights:
+        save_checkpoint(network, os.path.join(cfg.ckpt_save_dir, f"rank_{rank}_final.ckpt"))
+    log.info(f"done: {cfg.epoch_size - start_epoch} epoch(s) in {format_duration(time.time() - run_start)}"
+             + (f", best val top-1 {best_acc:.2f} ({ckpts.best_path})" if val_loader is not None else "")
+             + (f", {skipped_steps} step(s) skipped on overflow" if skipped_steps else "")
+             + f"; metrics {metrics.path}, plot {plot_path}")
+    return 0
+
+
+def _evals_left(cfg, epoch: int) -> int:
+    later = [e for e in range(epoch, cfg.epoch_size + 1) if e % cfg.val_interval == 0 or e == cfg.epoch_size]
+    return len(later)
+
+
+def _local_workers(group_size: int) -> int:
+    return int(os.environ.get("MS_LOCAL_WORKER", os.environ.get("LOCAL_WORKER_NUM", group_size)) or 1)
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _nonfinite_message(loss, epoch, step, cfg, ckpts) -> str:
+    if os.path.exists(ckpts.latest_path):
+        kept = f"The last good checkpoint is {ckpts.latest_path} (end of epoch {epoch - 1}); nothing was written after it."
+    else:
+        kept = "No checkpoint was written (it happened in the first epoch of this run)."
+    return (f"Loss became {loss} at epoch {epoch}, step {step}: training stopped. {kept} Usual fixes: a lower lr "
+            f"(now {cfg.lr}), a longer warmup (warmup_epochs {cfg.warmup_epochs}), clip_grad: True, or amp_level O0 / "
+            f"loss_scale_type dynamic if fp16 overflowed.")
+
+
+def _report_error(error) -> None:
+    """To stderr, and into train.log when it is open."""
+    print(f"error: {error}", file=sys.stderr, flush=True)
+    for handler in logging.getLogger("train").handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.emit(logging.makeLogRecord({"msg": f"error: {error}", "levelno": logging.ERROR,
+                                                "levelname": "ERROR"}))
+
+
+if __name__ == "__main__":
+    exit_code = 1
+    try:
+        exit_code = main()
+    except SystemExit as e:  # --help
+        exit_code = e.code if isinstance(e.code, int) else 0
+    except (ConfigError, CheckpointError, FileNotFoundError) as e:
+        _report_error(e)
+        exit_code = 2
+    except NonFiniteLossError as e:
+        _report_error(e)
+        exit_code = 3
+    except KeyboardInterrupt:
+        _report_error("interrupted; continue with --ckpt_path <ckpt_save_dir>/latest.ckpt --resume_opt True")
+        exit_code = 130
+    except BaseException:  # noqa: B902  (print it, then still skip the teardown below)
+        traceback.print_exc()
+    finally:
+        # os._exit skips MindSpore's interpreter-teardown destructors, which print pages of ignored exceptions.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(exit_code)
