@@ -1,4 +1,15 @@
-"""RepMLPNet for MindSpore + mindcv. `import mindcv_ext` registers the models in mindcv's registry."""
-from . import models  # noqa: F401  (registers repmlp_* with mindcv)
-from .models import RepMLPNet, checkpoint_form  # noqa: F401
+"""RepMLPNet for MindSpore + mindcv.
+
+`import mindcv_ext` registers repmlp_t224/t256/b224/b256/d256/l256 (and the small demo_repmlp) in mindcv's model
+registry, replacing mindcv 0.3.0's entries, and makes `mindcv.create_model(checkpoint_path=...)` strict.
+"""
+from . import models  # noqa: F401  (registers the models with mindcv)
+from . import strict_loading as _strict_loading
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: F401
+from .models import RepMLPBlock, RepMLPNet, checkpoint_form  # noqa: F401
 from .reparameterize import reparameterize  # noqa: F401
+from .strict_loading import load_model_checkpoint, load_weights  # noqa: F401
+
+_strict_loading.install()
+
+__version__ = "0.1.0"

@@ -22,7 +22,8 @@ from mindcv.models.helpers import load_pretrained
 from mindcv.models.layers import DropPath
 from mindcv.models.registry import register_model
 
-__all__ = ["RepMLPNet", "RepMLPBlock", "RepMLPNetUnit", "ARCHS", "default_cfgs", "checkpoint_form"]
+__all__ = ["RepMLPNet", "RepMLPBlock", "RepMLPNetUnit", "ARCHS", "default_cfgs", "checkpoint_form",
+           "checkpoint_model_kwargs"]
 
 
 def _cfg(url="", image_size=224, **kwargs):
@@ -381,6 +382,16 @@ def checkpoint_form(param_dict: Dict) -> Optional[str]:
     if any(k.endswith(".repmlp_block.fc3.weight") for k in keys):
         return "deploy"  # no conv branches and no fc3_bn: a bias-free deploy form is still a deploy layout
     return None
+
+
+def checkpoint_model_kwargs(param_dict: Dict) -> Dict:
+    """num_classes / in_channels a RepMLPNet checkpoint was saved with (for building the matching net)."""
+    kwargs = {}
+    if "head.weight" in param_dict:
+        kwargs["num_classes"] = int(param_dict["head.weight"].shape[0])
+    if "conv_embedding.conv.conv.weight" in param_dict:
+        kwargs["in_channels"] = int(param_dict["conv_embedding.conv.conv.weight"].shape[1])
+    return kwargs
 
 
 # mindcv's released checkpoint carries an unused stem conv.

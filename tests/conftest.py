@@ -1,0 +1,50 @@
+"""Shared test helpers: small RepMLPNets, non-trivial BN statistics, NumPy views of parameters."""
+import os
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+
+import mindspore as ms  # noqa: E402
+
+import mindcv_ext  # noqa: E402,F401  (registers the models)
+from mindcv_ext.verify import perturb_bn  # noqa: E402
+
+# A small RepMLPNet with every feature of the real ones: S = 1 and S > 1 stages, several blocks, 4 stages.
+SMALL = dict(channels=(8, 16, 32, 64), num_blocks=(1, 2, 1, 1), sharesets=(1, 2, 4, 8), image_size=32)
+
+
+@pytest.fixture(params=[ms.PYNATIVE_MODE, ms.GRAPH_MODE], ids=["pynative", "graph"])
+def ms_mode(request):
+    old = ms.get_context("mode")
+    ms.set_context(mode=request.param)
+    yield request.param
+    ms.set_context(mode=old)
+
+
+@pytest.fixture(autouse=True)
+def _default_pynative():
+    # Each test starts in PyNative unless it asks for ms_mode; keeps tests independent of order.
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    yield
+
+
+def randomize(net, seed=0):
+    """Non-trivial BN statistics / affine parameters, so a fusion bug cannot hide behind identity BNs."""
+    return perturb_bn(net, seed)
+
+
+def params_np(net):
+    return {p.name: p.asnumpy() for p in net.get_parameters()}
+
+
+def rel_err(a, b):
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def images(n, size, seed=1, channels=3):
+    return ms.Tensor(np.random.default_rng(seed).standard_normal((n, channels) + tuple(size)).astype(np.float32))

@@ -1,0 +1,107 @@
+"""Locality Injection: the deploy form computes what the train form computes, for independent references."""
+import sys
+
+import mindspore as ms
+import numpy as np
+import pytest
+from conftest import ROOT, SMALL, images, params_np, randomize, rel_err
+from mindspore import nn
+
+import mindcv_ext
+import numpy_reference as ref
+from mindcv_ext.models.repmlp import RepMLPBlock, RepMLPNet
+
+
+def layout(net):
+    return [(p.name, tuple(p.shape)) for p in net.get_parameters()]
+
+
+@pytest.mark.parametrize("size", [32, 64], ids=["native", "2x2-partitions"])
+def test_small_net_train_equals_deploy(ms_mode, size):
+    net = randomize(RepMLPNet(**SMALL, num_classes=5))
+    net.set_train(False)
+    x = images(3, (size, size))
+    train_out = net(x).asnumpy()  # in graph mode this also compiles and caches the train-form graph
+    assert mindcv_ext.reparameterize(net) is net
+    deploy_out = net(x).asnumpy()
+    assert rel_err(deploy_out, train_out) <= 1e-5
+    assert layout(net) == layout(RepMLPNet(**SMALL, num_classes=5, deploy=True))
+    names = [p.name for p in net.get_parameters()]
+    assert not any("fc3_bn" in n or "repconv" in n for n in names)
+    assert all(b.repmlp_block.deploy for stage in net.stages for b in stage)
+
+
+def test_equivalent_fc3_matches_entrywise_numpy_construction():
+    block = randomize(RepMLPBlock(16, 5, 4, sharesets=4), seed=3)  # non-square partition
+    weight, bias = block.get_equivalent_fc3()
+    p = {f"blk.{k}": v for k, v in params_np(block).items()}
+    want_w, want_b = ref.equivalent_fc3(p, "blk", 4, 5, 4)
+    np.testing.assert_allclose(weight.asnumpy().reshape(want_w.shape), want_w, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(bias.asnumpy(), want_b, rtol=1e-5, atol=1e-6)
+    assert weight.shape == (4 * 20, 20, 1, 1)
+
+
+def test_deploy_checkpoint_reproduces_numpy_reference_of_train_form():
+    net = randomize(RepMLPNet(**SMALL, num_classes=4))
+    train_params = params_np(net)
+    x = images(2, (32, 32), seed=7)
+    want = ref.forward(x.asnumpy().astype(np.float64), train_params, SMALL["channels"], SMALL["num_blocks"],
+                       SMALL["sharesets"], 32)
+    net.set_train(False)
+    mindcv_ext.reparameterize(net)
+    assert rel_err(net(x).asnumpy(), want) < 1e-5
+    # and the NumPy deploy-form reference agrees with the converted weights
+    deploy = ref.forward(x.asnumpy().astype(np.float64), params_np(net), SMALL["channels"], SMALL["num_blocks"],
+                         SMALL["sharesets"], 32, deploy=True)
+    assert rel_err(deploy, want) < 1e-5
+
+
+def test_pass_converts_any_opted_in_cell_and_is_idempotent():
+    class Doubler(nn.Cell):  # a toy re-parameterizable block: train form x + x, deploy form 2 * x
+        def __init__(self):
+            super().__init__()
+            self.deploy = False
+            self.calls = 0
+
+        def construct(self, x):
+            return x * 2 if self.deploy else x + x
+
+        def switch_to_deploy(self):
+            self.calls += 1
+            self.deploy = True
+
+    toy = Doubler()
+    block = randomize(RepMLPBlock(8, 4, 4, sharesets=2))
+    wrapper = nn.SequentialCell([nn.SequentialCell([toy]), block, nn.ReLU()])
+    mindcv_ext.reparameterize(wrapper)
+    mindcv_ext.reparameterize(wrapper)
+    assert toy.deploy and toy.calls == 1
+    assert block.deploy and not hasattr(block, "fc3_bn")
+
+
+def test_graph_mode_recompiles_after_conversion():
+    """GRAPH_MODE caches compiled graphs; after the pass the net must run the deploy structure, not the cached
+    train graph (which has no fc3.bias and would ignore it)."""
+    ms.set_context(mode=ms.GRAPH_MODE)
+    net = randomize(RepMLPNet(**SMALL, num_classes=5))
+    net.set_train(False)
+    x = images(2, (32, 32))
+    net(x)
+    mindcv_ext.reparameterize(net)
+    out = net(x).asnumpy()
+    # If the stale train graph ran, the new fc3.bias Parameters would be ignored: shifting them must matter.
+    for p in net.get_parameters():
+        if p.name.endswith("fc3.bias"):
+            p.set_data(p.value() + 1.0)
+    assert np.abs(net(x).asnumpy() - out).max() > 1e-3
+
+
+@pytest.mark.slow
+def test_full_t224_in_both_modes():
+    sys.path.insert(0, f"{ROOT}/scripts")
+    from verify_reparam import check
+
+    for mode in ("pynative", "graph"):
+        r = check("repmlp_t224", mode)
+        assert r["rel_err"] <= 1e-5, r
+        assert r["same_layout_as_deploy"], r
