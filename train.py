@@ -12,6 +12,7 @@ evaluated weights with the best val top-1: EMA weights when ema is on), metrics.
 Steps are run one by one from Python rather than sunk to the device (dataset_sink_mode is accepted and ignored):
 the loss is checked after every step, and at ~0.5 s per RepMLPNet step on Ascend the launch overhead is small.
 """
+import difflib
 import logging
 import math
 import os
@@ -20,7 +21,7 @@ import time
 import traceback
 
 import mindcv_ext  # noqa: F401  (registers repmlp_* and demo_repmlp with mindcv)
-from mindcv.models import create_model
+from mindcv.models import create_model, is_model, list_models
 from mindcv.utils import AllReduceSum
 from mindcv_ext.checkpoint import CheckpointError, save_checkpoint
 from mindcv_ext.training.ckpt_manager import CheckpointManager, load_weights, restore_training_state
@@ -38,6 +39,11 @@ from mindcv_ext.training.step import NonFiniteLossError, build_train_step
 def main(argv=None) -> int:
     # ---- configuration and runtime ------------------------------------------------------------------------------
     cfg = load_config(argv)
+    if not is_model(cfg.model):
+        close = difflib.get_close_matches(cfg.model, list_models(), n=4, cutoff=0.4)
+        raise ConfigError(f"Unknown model {cfg.model!r}. Close registered names: {', '.join(close) or 'none'} "
+                          f"(RepMLPNet: repmlp_t224, repmlp_t256, repmlp_b224, repmlp_b256, repmlp_d256, "
+                          f"repmlp_l256, demo_repmlp).")
     resuming = bool(cfg.ckpt_path) and cfg.resume_opt
     latest_path = os.path.join(cfg.ckpt_save_dir, "latest.ckpt")
     if not resuming and os.path.exists(latest_path):
