@@ -24,7 +24,7 @@ import mindcv_ext  # noqa: F401  (registers repmlp_* and demo_repmlp with mindcv
 from mindcv.models import create_model, is_model, list_models
 from mindcv.utils import AllReduceSum
 from mindcv_ext.checkpoint import CheckpointError, save_checkpoint
-from mindcv_ext.training.ckpt_manager import CheckpointManager, load_weights, restore_training_state
+from mindcv_ext.training.ckpt_manager import CheckpointManager, restore_training_state
 from mindcv_ext.training.config import ConfigError, load_config
 from mindcv_ext.training.console import Progress, format_duration, setup_logging
 from mindcv_ext.training.evaluate import evaluate
@@ -45,6 +45,9 @@ def main(argv=None) -> int:
                           f"(RepMLPNet: repmlp_t224, repmlp_t256, repmlp_b224, repmlp_b256, repmlp_d256, "
                           f"repmlp_l256, demo_repmlp).")
     resuming = bool(cfg.ckpt_path) and cfg.resume_opt
+    if cfg.ckpt_path and not os.path.isfile(cfg.ckpt_path):
+        raise ConfigError(f"ckpt_path {cfg.ckpt_path!r} is not a file (relative paths start at {os.getcwd()}). "
+                          f"To resume a run, pass <ckpt_save_dir>/latest.ckpt.")
     latest_path = os.path.join(cfg.ckpt_save_dir, "latest.ckpt")
     if not resuming and os.path.exists(latest_path):
         raise ConfigError(f"{cfg.ckpt_save_dir} already holds a run ({latest_path}). Continue it with "
@@ -75,13 +78,12 @@ def main(argv=None) -> int:
               f"per epoch", flush=True)
 
     # ---- model, loss, optimizer, train step ---------------------------------------------------------------------
-    # Checkpoints are loaded by us, strictly: mindcv's create_model(checkpoint_path=...) skips a missing file and
-    # only warns about missing keys.
+    # `import mindcv_ext` made create_model's checkpoint loading strict (mindcv's skips a missing file and only
+    # warns about missing keys). A resumed run loads its checkpoint below, with the training state.
     network = create_model(cfg.model, num_classes=num_classes, in_channels=cfg.in_channels,
                            drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path_rate, pretrained=cfg.pretrained,
-                           checkpoint_path="", ema=False)
+                           checkpoint_path="" if resuming else cfg.ckpt_path, ema=False)
     if cfg.ckpt_path and not resuming:
-        load_weights(cfg.ckpt_path, network)
         log.info(f"initial weights from {cfg.ckpt_path}")
     lr_schedule = build_lr_schedule(cfg, steps_per_epoch)
     optimizer = build_optimizer(cfg, network, lr_schedule)

@@ -18,7 +18,8 @@ from typing import Dict, Optional
 import numpy as np
 from mindspore import Parameter, nn
 
-from ..checkpoint import CheckpointError, load_checkpoint, load_params_strict, save_checkpoint
+from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ..strict_loading import load_weights as load_params_into
 
 __all__ = ["CheckpointManager", "training_state", "restore_training_state", "load_weights", "scalar"]
 
@@ -100,10 +101,10 @@ def _link_or_copy(src: str, dst: str, train_step, epoch, best_acc) -> None:
 
 
 def load_weights(path: str, network: nn.Cell) -> Dict[str, Parameter]:
-    """Load the model weights of any of our checkpoints (training state is ignored); strict about the rest."""
+    """Load the model weights of one of our checkpoints (its training state is left out); raises on anything
+    missing, unexpected or of the wrong shape, and on a deploy-form RepMLPNet checkpoint."""
     params = load_checkpoint(path)
-    load_params_strict(network, params, source=path,
-                       hint="Is ckpt_path a checkpoint of this model (same `model` and num_classes)?")
+    load_params_into(network, params, source=path)
     return params
 
 

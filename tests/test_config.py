@@ -1,0 +1,181 @@
+"""train.py's configuration: mindcv key names, YAML + command-line precedence, value types, and early errors."""
+import glob
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mindcv_ext.training.config import KEYS, ConfigError, load_config, parse_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECIPES = sorted(glob.glob(os.path.join(ROOT, "configs", "repmlp", "*.yaml")))
+
+# A recipe in the style of mindcv's own repmlp_t224_ascend.yaml (older mindcv keys included): floats like 1e-5 that
+# YAML reads as strings, quoted strings, lowercase loss name, filter_bias_and_bn instead of weight_decay_filter.
+MINDCV_STYLE = """
+mode: 0
+distribute: True
+num_parallel_workers: 8
+val_while_train: True
+dataset: 'imagenet'
+data_dir: '/path/to/imagenet'
+shuffle: True
+dataset_download: False
+batch_size: 128
+drop_remainder: True
+image_resize: 224
+scale: [0.08, 1.0]
+ratio: [0.75, 1.333]
+hflip: 0.5
+vflip: 0.0
+interpolation: 'bilinear'
+crop_pct: 0.875
+color_jitter: 0.4
+re_prob: 0.25
+re_ratio: [0.3, 3.333]
+mixup: 0.2
+cutmix: 1.0
+cutmix_prob: 1.0
+auto_augment: 'randaug-m9-mstd0.5-inc1'
+model: 'repmlp_t224'
+num_classes: 1000
+in_channels: 3
+pretrained: False
+ckpt_path: ''
+keep_checkpoint_max: 10
+ckpt_save_dir: './ckpt'
+epoch_size: 300
+dataset_sink_mode: True
+amp_level: 'O2'
+loss: 'ce'
+label_smoothing: 0.1
+scheduler: 'cosine_decay'
+lr: 0.005
+min_lr: 1e-5
+warmup_epochs: 10
+decay_epochs: 290
+decay_rate: 0.01
+opt: 'adamw'
+filter_bias_and_bn: True
+momentum: 0.9
+weight_decay: 2e-05
+loss_scale: 1024
+use_nesterov: False
+"""
+
+
+@pytest.fixture
+def mindcv_recipe(tmp_path):
+    path = tmp_path / "mindcv_t224.yaml"
+    path.write_text(MINDCV_STYLE)
+    return str(path)
+
+
+def test_mindcv_style_recipe_loads_with_types(mindcv_recipe):
+    cfg = load_config(["--config", mindcv_recipe])
+    assert cfg.min_lr == pytest.approx(1e-5) and isinstance(cfg.min_lr, float)  # YAML gave the string '1e-5'
+    assert cfg.weight_decay == pytest.approx(2e-5)
+    assert cfg.loss == "CE" and cfg.amp_level == "O2" and cfg.loss_scale == 1024.0
+    assert cfg.scale == (0.08, 1.0) and cfg.re_ratio == (0.3, 3.333)
+    assert cfg.weight_decay_filter == "norm_and_bias"  # the older key, mapped
+    assert cfg.distribute is True and cfg.epoch_size == 300
+    assert cfg.device_target == "Ascend"  # mindcv's default
+
+
+def test_command_line_wins_and_is_parsed_as_yaml(mindcv_recipe):
+    cfg = load_config(["--config", mindcv_recipe, "--lr", "1e-3", "--ema", "True", "--batch_size=32",
+                       "--scale", "[0.5, 1.0]", "--data_dir", "123", "--auto_augment", "None", "--distribute"])
+    assert cfg.lr == pytest.approx(1e-3)
+    assert cfg.ema is True and cfg.batch_size == 32 and cfg.scale == (0.5, 1.0)
+    assert cfg.data_dir == "123"  # a string key keeps the text
+    assert cfg.auto_augment is None
+    assert cfg.distribute is True  # a bare bool flag means True, as in mindcv
+
+
+def test_defaults_are_mindcvs():
+    cfg = parse_config([])
+    assert (cfg.batch_size, cfg.epoch_size, cfg.opt, cfg.lr, cfg.ckpt_save_dir) == (128, 90, "adam", 0.001, "./ckpt")
+    assert set(KEYS) >= {"mode", "distribute", "val_while_train", "dataset", "data_dir", "batch_size",
+                         "image_resize", "auto_augment", "mixup", "cutmix", "re_prob", "model", "ckpt_path",
+                         "resume_opt", "keep_checkpoint_max", "ckpt_save_dir", "epoch_size", "dataset_sink_mode",
+                         "amp_level", "loss_scale", "loss_scale_type", "scheduler", "lr", "min_lr",
+                         "warmup_epochs", "opt", "weight_decay", "weight_decay_filter", "ema", "ema_decay",
+                         "clip_grad", "clip_value", "device_target"}
+
+
+def test_unknown_yaml_key_names_closest(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model: demo_repmlp\nepoch_sise: 3\n")
+    with pytest.raises(ConfigError, match=r"epoch_sise.*bad\.yaml.*epoch_size"):
+        load_config(["--config", str(path)])
+
+
+@pytest.mark.parametrize("flag, suggestion", [("--learning_rate", "lr"), ("--warmup_epoch", "warmup_epochs"),
+                                              ("--lable_smoothing", "label_smoothing")])
+def test_unknown_cli_key_names_closest(flag, suggestion):
+    with pytest.raises(ConfigError, match=rf"Unknown option {flag}\..*\b{suggestion}\b"):
+        load_config([flag, "1"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--mode", "2"], r"mode must be one of 0, 1"),
+    (["--device_target", "TPU"], r"device_target must be one of Ascend, GPU, CPU"),
+    (["--amp_level", "O4"], r"amp_level must be one of O0, O1, O2, O3"),
+    (["--loss_scale_type", "auto"], r"loss_scale_type must be one of fixed, dynamic"),
+    (["--device_target", "CPU", "--loss_scale_type", "dynamic"], r"dynamic.*CPU"),
+    (["--device_target", "CPU", "--drop_overflow_update", "True"], r"drop_overflow_update.*CPU"),
+    (["--device_target", "CPU", "--jit_level", "O2"], r"O2.*only on Ascend"),
+    (["--jit_level", "O5"], r"jit_level must be one of"),
+    (["--loss_scale", "0.5"], r"loss_scale must be >= 1"),
+    (["--resume_opt", "True"], r"resume_opt.*--ckpt_path"),
+    (["--batch_size", "0"], r"batch_size must be >= 1"),
+    (["--batch_size", "ten"], r"batch_size must be an integer; got 'ten'"),
+    (["--ema", "maybe"], r"ema must be True or False"),
+    (["--opt", "adamx"], r"opt must be one of"),
+    (["--weight_decay_filter", "bias"], r"weight_decay_filter must be one of"),
+    (["--warmup_epochs", "20", "--epoch_size", "10"], r"warmup_epochs \(20\) is longer"),
+    (["--dataset", "cifar10"], r"dataset must be one of imagenet, demo"),
+    (["--gradient_accumulation_steps", "4"], r"gradient_accumulation_steps.*not supported"),
+    (["--ema", "True", "--ema_decay", "1.5"], r"ema_decay must be in \(0, 1\)"),
+    (["--scale", "[0.5]"], r"scale must be two numbers"),
+    (["--ckpt_save_policy", "top_k"], r"top_k.*val_while_train"),
+])
+def test_bad_values_are_refused_with_the_fix(args, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(args)
+
+
+def test_missing_config_file():
+    with pytest.raises(ConfigError, match=r"Config file not found: 'nope\.yaml'"):
+        load_config(["--config", "nope.yaml"])
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[os.path.basename(r) for r in RECIPES])
+def test_shipped_recipes_validate(recipe):
+    cfg = load_config(["--config", recipe])
+    assert cfg.model.startswith(("repmlp_", "demo_repmlp"))
+    if "ascend" in recipe:
+        # mindcv's recipe facts, and the linear lr rule each recipe states: 0.005 x (batch x 8) / 1024
+        assert (cfg.opt, cfg.scheduler, cfg.amp_level, cfg.loss_scale, cfg.loss_scale_type, cfg.jit_level) == \
+            ("adamw", "cosine_decay", "O2", 1024.0, "fixed", "O2")
+        assert (cfg.warmup_epochs, cfg.epoch_size, cfg.mixup, cfg.cutmix, cfg.re_prob) == (10, 300, 0.2, 1.0, 0.25)
+        assert cfg.lr == pytest.approx(0.005 * cfg.batch_size * 8 / 1024)
+        assert cfg.image_resize == int(cfg.model[-3:])
+        text = open(recipe).read()
+        assert f"8 devices x {cfg.batch_size} = {cfg.batch_size * 8}" in text and "global_batch / 1024" in text
+    else:
+        assert cfg.device_target == "CPU" and cfg.dataset == "demo" and cfg.mode == 0
+
+
+def test_train_py_rejects_bad_config_before_work(tmp_path):
+    # Runs the real entry point: the error must come out as one clear line, exit code 2, and nothing written.
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--config",
+                           os.path.join(ROOT, "configs", "repmlp", "repmlp_demo_cpu.yaml"), "--ckpt_save_dir",
+                           str(out), "--learning_rate", "0.1"], capture_output=True, text=True, timeout=120,
+                          cwd=str(tmp_path))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "error: Unknown option --learning_rate. Did you mean lr" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not out.exists()
