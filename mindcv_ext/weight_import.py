@@ -260,7 +260,7 @@ def map_state_dict(state: Mapping[str, object], layout: str, notes: List[str]):
     """Rename `state` to our layout. Returns (mapped: our name -> value, source_of: our name -> source key,
     unmapped: source keys with no place in the network). Values are passed through untouched."""
     mapped, source_of, unmapped = OrderedDict(), {}, []
-    dropped = {"num_batches_tracked": 0, "mindcv": [], "state": []}
+    dropped = {"num_batches_tracked": 0, "mindcv": []}
     for key, value in state.items():
         if layout == MINDCV:
             if key in MINDCV_EXTRA_KEYS:  # an unused stem conv in mindcv 0.3.0's RepMLPNet
