@@ -380,8 +380,14 @@ class RepMLPNet(nn.Cell):
                              f"(e.g. {m}x{m}, {2 * m}x{2 * m}, {m}x{2 * m}); got shape {tuple(shape)}. Resize or "
                              f"crop to a multiple of {m}, or use the variant built for your resolution.")
 
+    def __call__(self, *args, **kwargs):
+        # Called directly from Python (not inlined into a bigger graph): reject a bad size before compiling.
+        if args and isinstance(args[0], Tensor):
+            self.check_input(args[0].shape)
+        return super().__call__(*args, **kwargs)
+
     def forward_stages(self, x):
-        self.check_input(x.shape)
+        self.check_input(x.shape)  # inlined into an outer graph (e.g. a train step): raised while it is built
         x = self.conv_embedding(x)
         outs = ()
         for i in range(len(self.stages)):
