@@ -32,7 +32,7 @@ from mindcv_ext.training.loaders import (build_eval_loader, build_train_loader, 
                                          prepare_data_dir)
 from mindcv_ext.training.metrics import MetricsLog, plot_curves
 from mindcv_ext.training.optim import build_loss, build_loss_scale, build_lr_schedule, build_optimizer
-from mindcv_ext.training.runtime import init_context
+from mindcv_ext.training.runtime import average_across_ranks, init_context
 from mindcv_ext.training.step import NonFiniteLossError, build_train_step
 
 
@@ -118,6 +118,9 @@ def main(argv=None) -> int:
 
     # ---- train --------------------------------------------------------------------------------------------------
     all_reduce = AllReduceSum() if group_size > 1 else None
+    rank_local_params = [p for p in network.get_parameters() if not p.requires_grad]
+    if train_step.ema is not None:
+        rank_local_params += [a for a, w in zip(train_step.ema.averages, train_step.ema.weights) if not w.requires_grad]
     progress = Progress(cfg.epoch_size, steps_per_epoch, cfg.batch_size * group_size, enabled=is_main)
     batches = train_loader.create_tuple_iterator(num_epochs=cfg.epoch_size - start_epoch)
     first_step, skipped_steps, run_start = True, 0, time.time()
@@ -153,6 +156,7 @@ def main(argv=None) -> int:
             raise RuntimeError(f"epoch {epoch} ended after {step} of {steps_per_epoch} steps: the data pipeline "
                                f"stopped early (see the MindSpore messages above).")
 
+        average_across_ranks(rank_local_params, all_reduce, group_size)  # BN statistics differ per rank
         row = {"kind": "epoch", "epoch": epoch, "train_loss": loss_sum / steps_per_epoch, "lr": lr,
                "time_s": time.time() - epoch_start, "img_s": progress.img_per_s()}
         if val_loader is not None and (epoch % cfg.val_interval == 0 or epoch == cfg.epoch_size):
@@ -242,8 +246,10 @@ if __name__ == "__main__":
     except BaseException:  # noqa: B902  (print it, then still skip the teardown below)
         traceback.print_exc()
     finally:
-        # os._exit skips MindSpore's interpreter-teardown destructors, which print pages of ignored exceptions.
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(exit_code)
+    if any(v in os.environ for v in ("MS_ROLE", "RANK_TABLE_FILE")):
+        sys.exit(exit_code)  # a normal exit: MindSpore reports this worker's end to the msrun scheduler on the way
+    # os._exit skips MindSpore's interpreter-teardown destructors, which print pages of ignored exceptions.
+    os._exit(exit_code)

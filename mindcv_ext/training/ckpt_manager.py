@@ -113,8 +113,8 @@ def restore_training_state(path: str, train_step: nn.Cell, network: nn.Cell, ema
     """Resume: weights, optimizer state (incl. global_step = lr position), EMA averages and the loss scale.
     Returns {'epoch': epochs finished, 'best_acc': ...}. Raises CheckpointError naming what is missing."""
     params = load_weights(path, network)
-    if "epoch" not in params:
-        raise CheckpointError(f"{path} holds weights only (no `epoch`/optimizer state), so there is nothing to "
+    if "epoch" not in params or "global_step" not in params:
+        raise CheckpointError(f"{path} holds weights only (no optimizer state), so there is nothing to "
                               f"resume. Start from these weights with --resume_opt False, or resume from a "
                               f"training checkpoint (<ckpt_save_dir>/latest.ckpt).")
     net_names = {p.name for p in network.get_parameters()}

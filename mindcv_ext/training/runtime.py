@@ -1,12 +1,14 @@
 """MindSpore context, devices and data-parallel setup from the config."""
 import os
-from typing import Tuple
+from typing import List, Tuple
 
 import mindspore as ms
+import numpy as np
+from mindspore import Parameter
 
 from .config import ConfigError
 
-__all__ = ["init_context"]
+__all__ = ["init_context", "average_across_ranks"]
 
 # Variables a MindSpore launcher sets in every worker: msrun / the dynamic cluster (MS_ROLE, MS_WORKER_NUM) or an
 # Ascend rank table.
@@ -45,3 +47,21 @@ def init_context(cfg) -> Tuple[int, int]:
     set_seed(cfg.seed)
     ms.dataset.config.set_seed(cfg.seed)
     return rank, group_size
+
+
+def average_across_ranks(params: List[Parameter], all_reduce, group_size: int) -> None:
+    """Set each parameter to its mean over all ranks, with one collective for the whole list.
+
+    Data parallelism keeps the trained weights identical on every rank, but BatchNorm's moving statistics are
+    computed from each rank's own batches and drift apart. Averaging them (and their EMA copies) at the end of
+    every epoch makes validation and the saved checkpoints describe one model on all ranks.
+    """
+    if group_size <= 1 or not params:
+        return
+    values = [p.asnumpy() for p in params]
+    flat = np.concatenate([v.astype(np.float32).ravel() for v in values])
+    mean = all_reduce(ms.Tensor(flat)).asnumpy() / group_size
+    offset = 0
+    for p, v in zip(params, values):
+        p.set_data(ms.Tensor(mean[offset:offset + v.size].reshape(v.shape).astype(v.dtype)))
+        offset += v.size

@@ -1,0 +1,73 @@
+"""Helpers for the train.py tests: a tiny ImageFolder set, the command line, and reading run outputs."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN = os.path.join(ROOT, "train.py")
+DEMO_RECIPE = os.path.join(ROOT, "configs", "repmlp", "repmlp_demo_cpu.yaml")
+
+CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS, BATCH = 4, 12, 4, 8
+STEPS_PER_EPOCH = CLASSES * TRAIN_PER_CLASS // BATCH  # one process, drop_remainder
+
+
+def make_data(root) -> str:
+    """A tiny copy of the built-in demo set (real JPEGs, ImageFolder layout), generated once per test module."""
+    from mindcv_ext.data import ensure_demo_dataset
+
+    return ensure_demo_dataset(str(root), num_classes=CLASSES, image_size=64, train_per_class=TRAIN_PER_CLASS,
+                               val_per_class=VAL_PER_CLASS, seed=0)
+
+
+def train_args(data_dir, out_dir, *extra) -> list:
+    """The CPU demo recipe shrunk to seconds: graph mode, demo_repmlp, a few steps per epoch."""
+    return ["--config", DEMO_RECIPE, "--dataset", "imagenet", "--data_dir", str(data_dir),
+            "--num_classes", str(CLASSES), "--batch_size", str(BATCH), "--num_parallel_workers", "1",
+            "--log_interval", "1", "--warmup_epochs", "0", "--epoch_size", "2", "--decay_epochs", "2",
+            "--ckpt_save_dir", str(out_dir), *map(str, extra)]
+
+
+def train_cmd(data_dir, out_dir, *extra) -> list:
+    return [sys.executable, TRAIN] + train_args(data_dir, out_dir, *extra)
+
+
+def run_train(data_dir, out_dir, *extra, timeout=400) -> subprocess.CompletedProcess:
+    # cwd next to the run: MindSpore drops compile dumps (rank_0/...) into the working directory on errors.
+    return subprocess.run(train_cmd(data_dir, out_dir, *extra), capture_output=True, text=True, timeout=timeout,
+                          cwd=os.path.dirname(os.path.abspath(str(out_dir))))
+
+
+def metrics(out_dir, kind=None) -> list:
+    path = os.path.join(str(out_dir), "metrics.jsonl")
+    with open(path, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return [r for r in rows if kind is None or r["kind"] == kind]
+
+
+def load_np(path) -> dict:
+    import mindspore as ms
+
+    return {k: v.asnumpy() for k, v in ms.load_checkpoint(str(path)).items()}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def model_keys(params: dict) -> list:
+    """Names of model parameters in a training checkpoint (not optimizer/EMA state or scalars)."""
+    state_prefixes = ("adam_m.", "adam_v.", "ema.", "moments.")
+    scalars = {"global_step", "beta1_power", "beta2_power", "scale_sense", "epoch", "best_acc", "learning_rate"}
+    return sorted(k for k in params if not k.startswith(state_prefixes) and k not in scalars)
+
+
+def explain(proc: subprocess.CompletedProcess) -> str:
+    return f"exit {proc.returncode}\n--- stdout ---\n{proc.stdout[-3000:]}\n--- stderr ---\n{proc.stderr[-3000:]}"
+
+
+__all__ = ["ROOT", "TRAIN", "make_data", "train_args", "train_cmd", "run_train", "metrics", "load_np", "free_port",
+           "model_keys", "explain", "STEPS_PER_EPOCH", "CLASSES", "BATCH"]
