@@ -1,0 +1,288 @@
+"""Runs ONE benchmark configuration in a fresh process and prints its result as `BENCH_RESULT {json}`.
+
+Started by scripts/benchmark.py (one process per configuration, so peak memory and compile caches are per
+configuration); not meant to be called by hand. Everything measured here runs on the host CPU unless the config
+says otherwise.
+"""
+import json
+import os
+import resource
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+MARK = "BENCH_RESULT "
+TORCH_LABEL = "PyTorch reimplementation of the official RepMLPNet (not the authors' file)"
+NUM_CLASSES = 1000
+
+
+def proc_status_mib(field: str):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return None
+
+
+class CpuWatch:
+    """CPU used by OTHER processes during a window: machine-wide busy time (/proc/stat) minus this process's own
+    CPU time (all threads). A clean run shows ~0; a contaminated one shows how many cores others took."""
+
+    HZ = os.sysconf("SC_CLK_TCK")
+
+    @classmethod
+    def _machine(cls):
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        # user nice system idle iowait irq softirq steal ...
+        busy = v[0] + v[1] + v[2] + v[5] + v[6]
+        return busy / cls.HZ, (v[7] if len(v) > 7 else 0) / cls.HZ
+
+    @staticmethod
+    def _self():
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    def __enter__(self):
+        self.t0, self.own0 = time.perf_counter(), self._self()
+        self.busy0, self.steal0 = self._machine()
+        return self
+
+    def __exit__(self, *exc):
+        busy, steal = self._machine()
+        wall = time.perf_counter() - self.t0
+        own = self._self() - self.own0
+        self.result = dict(
+            other_cpu_cores=round(max(busy - self.busy0 - own, 0.0) / wall, 2),
+            own_cpu_cores=round(own / wall, 2),
+            steal_cores=round((steal - self.steal0) / wall, 2),
+            window_s=round(wall, 2),  # /proc/stat ticks are 10 ms: meaningful for windows of a second or more
+        )
+
+
+def timed_loop(fn, warmup: int, iters: int):
+    """(first call seconds, [per-iteration seconds]); fn must block until the result is on the host."""
+    t0 = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t0
+    for _ in range(warmup):
+        fn()
+    lat = []
+    with CpuWatch() as watch:
+        for _ in range(iters):
+            t = time.perf_counter()
+            fn()
+            lat.append(time.perf_counter() - t)
+    return first, lat, watch.result
+
+
+def summarize(first, lat, batch, cpu, eager=False):
+    ms_ = np.asarray(lat) * 1000.0
+    p50 = float(np.percentile(ms_, 50))
+    out = dict(
+        throughput_img_s=round(batch * len(ms_) / (ms_.sum() / 1000.0), 3),
+        latency_ms={k: round(float(v), 2) for k, v in dict(
+            mean=ms_.mean(), p50=p50, p90=np.percentile(ms_, 90), p99=np.percentile(ms_, 99),
+            min=ms_.min(), max=ms_.max(), std=ms_.std()).items()},
+        first_call_s=round(first, 3),
+        # Graph mode: the first call compiles. Eager PyTorch has no compile; its first call is only warm-up.
+        compile_s=None if eager else round(first - p50 / 1000.0, 3),
+        cpu_during_timed_loop=cpu,
+    )
+    if eager:
+        out["first_call_overhead_s"] = round(first - p50 / 1000.0, 3)
+    return out
+
+
+# ---------------------------------------------------------------- MindSpore
+
+def ms_setup(cfg):
+    import mindspore as ms
+    ms.set_context(mode=ms.GRAPH_MODE, device_target=cfg["device_target"])
+    if cfg["device_target"] == "CPU" and cfg.get("threads"):
+        # MindSpore's CPU kernel pool defaults to 25 threads whatever the core count; oversubscription hurts.
+        ms.device_context.cpu.op_tuning.threads_num(int(cfg["threads"]))
+    return ms
+
+
+def ms_build(cfg):
+    import mindcv
+    import mindcv_ext  # noqa: F401  (registers ours over mindcv's entries)
+    deploy = cfg["form"] == "deploy"
+    if cfg["impl"] == "ours":
+        return mindcv.create_model(cfg["model"], num_classes=NUM_CLASSES, deploy=deploy)
+    # mindcv 0.3.0's own class, still importable although the registry now points to ours.
+    import mindcv.models.repmlp as theirs
+    return getattr(theirs, cfg["model"])(num_classes=NUM_CLASSES, deploy=deploy)
+
+
+class _NetWithLoss:
+    """Built lazily (needs mindspore imported): logits cast to fp32 so an fp16 network gets an fp32 loss."""
+
+    @staticmethod
+    def make(net):
+        import mindspore as ms
+        from mindspore import nn, ops
+
+        class NetWithLoss(nn.Cell):
+            def __init__(self, network):
+                super().__init__(auto_prefix=False)
+                self.network = network
+                self.loss = nn.CrossEntropyLoss()
+
+            def construct(self, x, y):
+                return self.loss(ops.cast(self.network(x), ms.float32), y)
+
+        return NetWithLoss(net)
+
+
+def run_mindspore(cfg):
+    ms = ms_setup(cfg)
+    from mindspore import nn
+
+    rss_import = proc_status_mib("VmRSS")
+    net = ms_build(cfg)
+    params = int(sum(p.size for p in net.trainable_params()))
+    if cfg["dtype"] == "fp16":
+        from mindcv.utils.amp import auto_mixed_precision
+        auto_mixed_precision(net, "O2")  # fp16 network, BN kept in fp32 (mindcv's recipe level)
+    rng = np.random.default_rng(0)
+    size = cfg["image_size"]
+    x = ms.Tensor(rng.standard_normal((cfg["batch_size"], 3, size, size)).astype(np.float32))
+
+    if cfg["task"] == "inference":
+        net.set_train(False)
+        fn = lambda: net(x).asnumpy()  # noqa: E731  (.asnumpy() waits for the device)
+    else:
+        from mindcv.optim import create_optimizer
+        y = ms.Tensor(rng.integers(0, NUM_CLASSES, cfg["batch_size"]).astype(np.int32))
+        opt = create_optimizer(net.trainable_params(), opt="adamw", lr=1e-3, weight_decay=0.05)
+        with_loss = _NetWithLoss.make(net)
+        if cfg["dtype"] == "fp16":
+            step = nn.TrainOneStepWithLossScaleCell(with_loss, opt, scale_sense=ms.Tensor(1024.0, ms.float32))
+            fn = lambda: step(x, y)[0].asnumpy()  # noqa: E731
+        else:
+            step = nn.TrainOneStepCell(with_loss, opt)
+            fn = lambda: step(x, y).asnumpy()  # noqa: E731
+        step.set_train(True)
+    first, lat, cpu = timed_loop(fn, cfg["warmup"], cfg["iters"])
+    res = summarize(first, lat, cfg["batch_size"], cpu)
+    res.update(params=params, rss_after_import_mib=rss_import, mode="graph",
+               amp_level="O2" if cfg["dtype"] == "fp16" else "O0")
+    return res
+
+
+def run_gemm_mindspore(cfg):
+    ms = ms_setup(cfg)
+    from mindspore import nn, ops
+
+    class MatMul(nn.Cell):
+        def construct(self, a, b):
+            return ops.matmul(a, b)
+
+    n = cfg["gemm_size"]
+    rng = np.random.default_rng(0)
+    a = ms.Tensor(rng.standard_normal((n, n)).astype(np.float32))
+    b = ms.Tensor(rng.standard_normal((n, n)).astype(np.float32))
+    net = MatMul()
+    return gemm_result(lambda: net(a, b).asnumpy(), cfg, mode="graph")
+
+
+def gemm_result(fn, cfg, mode):
+    n = cfg["gemm_size"]
+    first, lat, cpu = timed_loop(fn, cfg["warmup"], cfg["iters"])
+    p50 = float(np.percentile(lat, 50))
+    return dict(gemm_shape=[n, n, n], gflops=round(2 * n ** 3 / p50 / 1e9, 1),
+                latency_ms=dict(p50=round(p50 * 1000, 2), min=round(min(lat) * 1000, 2)),
+                first_call_s=round(first, 3), cpu_during_timed_loop=cpu, mode=mode)
+
+
+# ---------------------------------------------------------------- PyTorch
+
+def run_torch(cfg):
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(int(cfg["threads"]))
+    rss_import = proc_status_mib("VmRSS")
+    if cfg["impl"] == "gemm-torch":
+        n = cfg["gemm_size"]
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        with torch.inference_mode():
+            return gemm_result(lambda: torch.mm(a, b), cfg, mode="eager")
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    import torch_repmlp_ref as ref
+
+    torch.manual_seed(0)
+    model = ref.build(tuple(tuple(v) if isinstance(v, list) else v for v in cfg["arch"]),
+                      num_classes=NUM_CLASSES, deploy=cfg["form"] == "deploy")
+    params = sum(p.numel() for p in model.parameters())
+    size = cfg["image_size"]
+    x = torch.randn(cfg["batch_size"], 3, size, size)
+    if cfg["task"] == "inference":
+        model.eval()
+
+        def fn():
+            with torch.inference_mode():
+                return model(x)  # CPU eager ops are synchronous: returning means done
+    else:
+        model.train()
+        y = torch.randint(0, NUM_CLASSES, (cfg["batch_size"],))
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+
+        def fn():
+            opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            return loss.item()
+    first, lat, cpu = timed_loop(fn, cfg["warmup"], cfg["iters"])
+    res = summarize(first, lat, cfg["batch_size"], cpu, eager=True)
+    res.update(params=params, rss_after_import_mib=rss_import, mode="eager", impl_label=TORCH_LABEL)
+    return res
+
+
+def run_gemm_numpy(cfg):
+    n = cfg["gemm_size"]
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n)).astype(np.float32)
+    b = rng.standard_normal((n, n)).astype(np.float32)
+    return gemm_result(lambda: a @ b, cfg, mode="numpy")
+
+
+def run_info(cfg):
+    """Facts the parent needs without importing a framework itself: architectures and defaults per model."""
+    import mindcv
+
+    import mindcv_ext  # noqa: F401
+    from mindcv_ext.models.repmlp import ARCHS
+    models = {}
+    for name in cfg["models"]:
+        if not mindcv.is_model(name) or name not in ARCHS:
+            models[name] = None
+            continue
+        a = ARCHS[name]
+        models[name] = dict(arch=[list(a["channels"]), list(a["num_blocks"]), list(a["sharesets"]),
+                                  a["image_size"]], image_size=a["image_size"])
+    import mindcv.models.repmlp as theirs
+    return dict(models=models, mindcv_own=sorted(n for n in dir(theirs) if n.startswith("repmlp_")))
+
+
+RUNNERS = {"ours": run_mindspore, "mindcv": run_mindspore, "torch": run_torch, "gemm-mindspore": run_gemm_mindspore,
+           "gemm-torch": run_torch, "gemm-numpy": run_gemm_numpy, "info": run_info}
+
+
+def main():
+    cfg = json.loads(sys.argv[1])
+    result = RUNNERS[cfg["impl"]](cfg)
+    result["vm_hwm_mib"] = proc_status_mib("VmHWM")
+    print(MARK + json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
+    sys.stdout.flush()
+    os._exit(0)  # skip MindSpore's noisy Cell.__del__ tracebacks at interpreter exit

@@ -1,0 +1,109 @@
+"""Turn scripts/benchmark.py's JSON lines into a Markdown table for the README.
+
+    python scripts/bench_table.py benchmark.jsonl [--output table.md]
+"""
+import argparse
+import json
+import os
+import sys
+
+CONTENDED_CORES = 0.2  # other processes' average CPU during a timed loop above which a row is flagged
+
+
+def load(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _fmt(v, digits=2):
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def _key(r):
+    return r.get("model"), r.get("batch_size"), r.get("task"), r.get("form"), r.get("dtype")
+
+
+def header(records):
+    m = records[0]["machine"]
+    fw = f"MindSpore {m['mindspore']} (device_target {m['device_target']}, graph mode), mindcv {m['mindcv']}"
+    if m.get("torch"):
+        fw += f", torch {m['torch']} (eager)"
+    loads = [r["loadavg_1m_before"] for r in records if "loadavg_1m_before" in r]
+    return (f"Measured on {m['cpu_model']} ({m['cores']} cores, {m['mem_gib']} GiB; no GPU/NPU: every figure is "
+            f"{m['device_target']}), {fw}; {m['threads']} threads per framework; 1-minute load average "
+            f"{m['loadavg_1m_at_start']} at start, {min(loads, default=0):.2f}-{max(loads, default=0):.2f} before "
+            f"each configuration. Run {records[0]['run_id']}:\n\n`{records[0]['command']}`\n")
+
+
+def render(records):
+    if not records:
+        return "(no measurements)"
+    ok = [r for r in records if r["status"] == "ok" and r["task"] != "gemm"]
+    torch = {_key(r): r for r in ok if r["impl"] == "torch"}
+    lines = [header(records),
+             "| implementation | model | form | task | dtype | batch | img/s | latency p50 / p90 (ms) | "
+             "compile (s) | peak RSS (MiB) | vs PyTorch |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    flagged = []
+    for r in ok:
+        ref = torch.get(_key(r)) if r["impl"] != "torch" else None
+        if ref is None and r["impl"] != "torch":
+            ref = torch.get(_key(r)[:4] + ("fp32",))
+        ratio = f"{r['throughput_img_s'] / ref['throughput_img_s']:.2f}x" if ref else "-"
+        others = r.get("cpu_during_timed_loop", {}).get("other_cpu_cores", 0.0)
+        mark = ""
+        if others > CONTENDED_CORES:
+            flagged.append(others)
+            mark = " (!)"
+        lat = r["latency_ms"]
+        name = {"ours": "this project", "mindcv": "mindcv 0.3.0", "torch": "PyTorch reimpl.*"}.get(r["impl"], r["impl"])
+        lines.append(f"| {name} | {r['model']} | {r['form']} | {r['task'].replace('_', ' ')} | {r['dtype']} | "
+                     f"{r['batch_size']} | {r['throughput_img_s']:.2f}{mark} | {lat['p50']:.0f} / {lat['p90']:.0f} | "
+                     f"{_fmt(r.get('compile_s'), 1)} | {r.get('peak_rss_mib') or '-'} | {ratio} |")
+    notes = []
+    if any(r["impl"] == "torch" for r in records):
+        notes.append("\\* PyTorch reimplementation of the official RepMLPNet (not the authors' file): "
+                     "`tests/torch_repmlp_ref.py`, official semantics (grouped-conv fc3), eager, "
+                     "`torch.inference_mode()` for inference, AdamW for the training step.")
+    notes.append("Training step = forward, backward and AdamW update of the train form, fp32, batch as shown. "
+                 "Compile = first call minus the median call (graph compilation; n/a for eager PyTorch). Peak RSS "
+                 "= high-water mark of the fresh process that ran the configuration (framework import included).")
+    if flagged:
+        notes.append(f"(!) other processes used up to {max(flagged):.2f} cores during that row's timed loop: "
+                     f"the figure is pessimistic.")
+    gemm = [r for r in records if r["task"] == "gemm" and r["status"] == "ok"]
+    if gemm:
+        n = gemm[0]["gemm_shape"][0]
+        notes.append(f"Plain fp32 GEMM {n}x{n}x{n} on the same machine: " + ", ".join(
+            f"{r['framework']} {r['gflops']:.0f} GFLOP/s" for r in gemm) + ".")
+    not_run = {}
+    for r in records:
+        if r["status"] != "ok":
+            what = " ".join(str(r.get(k)) for k in ("impl", "model", "form", "task", "dtype") if r.get(k))
+            not_run.setdefault((r["status"], r.get("reason", "")), []).append(what)
+    for (status, reason), whats in not_run.items():
+        notes.append(f"{status} ({reason}): " + "; ".join(whats))
+    for r in ok:
+        if r.get("note"):
+            notes.append(f"{r['impl']} {r['model']} {r['dtype']}: {r['note']}")
+            break
+    return "\n".join(lines) + "\n\n" + "\n\n".join(notes) + "\n"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("jsonl", help="output of scripts/benchmark.py")
+    p.add_argument("--output", default="", help="write the Markdown here instead of printing it")
+    args = p.parse_args(argv)
+    if not os.path.isfile(args.jsonl):
+        raise SystemExit(f"error: {args.jsonl} not found")
+    text = render(load(args.jsonl))
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+
+
+if __name__ == "__main__":
+    main()

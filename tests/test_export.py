@@ -1,0 +1,176 @@
+"""scripts/export.py (MINDIR / ONNX of the deploy form) and a smoke test of scripts/benchmark.py.
+
+The export tests run the scripts as a user would (subprocesses) and check the written files independently of the
+scripts' own checks. Nothing here asserts on speed.
+"""
+import json
+import math
+import os
+import stat
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import mindspore as ms
+import mindcv
+
+from conftest import ROOT, randomize
+
+import mindcv_ext
+
+SCRIPTS = os.path.join(ROOT, "scripts")
+sys.path.insert(0, SCRIPTS)
+
+
+def run_script(name, *args, cwd):
+    proc = subprocess.run([sys.executable, os.path.join(SCRIPTS, name), *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=600)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def train_ckpt(tmp_path_factory):
+    """A demo_repmlp train-form checkpoint with non-trivial BN statistics (10 classes)."""
+    path = tmp_path_factory.mktemp("ckpt") / "demo_train.ckpt"
+    net = randomize(mindcv.create_model("demo_repmlp", num_classes=10), seed=3)
+    mindcv_ext.save_checkpoint(net, str(path))
+    return str(path)
+
+
+def deploy_cell_logits(ckpt, x):
+    """Reference: the checkpoint loaded into the train form, re-parameterized, in eval mode (PyNative)."""
+    net = mindcv.create_model("demo_repmlp", num_classes=10, checkpoint_path=ckpt)
+    net.set_train(False)
+    mindcv_ext.reparameterize(net)
+    return net(ms.Tensor(x)).asnumpy()
+
+
+def images(n, seed=5):
+    return np.random.default_rng(seed).standard_normal((n, 3, 64, 64)).astype(np.float32)
+
+
+def test_mindir_from_train_checkpoint_matches_deploy_cell(train_ckpt, tmp_path):
+    out_dir = tmp_path / "out"
+    rc, log = run_script("export.py", "--model", "demo_repmlp", "--ckpt_path", train_ckpt, "--file_format", "MINDIR",
+                         "--output", out_dir / "demo", "--batch_size", 2, cwd=tmp_path)
+    assert rc == 0, log
+    assert "MINDIR file vs network" in log and "deploy form vs train form" in log
+    path = out_dir / "demo.mindir"  # extension added, as mindspore.export would
+    assert sorted(os.listdir(out_dir)) == ["demo.mindir"]  # no temporary leftovers
+
+    x = images(2)
+    got = ms.nn.GraphCell(ms.load(str(path)))(ms.Tensor(x)).asnumpy()
+    ref = deploy_cell_logits(train_ckpt, x)
+    assert got.shape == (2, 10)
+    assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
+def test_onnx_matches_deploy_cell_and_leaves_directory_alone(train_ckpt, tmp_path):
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime not installed (optional 'onnx' extra)")
+    out_dir = tmp_path / "onnx_out"
+    out_dir.mkdir(mode=0o755)
+    os.chmod(out_dir, 0o755)
+    rc, log = run_script("export.py", "--model", "demo_repmlp", "--ckpt_path", train_ckpt, "--file_format", "onnx",
+                         "--output", out_dir / "demo.onnx", "--batch_size", 2, cwd=tmp_path)
+    assert rc == 0, log
+    # mindspore.export chmods an ONNX file's directory to 0o700; the script must not let it touch ours.
+    assert stat.S_IMODE(os.stat(out_dir).st_mode) == 0o755
+    assert sorted(os.listdir(out_dir)) == ["demo.onnx"]
+
+    x = images(2, seed=6)
+    session = ort.InferenceSession(str(out_dir / "demo.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x})[0]
+    ref = deploy_cell_logits(train_ckpt, x)
+    assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
+def test_failed_check_writes_nothing(train_ckpt, tmp_path):
+    pytest.importorskip("onnxruntime", reason="onnxruntime not installed (optional 'onnx' extra)")
+    # The ONNX file's GELU differs from the network's by ~1e-7 relative: an impossible tolerance must fail.
+    rc, log = run_script("export.py", "--model", "demo_repmlp", "--ckpt_path", train_ckpt, "--file_format", "ONNX",
+                         "--output", tmp_path / "x.onnx", "--tolerance", 1e-15, cwd=tmp_path)
+    assert rc == 2, log
+    assert "differs beyond the tolerance" in log
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--ckpt_path", "missing.ckpt"], "checkpoint not found"),
+    ([], "--random_init True"),
+    (["--ckpt_path", "bad.ckpt"], "Cannot read checkpoint"),
+], ids=["missing-checkpoint", "no-checkpoint-without-random-init", "corrupt-checkpoint"])
+def test_export_errors(tmp_path, args, message):
+    (tmp_path / "bad.ckpt").write_bytes(b"not a checkpoint")
+    rc, log = run_script("export.py", "--model", "demo_repmlp", "--file_format", "MINDIR", "--output", "o.mindir",
+                         *args, cwd=tmp_path)
+    assert rc == 2, log
+    assert message in log
+    assert sorted(os.listdir(tmp_path)) == ["bad.ckpt"]
+
+
+def test_export_wrong_model_names_the_right_one(train_ckpt, tmp_path):
+    rc, log = run_script("export.py", "--model", "repmlp_t224", "--ckpt_path", train_ckpt, "--file_format", "MINDIR",
+                         cwd=tmp_path)
+    assert rc == 2, log
+    assert "is a demo_repmlp checkpoint, not repmlp_t224" in log
+    assert os.listdir(tmp_path) == []
+
+
+def test_erf_free_gelu_is_exact_gelu():
+    from _onnx_ops import ErfFreeGELU
+
+    x = np.linspace(-9, 9, 20001).astype(np.float32)
+    exact = np.array([0.5 * v * (1 + math.erf(v / math.sqrt(2))) for v in x.astype(np.float64)])
+    got = ErfFreeGELU()(ms.Tensor(x)).asnumpy()
+    assert np.abs(got - exact).max() < 2e-6
+
+
+# ---------------------------------------------------------------- benchmark
+
+def test_benchmark_smoke_jsonl_schema(tmp_path):
+    out = tmp_path / "bench.jsonl"
+    baselines = "torch" if _installed("torch") else ""
+    rc, log = run_script("benchmark.py", "--models", "demo_repmlp", "--batch_sizes", 2, "--forms", "deploy",
+                         "--tasks", "inference,train_step", "--dtypes", "fp32", "--warmup", 0, "--iters", 1,
+                         "--baselines", baselines, "--output", out, "--markdown", "True", cwd=tmp_path)
+    assert rc == 0, log
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    expected = {("ours", "deploy", "inference"), ("ours", "train", "train_step")}
+    if baselines:
+        expected |= {("torch", "deploy", "inference"), ("torch", "train", "train_step")}
+    assert {(r["impl"], r["form"], r["task"]) for r in recs} == expected
+    for r in recs:
+        assert r["schema"] == "repmlp-bench/1" and r["status"] == "ok", r
+        assert r["model"] == "demo_repmlp" and r["batch_size"] == 2 and r["dtype"] == "fp32"
+        assert r["throughput_img_s"] > 0 and r["peak_rss_mib"] > 0
+        assert set(r["latency_ms"]) >= {"mean", "p50", "p90", "p99", "min", "max"}
+        assert isinstance(r["loadavg_1m_before"], float)
+        assert "other_cpu_cores" in r["cpu_during_timed_loop"]
+        m = r["machine"]
+        assert m["cores"] >= 1 and m["cpu_model"] and m["mindspore"] and m["device_target"] == "CPU"
+        if r["impl"] == "torch":
+            assert r["impl_label"] == "PyTorch reimplementation of the official RepMLPNet (not the authors' file)"
+            assert r["compile_s"] is None and r["device_target"] == "CPU"
+        else:
+            assert r["mode"] == "graph" and r["compile_s"] is not None
+    assert "| this project | demo_repmlp | deploy | inference | fp32 | 2 |" in log  # --markdown table
+
+
+def test_benchmark_plan_skips_what_cannot_run():
+    import benchmark
+
+    args = benchmark.parse_args(["--models", "demo_repmlp", "--dtypes", "fp32,fp16", "--baselines", "mindcv"])
+    info = {"models": {"demo_repmlp": {"image_size": 64, "arch": None}}, "mindcv_own": ["repmlp_t224"]}
+    plan = {(c["impl"], c["form"], c["task"], c["dtype"]): skip for c, skip in benchmark.configs(args, info)}
+    assert plan[("ours", "deploy", "inference", "fp16")] is None  # measured (with a note) on CPU
+    assert "overflow-status" in plan[("ours", "train", "train_step", "fp16")]
+    assert plan[("mindcv", "train", "inference", "fp32")] == "mindcv 0.3.0 has no demo_repmlp"
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(["--dtypes", "int8"])
+
+
+def _installed(module):
+    import importlib.util
+    return importlib.util.find_spec(module) is not None
