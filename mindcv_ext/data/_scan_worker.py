@@ -1,0 +1,306 @@
+"""Per-file image checks, run in worker processes started by `imagecheck.find_bad_images`.
+
+Run as a script (`python _scan_worker.py --decode auto`), not imported through the package: workers then start in
+milliseconds without loading MindSpore, which is only imported the first time a file needs a real decode.
+
+Protocol: one JSON line per chunk on stdin (a list of paths); one JSON line per path on stdout, in order, each
+null (good) or the reason the file is bad. Files are handled one by one, and the answers so far are flushed before
+every decode, so when the process dies (MindSpore's decoder raises SIGFPE/SIGSEGV or hangs on some broken JPEGs)
+the parent knows exactly which file did it.
+
+Cost per file in the default mode: one open, a read of the first 8 KiB and the last 64 bytes; the whole file is
+read only when its end is not where it should be. No pixel is decoded unless the structure is unusual.
+"""
+import json
+import os
+import signal
+import stat
+import sys
+
+HEAD = 8 * 1024  # covers JFIF/EXIF headers of typical photos; larger headers are read on demand
+TAIL = 64
+
+# Extensions each format may carry. MindSpore picks the decoder from the bytes, so a mismatch does not crash it,
+# but it means the file is not what its name says (ImageNet's PNG named .JPEG is the famous case).
+EXTENSIONS = {
+    "JPEG": {".jpg", ".jpeg", ".jpe", ".jfif"},
+    "PNG": {".png"},
+    "BMP": {".bmp"},
+    "TIFF": {".tif", ".tiff"},
+}
+UNSUPPORTED = {"GIF", "WebP", "HEIF", "AVIF", "JPEG 2000", "ICO", "PSD"}  # MindSpore's C++ Decode refuses these
+
+# JPEG start-of-frame markers libjpeg(-turbo) decodes without question: baseline, extended, progressive.
+_SOF_COMMON = {0xC0, 0xC1, 0xC2}
+_SOF_OTHER = {0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}  # lossless, hierarchical, arithmetic
+_STANDALONE = {0x01} | set(range(0xD0, 0xD8))  # TEM, RST0-7: markers without a length field
+_PNG_SIG = b"\x89PNG\r\n\x1a\n"
+_PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+class Bad(Exception):
+    """The file is not a usable image; the message is the reason shown to the user."""
+
+
+class NeedsDecode(Exception):
+    """The structure looks fine but is unusual enough that only a real decode can tell."""
+
+
+def sniff(head: bytes):
+    if head[:3] == b"\xff\xd8\xff":
+        return "JPEG"
+    if head[:8] == _PNG_SIG:
+        return "PNG"
+    if head[:2] == b"BM":
+        return "BMP"
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return "TIFF"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    if head[4:8] == b"ftyp":
+        return "AVIF" if head[8:12] in (b"avif", b"avis") else "HEIF"
+    if head[:12] == b"\x00\x00\x00\x0cjP  \r\n\x87\n" or head[:4] == b"\xff\x4f\xff\x51":
+        return "JPEG 2000"
+    if head[:4] == b"\x00\x00\x01\x00":
+        return "ICO"
+    if head[:4] == b"8BPS":
+        return "PSD"
+    return None
+
+
+def _looks_like_text(head: bytes) -> bool:
+    sample = head[:1024]
+    if not sample or b"\x00" in sample:
+        return False
+    try:
+        sample.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _jpeg_eoi_after_scan(data: bytes, pos: int) -> bool:
+    """Walk entropy-coded data and the segments between scans from `pos`; True when an EOI marker is reached."""
+    n = len(data)
+    while True:
+        pos = data.find(b"\xff", pos)
+        if pos < 0 or pos + 1 >= n:
+            return False
+        m = data[pos + 1]
+        if m == 0x00 or m == 0xFF or m in _STANDALONE:  # byte stuffing, fill byte, restart marker
+            pos += 1 if m == 0xFF else 2
+            continue
+        if m == 0xD9:
+            return True
+        if pos + 4 > n:
+            return False
+        pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")  # DHT/DQT/SOS... between progressive scans
+
+
+def _check_segment(m: int, seg: bytes, pos: int, frame_ids=()):
+    """Consistency of the segments libjpeg builds its tables from: sizes, counts and table ids. Returns the
+    component ids of a frame header (SOS must refer to those)."""
+    what = {0xC4: "Huffman table", 0xDB: "quantization table", 0xDA: "scan header"}.get(m, "frame header")
+    bad = Bad(f"corrupt JPEG {what} at byte {pos}")
+    if m == 0xC4:  # DHT: one or more (class/id, 16 code counts, symbols)
+        i = 0
+        while i < len(seg):
+            if i + 17 > len(seg) or seg[i] >> 4 > 1 or seg[i] & 15 > 3:
+                raise bad
+            n = sum(seg[i + 1:i + 17])
+            if n > 256 or i + 17 + n > len(seg):
+                raise bad
+            i += 17 + n
+    elif m == 0xDB:  # DQT: one or more (precision/id, 64 or 128 bytes)
+        i = 0
+        while i < len(seg):
+            step = 65 if seg[i] >> 4 == 0 else 129
+            if seg[i] >> 4 > 1 or seg[i] & 15 > 3 or i + step > len(seg):
+                raise bad
+            i += step
+    elif m == 0xDA:  # SOS: component count, 2 bytes per component, 3 spectral/approximation bytes
+        if not seg or not 1 <= seg[0] <= 4 or len(seg) != 4 + 2 * seg[0]:
+            raise bad
+        for c in range(seg[0]):
+            if seg[1 + 2 * c] not in frame_ids or seg[2 + 2 * c] >> 4 > 3 or seg[2 + 2 * c] & 15 > 3:
+                raise bad
+    else:  # SOFn: precision, height, width, components, 3 bytes per component
+        if len(seg) < 6:
+            raise bad
+        height, width, ncomp = int.from_bytes(seg[1:3], "big"), int.from_bytes(seg[3:5], "big"), seg[5]
+        if width == 0 or height == 0:
+            raise Bad(f"corrupt JPEG (frame size {width}x{height})")
+        if ncomp not in (1, 3, 4) or len(seg) != 6 + 3 * ncomp:
+            raise Bad(f"corrupt JPEG frame header ({ncomp} colour components)")
+        for c in range(ncomp):
+            h, v = seg[7 + 3 * c] >> 4, seg[7 + 3 * c] & 15
+            if not (1 <= h <= 4 and 1 <= v <= 4) or seg[8 + 3 * c] > 3:
+                raise bad
+        return tuple(seg[6 + 3 * c] for c in range(ncomp))
+    return ()
+
+
+def check_jpeg(f, head: bytes, size: int):
+    pos, frame = 2, None
+    while True:  # header segments up to the first start-of-scan
+        if pos + 4 > len(head):
+            if len(head) >= size:
+                raise Bad("truncated JPEG (the file ends inside its header)")
+            f.seek(0)
+            head = f.read(max(2 * len(head), pos + HEAD))  # rare: headers larger than 64 KiB (big EXIF/ICC)
+            continue
+        if head[pos] != 0xFF:
+            raise Bad(f"corrupt JPEG header (no marker at byte {pos})")
+        m = head[pos + 1]
+        if m == 0xFF:  # fill bytes before a marker are legal
+            pos += 1
+            continue
+        if m == 0xD9:
+            raise Bad("corrupt JPEG (end-of-image marker before any image data)")
+        if m in _STANDALONE:
+            pos += 2
+            continue
+        length = int.from_bytes(head[pos + 2:pos + 4], "big")
+        if length < 2:
+            raise Bad(f"corrupt JPEG header (segment length {length} at byte {pos})")
+        if m in _SOF_COMMON or m in _SOF_OTHER or m in (0xC4, 0xDB, 0xDA):
+            end = pos + 2 + length
+            if end > len(head):
+                if end > size:
+                    raise Bad("truncated JPEG (the file ends inside its header)")
+                f.seek(0)
+                head = f.read(end + HEAD)
+            # libjpeg trusts these tables: garbage in them made MindSpore's decoder crash (SIGSEGV) in our tests
+            ids = _check_segment(m, head[pos + 4:end], pos, frame[2] if frame else ())
+            if m not in (0xC4, 0xDB, 0xDA):
+                frame = (m, head[pos + 4], ids)
+        if m == 0xDA:
+            if frame is None:
+                raise Bad("corrupt JPEG (image data before any frame header)")
+            scan_start = pos + 2 + length
+            break
+        pos += 2 + length
+    if scan_start >= size:
+        raise Bad("truncated JPEG (the file ends before its image data)")
+    f.seek(max(size - TAIL, 0))
+    tail = f.read(TAIL).rstrip(b"\x00")  # some writers pad after EOI
+    if not tail.endswith(b"\xff\xd9"):
+        # Either truncated or followed by trailing data (camera / phone makers append some): walk the whole scan.
+        f.seek(0)
+        data = f.read()
+        if not _jpeg_eoi_after_scan(data, scan_start):
+            raise Bad("truncated JPEG (no end-of-image marker: the file was cut short)")
+    if frame[0] not in _SOF_COMMON or frame[1] != 8:
+        raise NeedsDecode(f"JPEG with SOF{frame[0] - 0xC0} / {frame[1]}-bit samples")
+
+
+def check_png(f, head: bytes, size: int):
+    if head[12:16] != b"IHDR" or len(head) < 24:
+        raise Bad("corrupt PNG (no IHDR header)")
+    width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    if width == 0 or height == 0:
+        raise Bad(f"corrupt PNG (size {width}x{height})")
+    f.seek(max(size - 4096, 0))
+    if _PNG_IEND not in f.read():
+        raise Bad("truncated PNG (no IEND chunk: the file was cut short)")
+
+
+def check_bmp(f, head: bytes, size: int):
+    declared = int.from_bytes(head[2:6], "little")
+    offset = int.from_bytes(head[10:14], "little")
+    if len(head) < 26 or offset >= size:
+        raise Bad("truncated BMP (the file ends before its pixel data)")
+    if declared > size:
+        raise Bad(f"truncated BMP ({size} bytes, the header says {declared})")
+
+
+def check_file(path: str):
+    """Raise Bad or NeedsDecode, or return None when the file structure is sound."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise Bad("broken symbolic link" if os.path.islink(path) else "file vanished during the check")
+    if stat.S_ISDIR(st.st_mode):
+        raise Bad("a directory inside a class directory (ImageFolderDataset reads every entry as an image)")
+    if not stat.S_ISREG(st.st_mode):
+        raise Bad("not a regular file")
+    if st.st_size == 0:
+        raise Bad("empty file (0 bytes)")
+    with open(path, "rb") as f:
+        head = f.read(HEAD)
+        fmt = sniff(head)
+        if fmt is None:
+            kind = "a text file" if _looks_like_text(head) else f"unknown format, starts with {head[:8]!r}"
+            raise Bad(f"not an image ({kind})")
+        if fmt in UNSUPPORTED:
+            raise Bad(f"unsupported format {fmt} (MindSpore decodes JPEG, PNG, BMP, TIFF): convert it to JPEG")
+        ext = os.path.splitext(path)[1].lower()
+        if ext not in EXTENSIONS[fmt]:
+            raise Bad(f"wrong extension: {fmt} data in a file named '{ext or '(none)'}'")
+        if fmt == "JPEG":
+            check_jpeg(f, head, st.st_size)
+        elif fmt == "PNG":
+            check_png(f, head, st.st_size)
+        elif fmt == "BMP":
+            check_bmp(f, head, st.st_size)
+        else:
+            raise NeedsDecode(fmt)  # TIFF: too many layouts to verify without decoding
+
+
+class Decoder:
+    """MindSpore's own C++ decoder, the one training uses, loaded on first use."""
+
+    def __init__(self, timeout: int):
+        self.timeout = timeout
+        self.op = None
+
+    def __call__(self, path: str):
+        sys.stdout.flush()  # answers so far must reach the parent before anything here can kill the process
+        if self.op is None:
+            import numpy as np
+            import mindspore.dataset.vision as vision
+            self.np, self.op = np, vision.Decode()
+        data = self.np.fromfile(path, dtype=self.np.uint8)
+        # A hung decoder never returns to Python, so a Python-level timeout cannot fire; the default SIGALRM
+        # action kills the process instead and the parent reports the file as hanging.
+        signal.alarm(self.timeout)
+        try:
+            self.op(data)
+        except Exception as e:  # MindSpore wraps libjpeg/OpenCV errors in RuntimeError
+            lines = [ln.strip() for ln in str(e).splitlines() if "[ERROR]" in ln or "rror raised" in ln]
+            raise Bad("MindSpore cannot decode it: " + (lines[0] if lines else type(e).__name__)[:300])
+        finally:
+            signal.alarm(0)
+
+
+def check(path: str, mode: str, decoder: Decoder):
+    try:
+        try:
+            check_file(path)
+            if mode == "all":
+                decoder(path)
+        except NeedsDecode:
+            decoder(path)
+    except Bad as e:
+        return str(e)
+    except OSError as e:
+        return f"cannot read: {e.strerror or e}"
+    return None
+
+
+def main():
+    mode = sys.argv[sys.argv.index("--decode") + 1] if "--decode" in sys.argv else "auto"
+    timeout = int(sys.argv[sys.argv.index("--timeout") + 1]) if "--timeout" in sys.argv else 60
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    decoder = Decoder(timeout)
+    out = sys.stdout
+    for line in sys.stdin:
+        for path in json.loads(line):
+            out.write(json.dumps(check(path, mode, decoder)) + "\n")
+        out.flush()
+
+
+if __name__ == "__main__":
+    main()
