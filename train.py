@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     if steps_per_epoch == 0:
         raise ConfigError(f"batch_size {cfg.batch_size} is larger than this rank's {train_samples} train samples "
                           f"(drop_remainder drops them all); lower batch_size.")
-    val_loader = build_eval_loader(cfg, data_dir, rank, group_size)[0] if cfg.val_while_train else None
+    val_loader = build_eval_loader(cfg, data_dir, num_classes, rank, group_size)[0] if cfg.val_while_train else None
     if group_size > 1:
         print(f"rank {rank}/{group_size}: {train_samples} train samples in this shard, {steps_per_epoch} steps "
               f"per epoch", flush=True)

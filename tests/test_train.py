@@ -108,3 +108,17 @@ def test_ema_cell_update_and_swap():
             np.testing.assert_array_equal(p.asnumpy(), averages[p.name])
     for p in net.get_parameters():  # the raw weights come back
         np.testing.assert_array_equal(p.asnumpy(), new[p.name])
+
+
+def test_check_data_stops_on_a_truncated_jpeg_before_training(data_dir, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(data_dir, data)
+    victim = sorted((data / "train").rglob("*.jpg"))[0]
+    victim.write_bytes(victim.read_bytes()[:300])  # header only: the kind of file that crashes the decoder
+    out = tmp_path / "run"
+    proc = run_train(data, out, "--check_data", "True")
+    assert proc.returncode == 2, explain(proc)
+    assert "1 unreadable image(s)" in proc.stderr and str(victim) in proc.stderr
+    assert not (out / "latest.ckpt").exists() and "epoch 1/" not in proc.stdout

@@ -18,8 +18,10 @@ def prepare_data_dir(cfg) -> str:
     if cfg.dataset == "demo":
         from ..data import ensure_demo_dataset
 
-        return ensure_demo_dataset(cfg.data_dir, num_classes=cfg.num_classes or 10, image_size=cfg.image_resize,
-                                   seed=cfg.seed)
+        try:  # the images do not depend on the training seed: one demo set serves every run
+            return ensure_demo_dataset(cfg.data_dir, num_classes=cfg.num_classes or 10, image_size=cfg.image_resize)
+        except ValueError as e:  # e.g. data_dir holds another dataset or a demo set made with other settings
+            raise ConfigError(f"dataset demo, data_dir {cfg.data_dir!r}: {e}") from None
     root = cfg.data_dir
     needed = [cfg.train_split] + ([cfg.val_split] if cfg.val_while_train else [])
     for split in needed:
@@ -73,17 +75,27 @@ def build_train_loader(cfg, data_dir: str, num_classes: int, rank: int, group_si
                           f"the folder or set train_split: train.")
     if cfg.num_samples is not None and not _accepts(create_train_loader, "num_samples"):
         raise ConfigError("num_samples is not supported by the train loader; set num_samples: None.")
-    return _call(create_train_loader, (data_dir,), kwargs, optional)
+    return _as_config_error(_call, create_train_loader, (data_dir,), kwargs, optional)
 
 
-def build_eval_loader(cfg, data_dir: str, rank: int, group_size: int):
+def build_eval_loader(cfg, data_dir: str, num_classes: int, rank: int, group_size: int):
     from ..data import create_eval_loader
 
     shards = dict(num_shards=group_size, shard_id=rank) if group_size > 1 else {}
     kwargs = dict(split=cfg.val_split, batch_size=cfg.batch_size, image_size=cfg.image_resize,
                   crop_pct=cfg.crop_pct, interpolation=cfg.interpolation,
                   num_parallel_workers=cfg.num_parallel_workers, **shards)
-    return _call(create_eval_loader, (data_dir,), kwargs, {"mean": ("mean", cfg.mean), "std": ("std", cfg.std)})
+    optional = {"mean": ("mean", cfg.mean), "std": ("std", cfg.std), "num_classes": ("num_classes", num_classes)}
+    return _as_config_error(_call, create_eval_loader, (data_dir,), kwargs, optional)
+
+
+def _as_config_error(fn, *args):
+    # The loaders check the data layout and their arguments and raise ValueError naming the problem: report it
+    # like any other bad input (one line, exit code 2), not as a traceback.
+    try:
+        return fn(*args)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _accepts(fn: Callable, arg: str) -> bool:
@@ -94,7 +106,7 @@ def _accepts(fn: Callable, arg: str) -> bool:
 def check_images(data_dir: str, workers: Optional[int] = None) -> None:
     """Decode-check every image under data_dir; raise listing the bad files (MindSpore's decoder can kill the
     process on some truncated JPEGs, hours into a run)."""
-    from ..data.check import find_bad_images
+    from ..data import find_bad_images
 
     bad = find_bad_images(data_dir, workers=workers)
     if bad:
