@@ -103,6 +103,8 @@ def load_weights_for(args):
         for k, v in ema.items():
             v.name = k  # MindSpore loads by Parameter.name
         params = ema
+    elif any(k.startswith("ema.") for k in params):
+        print(f"note: {args.ckpt_path} also holds EMA weights; evaluating the raw ones (--ema True for the EMA ones)")
     form = mindcv_ext.checkpoint_form(params)
     if form is None:
         raise ValidateError(f"{args.ckpt_path} holds no RepMLPNet blocks (no '...repmlp_block.fc3.*' keys"
@@ -145,7 +147,7 @@ def build_net(args, params, form, kwargs):
     try:
         mindcv_ext.load_weights(net, params, source=args.ckpt_path)
     except ValueError as e:  # CheckpointError names the missing / unexpected / mis-shaped keys
-        raise ValidateError(f"{args.ckpt_path} does not fit --model {args.model} ({form} form): {e}") from e
+        raise ValidateError(f"{e}. Is --model {args.model} the variant this checkpoint was trained as?") from e
     net.set_train(False)
     return net, image_size
 

@@ -1,7 +1,6 @@
 """find_bad_images / scripts/check_dataset.py: planted bad files are all found, good ones of many kinds are not."""
 import io
 import os
-import signal
 import subprocess
 import sys
 import textwrap
