@@ -76,8 +76,10 @@ class _Worker:
         rc = self.proc.wait()
         if rc == -signal.SIGALRM:
             return answers, f"MindSpore's decoder hangs on it (no result after {self.timeout} s)"
-        if rc < 0:
+        if -rc in (signal.SIGFPE, signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGABRT):
             return answers, f"MindSpore's decoder crashes on it ({_signal_name(rc)}, the process is killed)"
+        if rc < 0:  # e.g. SIGKILL from the OOM killer: still name the file, but do not blame the decoder
+            return answers, f"the check process was killed ({_signal_name(rc)}) while reading it"
         self.log.seek(0)
         tail = self.log.read().decode(errors="replace").strip().splitlines()[-5:]
         raise RuntimeError(f"image check worker exited with code {rc}: " + " | ".join(tail))
