@@ -122,3 +122,54 @@ def test_check_data_stops_on_a_truncated_jpeg_before_training(data_dir, tmp_path
     assert proc.returncode == 2, explain(proc)
     assert "1 unreadable image(s)" in proc.stderr and str(victim) in proc.stderr
     assert not (out / "latest.ckpt").exists() and "epoch 1/" not in proc.stdout
+
+
+def _one_sgd_step(*extra):
+    """Weights before and after one plain-SGD step (lr 1) of demo_repmlp on a fixed batch, built like train.py."""
+    import mindcv
+    import mindspore as ms
+
+    from _train_utils import DEMO_RECIPE
+    from mindcv_ext.training import optim
+    from mindcv_ext.training.config import load_config
+    from mindcv_ext.training.step import build_train_step
+
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    cfg = load_config(["--config", DEMO_RECIPE, "--num_classes", "4", "--opt", "sgd", "--momentum", "0",
+                       "--weight_decay", "0", "--scheduler", "constant", "--warmup_epochs", "0", "--lr", "1.0",
+                       *extra])
+    net = mindcv.create_model(cfg.model, num_classes=4)
+    rng = np.random.default_rng(0)
+    for p in net.get_parameters():  # the same start for every call
+        p.set_data(ms.Tensor((rng.standard_normal(p.shape) * 0.1).astype(np.float32)) if "moving_var" not in p.name
+                   else ms.Tensor(np.ones(p.shape, np.float32)))
+    before = {p.name: p.asnumpy().copy() for p in net.trainable_params()}
+    step = build_train_step(cfg, net, optim.build_loss(cfg), optim.build_optimizer(cfg, net, optim.build_lr_schedule(
+        cfg, 1)), optim.build_loss_scale(cfg), 1)
+    images = ms.Tensor(rng.standard_normal((8, 3, 64, 64)).astype(np.float32))
+    labels = ms.Tensor(np.arange(8, dtype=np.int32) % 4)
+    step(images, labels)
+    return {k: p.asnumpy() - before[k] for k, p in ((p.name, p) for p in net.trainable_params())}
+
+
+def _global_norm(deltas):
+    return float(np.sqrt(sum(float((d.astype(np.float64) ** 2).sum()) for d in deltas.values())))
+
+
+def test_fixed_loss_scale_does_not_change_the_update():
+    # The train step multiplies the loss by loss_scale and divides the gradients by it again: in fp32 the update
+    # must not depend on the scale.
+    plain, scaled = _one_sgd_step("--loss_scale", "1"), _one_sgd_step("--loss_scale", "1024")
+    assert _global_norm(plain) > 0
+    for k in plain:
+        np.testing.assert_allclose(scaled[k], plain[k], rtol=1e-3, atol=1e-7, err_msg=k)
+
+
+def test_clip_grad_bounds_the_global_norm():
+    free = _one_sgd_step()
+    clipped = _one_sgd_step("--clip_grad", "True", "--clip_value", "0.01")
+    assert _global_norm(free) > 0.05  # clipping has something to do
+    assert _global_norm(clipped) == pytest.approx(0.01, rel=1e-3)  # lr 1: the update is minus the clipped gradient
+    ratio = _global_norm(clipped) / _global_norm(free)
+    for k in free:  # same direction, scaled down
+        np.testing.assert_allclose(clipped[k], free[k] * ratio, rtol=1e-3, atol=5e-8, err_msg=k)  # atol: fp32 rounding of w + dw
