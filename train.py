@@ -12,6 +12,7 @@ evaluated weights with the best val top-1: EMA weights when ema is on), metrics.
 Steps are run one by one from Python rather than sunk to the device (dataset_sink_mode is accepted and ignored):
 the loss is checked after every step, and at ~0.5 s per RepMLPNet step on Ascend the launch overhead is small.
 """
+import contextlib
 import difflib
 import logging
 import math
@@ -60,7 +61,8 @@ def main(argv=None) -> int:
     data_dir = prepare_data_dir(cfg)
     if cfg.check_data:
         t0 = time.time()
-        check_images(data_dir, workers=max(1, (os.cpu_count() or 1) // _local_workers(group_size)))
+        # Every rank checks (they must agree on stopping); with several ranks each gets a share of the CPUs.
+        check_images(data_dir, workers=None if group_size == 1 else max(1, (os.cpu_count() or 1) // group_size))
         log.info(f"check_data: every image under {data_dir} decodes ({time.time() - t0:.1f} s)")
     found_classes = count_classes(os.path.join(data_dir, cfg.train_split))
     num_classes = cfg.num_classes or found_classes
@@ -123,6 +125,7 @@ def main(argv=None) -> int:
         rank_local_params += [a for a, w in zip(train_step.ema.averages, train_step.ema.weights) if not w.requires_grad]
     progress = Progress(cfg.epoch_size, steps_per_epoch, cfg.batch_size * group_size, enabled=is_main)
     batches = train_loader.create_tuple_iterator(num_epochs=cfg.epoch_size - start_epoch)
+    may_skip = cfg.loss_scale_type == "dynamic" or cfg.drop_overflow_update  # steps that overflow are skipped
     first_step, skipped_steps, run_start = True, 0, time.time()
     for epoch in range(start_epoch + 1, cfg.epoch_size + 1):
         epoch_start, loss_sum, window, step = time.time(), 0.0, [], 0
@@ -134,8 +137,8 @@ def main(argv=None) -> int:
             first_step = False
             if not math.isfinite(loss):
                 raise NonFiniteLossError(_nonfinite_message(loss, epoch, step, cfg, ckpts))
-            skipped_steps += int(bool(overflow.asnumpy())) if cfg.loss_scale_type == "dynamic" or \
-                cfg.drop_overflow_update else 0
+            if may_skip:
+                skipped_steps += int(bool(overflow.asnumpy()))
             loss_sum += loss
             window.append(loss)
             lr = lr_schedule[min((epoch - 1) * steps_per_epoch + step - 1, len(lr_schedule) - 1)]
@@ -161,7 +164,7 @@ def main(argv=None) -> int:
                "time_s": time.time() - epoch_start, "img_s": progress.img_per_s()}
         if val_loader is not None and (epoch % cfg.val_interval == 0 or epoch == cfg.epoch_size):
             eval_start = time.time()
-            with (train_step.ema.swapped_in() if train_step.ema is not None else _nothing()):
+            with (train_step.ema.swapped_in() if train_step.ema is not None else contextlib.nullcontext()):
                 result = evaluate(network, val_loader, all_reduce)
                 if result["top1"] > best_acc:
                     best_acc = result["top1"]
@@ -197,21 +200,10 @@ def _evals_left(cfg, epoch: int) -> int:
     return len(later)
 
 
-def _local_workers(group_size: int) -> int:
-    return int(os.environ.get("MS_LOCAL_WORKER", os.environ.get("LOCAL_WORKER_NUM", group_size)) or 1)
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
 def _nonfinite_message(loss, epoch, step, cfg, ckpts) -> str:
     if os.path.exists(ckpts.latest_path):
-        kept = f"The last good checkpoint is {ckpts.latest_path} (end of epoch {epoch - 1}); nothing was written after it."
+        kept = (f"The last good checkpoint is {ckpts.latest_path} (end of epoch {epoch - 1}); nothing was written "
+                f"after it.")
     else:
         kept = "No checkpoint was written (it happened in the first epoch of this run)."
     return (f"Loss became {loss} at epoch {epoch}, step {step}: training stopped. {kept} Usual fixes: a lower lr "

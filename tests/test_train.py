@@ -172,4 +172,5 @@ def test_clip_grad_bounds_the_global_norm():
     assert _global_norm(clipped) == pytest.approx(0.01, rel=1e-3)  # lr 1: the update is minus the clipped gradient
     ratio = _global_norm(clipped) / _global_norm(free)
     for k in free:  # same direction, scaled down
-        np.testing.assert_allclose(clipped[k], free[k] * ratio, rtol=1e-3, atol=5e-8, err_msg=k)  # atol: fp32 rounding of w + dw
+        # atol: the fp32 rounding of w + dw
+        np.testing.assert_allclose(clipped[k], free[k] * ratio, rtol=1e-3, atol=5e-8, err_msg=k)

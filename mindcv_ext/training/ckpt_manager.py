@@ -13,7 +13,7 @@ leaves the previous version intact.
 """
 import os
 import re
-from typing import Dict, Optional
+from typing import Dict
 
 import numpy as np
 from mindspore import Parameter, nn

@@ -335,8 +335,9 @@ def validate(cfg: SimpleNamespace) -> SimpleNamespace:
     if cfg.device_target == "CPU" and (cfg.loss_scale_type == "dynamic" or cfg.drop_overflow_update):
         what = "loss_scale_type: dynamic" if cfg.loss_scale_type == "dynamic" else "drop_overflow_update: True"
         raise ConfigError(f"{what} needs overflow detection, which MindSpore does not provide on CPU (its "
-                          f"overflow-status kernel, NPUGetFloatStatusV2, does not exist there). On CPU use loss_scale_type: fixed, "
-                          f"drop_overflow_update: False (and amp_level O0, where no loss scale is needed).")
+                          f"overflow-status kernel, NPUGetFloatStatusV2, does not exist there). On CPU use "
+                          f"loss_scale_type: fixed, drop_overflow_update: False (and amp_level O0, where no loss "
+                          f"scale is needed).")
     cfg.opt = str(cfg.opt).lower()
     _choice(cfg, "opt", ("sgd", "momentum", "nesterov", "adam", "adamw", "lion", "nadam", "adan", "rmsprop",
                          "adagrad", "lamb"))
