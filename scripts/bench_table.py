@@ -19,6 +19,12 @@ def _fmt(v, digits=2):
     return "-" if v is None else f"{v:.{digits}f}"
 
 
+def _ips(r):
+    # Images per second from the median latency (one preempted iteration should not move it); the JSON also has
+    # the total-time figure, throughput_img_s. Older files lack the median one.
+    return r.get("throughput_p50_img_s", r["throughput_img_s"])
+
+
 def _key(r):
     return r.get("model"), r.get("batch_size"), r.get("task"), r.get("form"), r.get("dtype")
 
@@ -49,7 +55,7 @@ def render(records):
         ref = torch.get(_key(r)) if r["impl"] != "torch" else None
         if ref is None and r["impl"] != "torch":
             ref = torch.get(_key(r)[:4] + ("fp32",))
-        ratio = f"{r['throughput_img_s'] / ref['throughput_img_s']:.2f}x" if ref else "-"
+        ratio = f"{_ips(r) / _ips(ref):.2f}x" if ref else "-"
         others = r.get("cpu_during_timed_loop", {}).get("other_cpu_cores", 0.0)
         mark = ""
         if others > CONTENDED_CORES:
@@ -58,14 +64,16 @@ def render(records):
         lat = r["latency_ms"]
         name = {"ours": "this project", "mindcv": "mindcv 0.3.0", "torch": "PyTorch reimpl.*"}.get(r["impl"], r["impl"])
         lines.append(f"| {name} | {r['model']} | {r['form']} | {r['task'].replace('_', ' ')} | {r['dtype']} | "
-                     f"{r['batch_size']} | {r['throughput_img_s']:.2f}{mark} | {lat['p50']:.0f} / {lat['p90']:.0f} | "
+                     f"{r['batch_size']} | {_ips(r):.2f}{mark} | {lat['p50']:.0f} / {lat['p90']:.0f} | "
                      f"{_fmt(r.get('compile_s'), 1)} | {r.get('peak_rss_mib') or '-'} | {ratio} |")
     notes = []
     if any(r["impl"] == "torch" for r in records):
         notes.append("\\* PyTorch reimplementation of the official RepMLPNet (not the authors' file): "
                      "`tests/torch_repmlp_ref.py`, official semantics (grouped-conv fc3), eager, "
                      "`torch.inference_mode()` for inference, AdamW for the training step.")
-    notes.append("Training step = forward, backward and AdamW update of the train form, fp32, batch as shown. "
+    notes.append("img/s = batch / median latency of the timed calls (after a compiling first call and warm-up); "
+                 "the JSON also has total images / total time. Training step = forward, backward and AdamW update "
+                 "of the train form, fp32, batch as shown. "
                  "Compile = first call minus the median call (graph compilation; n/a for eager PyTorch). Peak RSS "
                  "= high-water mark of the fresh process that ran the configuration (framework import included).")
     if flagged:

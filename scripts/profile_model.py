@@ -90,9 +90,9 @@ def read_ops(fw_dir):
     with open(os.path.join(fw_dir, "cpu_op_execute_timestamp_0.txt")) as f:
         for line in f:
             name, _, rest = line.strip().split(";", 2)
-            runs = [r.split(",") for r in rest.split()]
+            runs = [(int(r.split(",")[0]), float(r.split(",")[1])) for r in rest.split()]  # (start ns, ms)
             # Median over the profiled steps: one preempted run should not make an op look expensive.
-            ops_.append(dict(name=name, start=int(runs[0][0]), ms=float(np.median([float(r[1]) for r in runs]))))
+            ops_.append(dict(name=name, start=runs[0][0], ms=float(np.median([d for _, d in runs])), runs=runs))
     ops_.sort(key=lambda o: o["start"])
     # cpu_framework_0.txt lists executions in the same order with input shapes but short names only.
     with open(os.path.join(fw_dir, "cpu_framework_0.txt")) as f:
@@ -103,6 +103,15 @@ def read_ops(fw_dir):
         o["shapes"] = [s.split(":", 1)[1] for s in fw[i][3:] if "NoShape" not in s] if aligned else []
         o["scope"] = o["name"].rsplit("/", 1)[0]
     return ops_
+
+
+def step_span_ms(ops_):
+    """Median over profiled steps of first op start -> last op end: the step as the runtime saw it. Much more
+    than the sum of op times means gaps between kernels (scheduling, allocation) or a contended machine."""
+    steps = min(len(o["runs"]) for o in ops_)
+    spans = [(max(o["runs"][i][0] + o["runs"][i][1] * 1e6 for o in ops_) - min(o["runs"][i][0] for o in ops_)) / 1e6
+             for i in range(steps)]
+    return float(np.median(spans))
 
 
 def classify(scope):
@@ -164,8 +173,10 @@ def main(argv=None):
     total, tables = aggregate(ops_)
     what = f"{args.impl} {args.model} {args.task} ({'train' if args.task == 'train_step' else args.form} form), " \
            f"batch {args.batch_size}, fp32, graph mode, CPU, {args.threads} threads"
-    print(f"{what}\nunprofiled step: {wall_ms:.1f} ms ({args.batch_size * 1000 / wall_ms:.2f} img/s); sum of the "
-          f"ops' median times under the profiler: {total:.1f} ms/step; 1-minute load average {os.getloadavg()[0]:.2f}")
+    span = step_span_ms(ops_)
+    print(f"{what}\nunprofiled step: {wall_ms:.1f} ms ({args.batch_size * 1000 / wall_ms:.2f} img/s); profiled step "
+          f"span {span:.1f} ms, of which op time {total:.1f} ms ({100 * total / span:.0f}%; ops may overlap); "
+          f"1-minute load average {os.getloadavg()[0]:.2f}")
     print("(module = MindSpore's op scope, which can name another instance, e.g. every Transpose after the first "
           "Cell that made one; input shapes are the reliable locator)")
     for title in ("direction", "op type", "module"):
@@ -176,7 +187,7 @@ def main(argv=None):
         print(f"  {label[:56]:<56} {ms_:>9.2f} {100 * ms_ / total:>6.1f}%  {shapes} (x{n})")
     if args.output:
         with open(args.output, "w") as f:
-            json.dump(dict(config=vars(args), unprofiled_step_ms=wall_ms, profiled_total_ms=total,
+            json.dump(dict(config=vars(args), unprofiled_step_ms=wall_ms, profiled_total_ms=total, step_span_ms=span,
                            tables={k: [[r[0], round(r[1], 3)] + list(r[2:]) for r in rows] for k, rows in tables.items()},
                            ops=[{k: o[k] for k in ("name", "type", "ms", "shapes")} for o in ops_]),
                       f, indent=1)

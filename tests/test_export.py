@@ -21,7 +21,6 @@ from conftest import ROOT, randomize
 import mindcv_ext
 
 SCRIPTS = os.path.join(ROOT, "scripts")
-sys.path.insert(0, SCRIPTS)
 
 
 def run_script(name, *args, cwd):
@@ -47,6 +46,12 @@ def deploy_cell_logits(ckpt, x):
     return net(ms.Tensor(x)).asnumpy()
 
 
+def assert_deploy_file(path):
+    """The file holds the deploy form: fc3 biases, no conv branches or fc3 BN (names are stored in the file)."""
+    data = open(path, "rb").read()
+    assert b"fc3.bias" in data and b"repconv" not in data and b"fc3_bn" not in data
+
+
 def images(n, seed=5):
     return np.random.default_rng(seed).standard_normal((n, 3, 64, 64)).astype(np.float32)
 
@@ -59,6 +64,7 @@ def test_mindir_from_train_checkpoint_matches_deploy_cell(train_ckpt, tmp_path):
     assert "MINDIR file vs network" in log and "deploy form vs train form" in log
     path = out_dir / "demo.mindir"  # extension added, as mindspore.export would
     assert sorted(os.listdir(out_dir)) == ["demo.mindir"]  # no temporary leftovers
+    assert_deploy_file(path)
 
     x = images(2)
     got = ms.nn.GraphCell(ms.load(str(path)))(ms.Tensor(x)).asnumpy()
@@ -78,6 +84,7 @@ def test_onnx_matches_deploy_cell_and_leaves_directory_alone(train_ckpt, tmp_pat
     # mindspore.export chmods an ONNX file's directory to 0o700; the script must not let it touch ours.
     assert stat.S_IMODE(os.stat(out_dir).st_mode) == 0o755
     assert sorted(os.listdir(out_dir)) == ["demo.onnx"]
+    assert_deploy_file(out_dir / "demo.onnx")
 
     x = images(2, seed=6)
     session = ort.InferenceSession(str(out_dir / "demo.onnx"), providers=["CPUExecutionProvider"])
@@ -118,7 +125,8 @@ def test_export_wrong_model_names_the_right_one(train_ckpt, tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def test_erf_free_gelu_is_exact_gelu():
+def test_erf_free_gelu_is_exact_gelu(monkeypatch):
+    monkeypatch.syspath_prepend(SCRIPTS)
     from _onnx_ops import ErfFreeGELU
 
     x = np.linspace(-9, 9, 20001).astype(np.float32)
@@ -144,7 +152,7 @@ def test_benchmark_smoke_jsonl_schema(tmp_path):
     for r in recs:
         assert r["schema"] == "repmlp-bench/1" and r["status"] == "ok", r
         assert r["model"] == "demo_repmlp" and r["batch_size"] == 2 and r["dtype"] == "fp32"
-        assert r["throughput_img_s"] > 0 and r["peak_rss_mib"] > 0
+        assert r["throughput_img_s"] > 0 and r["throughput_p50_img_s"] > 0 and r["peak_rss_mib"] > 0
         assert set(r["latency_ms"]) >= {"mean", "p50", "p90", "p99", "min", "max"}
         assert isinstance(r["loadavg_1m_before"], float)
         assert "other_cpu_cores" in r["cpu_during_timed_loop"]
@@ -158,7 +166,8 @@ def test_benchmark_smoke_jsonl_schema(tmp_path):
     assert "| this project | demo_repmlp | deploy | inference | fp32 | 2 |" in log  # --markdown table
 
 
-def test_benchmark_plan_skips_what_cannot_run():
+def test_benchmark_plan_skips_what_cannot_run(monkeypatch):
+    monkeypatch.syspath_prepend(SCRIPTS)
     import benchmark
 
     args = benchmark.parse_args(["--models", "demo_repmlp", "--dtypes", "fp32,fp16", "--baselines", "mindcv"])
