@@ -186,7 +186,8 @@ def describe(rec):
     if rec["task"] == "gemm":
         return f"{what}: {rec['gflops']} GFLOP/s"
     lat = rec["latency_ms"]
-    return (f"{what}: {rec['throughput_img_s']:.2f} img/s, p50 {lat['p50']:.1f} ms, compile "
+    return (f"{what}: {rec['throughput_p50_img_s']:.2f} img/s (median; mean {rec['throughput_img_s']:.2f}), "
+            f"p50 {lat['p50']:.1f} ms, compile "
             f"{rec['compile_s'] if rec['compile_s'] is not None else '-'} s, peak {rec['peak_rss_mib']} MiB, "
             f"load {rec['loadavg_1m_before']}, others {rec['cpu_during_timed_loop']['other_cpu_cores']} cores")
 
