@@ -11,7 +11,6 @@ joined from the profiler's execution-order records. The profiler adds overhead p
 is printed for scale.
 """
 import argparse
-import csv
 import glob
 import json
 import os
