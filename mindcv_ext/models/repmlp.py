@@ -16,7 +16,7 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
-from mindspore.common.initializer import HeUniform, Uniform, initializer
+from mindspore.common.initializer import HeUniform, initializer
 
 from mindcv.models.helpers import load_pretrained
 from mindcv.models.layers import DropPath
@@ -66,45 +66,40 @@ ARCHS = {
 
 
 class PatchConv(nn.Cell):
-    """A Conv2d whose stride equals its kernel size, without padding (1x1 convs, patch embeddings, downsampling),
-    computed as one matmul on the unfolded patches. Keeps Conv2d's weight layout (out, in, k, k).
+    """A Conv2d whose stride equals its kernel size k > 1, without padding (the stem, the downsamplings), computed
+    as one GEMM over the unfolded patches. Keeps Conv2d's weight layout (out, in, k, k).
 
-    Why: MindSpore's CPU Conv2d ran the 4x4/4 stem and the 2x2/2 downsamplings at batch 8 in 0.6-1.0 s each
-    (most of a t224 forward) and 1x1 convs at ~16 GFLOP/s; a matmul runs near GEMM speed. Ascend's cube units
-    run the same matmul natively.
+    Why: MindSpore's CPU Conv2d ran the 4x4/4 stem and the 2x2/2 downsamplings at batch 8 in 0.6-1.0 s each (most
+    of a t224 forward); this takes a few ms. One GEMM with the patches as rows, rather than a matmul broadcasting
+    the weight over the batch, avoids materializing a per-sample copy of the weight.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, has_bias: bool = False):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int):
         super().__init__()
         self.k, self.out_channels = kernel_size, out_channels
-        fan_in = in_channels * kernel_size * kernel_size
-        # The distributions of PyTorch's and MindSpore's default conv init.
+        # The distribution of PyTorch's and MindSpore's default conv init.
         self.weight = Parameter(initializer(HeUniform(negative_slope=math.sqrt(5)),
                                             (out_channels, in_channels, kernel_size, kernel_size), ms.float32),
                                 name="weight")
-        self.bias = Parameter(initializer(Uniform(1 / math.sqrt(fan_in)), (out_channels,), ms.float32),
-                              name="bias") if has_bias else None
+        self.matmul = ops.MatMul(transpose_b=True)
 
     def construct(self, x):
         n, c, h, w = x.shape
         k = self.k
         ho, wo = h // k, w // k
-        if k == 1:
-            cols = x.reshape(n, c, h * w)
-        else:  # (n, c*k*k, ho*wo): channel-major patch vectors, matching the (out, in, k, k) weight
-            cols = x.reshape(n, c, ho, k, wo, k).transpose(0, 1, 3, 5, 2, 4).reshape(n, c * k * k, ho * wo)
-        y = ops.matmul(self.weight.reshape(self.out_channels, -1), cols)
-        if self.bias is not None:
-            y = y + self.bias.reshape(1, -1, 1)
-        return y.reshape(n, self.out_channels, ho, wo)
+        # Rows: one patch each, channel-major like the (out, in, k, k) weight.
+        rows = x.reshape(n, c, ho, k, wo, k).transpose(0, 2, 4, 1, 3, 5).reshape(n * ho * wo, c * k * k)
+        y = self.matmul(rows, self.weight.reshape(self.out_channels, -1))
+        return y.reshape(n, ho, wo, self.out_channels).transpose(0, 3, 1, 2)
 
 
 class ConvBN(nn.Cell):
-    """Conv without bias + BatchNorm2d, the unit every fusion works on. Stride == kernel convs use PatchConv."""
+    """Conv without bias + BatchNorm2d, the unit every fusion works on. Stride == kernel > 1 convs use PatchConv;
+    1x1 convs stay Conv2d (measured on CPU: as fast as a matmul or faster, forward and backward)."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, group=1):
         super().__init__()
-        if stride == kernel_size and padding == 0 and group == 1:
+        if stride == kernel_size > 1 and padding == 0 and group == 1:
             self.conv = PatchConv(in_channels, out_channels, kernel_size)
         else:
             self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, pad_mode="pad",
@@ -180,8 +175,8 @@ class GlobalPerceptron(nn.Cell):
 
     def __init__(self, channels: int, hidden: int):
         super().__init__()
-        self.fc1 = PatchConv(channels, hidden, 1, has_bias=True)
-        self.fc2 = PatchConv(hidden, channels, 1, has_bias=True)
+        self.fc1 = nn.Conv2d(channels, hidden, 1, has_bias=True)
+        self.fc2 = nn.Conv2d(hidden, channels, 1, has_bias=True)
         self.relu = nn.ReLU()
         self.sigmoid = nn.Sigmoid()
 
