@@ -173,3 +173,28 @@ def test_archs_table_matches_spec():
     assert ARCHS["repmlp_l256"]["sharesets"] == (1, 4, 32, 256)
     assert ARCHS["repmlp_d256"]["num_blocks"] == (2, 2, 18, 2)
     assert sorted(mindcv.list_models("repmlp_*")) == sorted(PARAM_COUNTS)
+
+
+def test_conv_branches_in_fc3_matmul_equal_grouped_convs_in_training():
+    """For S > 1 the 3x3 branch runs inside fc3's batched matmul. In training mode (BN on batch statistics), the
+    outputs and every parameter gradient must equal the plain formulation with MindSpore's grouped Conv2d."""
+    s, h, w = 4, 5, 3
+    block = randomize(mindcv_ext.RepMLPBlock(8, h, w, sharesets=s), seed=4)
+    assert block.matmul_branches == ("repconv3",)
+    block.set_train(True)
+    x = images(3, (2 * h, w), seed=9, channels=8)  # two partitions
+    probe = ms.Tensor(np.random.default_rng(2).standard_normal((3, 8, 2 * h, w)).astype(np.float32))
+    weights = block.trainable_params()
+
+    def via_grouped_convs(v):
+        n = v.shape[0]
+        rows = v.reshape(n, 8, 2, h, 1, w).transpose(0, 2, 4, 1, 3, 5).reshape(-1, s, h, w)
+        out = block.fc3_bn(block.fc3(rows)) + block.repconv1(rows) + block.repconv3(rows)  # repconv3: Conv2d
+        out = out.reshape(n, 2, 1, 8, h, w).transpose(0, 3, 1, 4, 2, 5).reshape(n, 8, 2 * h, w)
+        return out * block.gp(v)
+
+    got, got_grads = ms.value_and_grad(lambda v: (block(v) * probe).sum(), None, weights)(x)
+    want, want_grads = ms.value_and_grad(lambda v: (via_grouped_convs(v) * probe).sum(), None, weights)(x)
+    np.testing.assert_allclose(got.asnumpy(), want.asnumpy(), rtol=1e-5)
+    for p, g, r in zip(weights, got_grads, want_grads):
+        np.testing.assert_allclose(g.asnumpy(), r.asnumpy(), rtol=1e-4, atol=1e-5, err_msg=p.name)

@@ -15,6 +15,7 @@ import math
 from typing import Dict, Optional, Sequence, Tuple
 
 import mindspore as ms
+import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import HeUniform, initializer
 
@@ -137,6 +138,20 @@ def fuse_bn(kernel: Tensor, bn: nn.BatchNorm2d) -> Tuple[Tensor, Tensor]:
     return kernel * t.reshape((-1,) + (1,) * (kernel.ndim - 1)), bias
 
 
+def conv_basis(h: int, w: int, k: int) -> np.ndarray:
+    """(k*k, (h*w)**2) 0/1 array: tap t = (a, b) of a zero-padded k x k conv over an h x w image, written as the
+    flattened (h*w out, h*w in) matrix that picks input pixel (y + a - k//2, x + b - k//2) for output pixel (y, x)."""
+    r = k // 2
+    basis = np.zeros((k * k, h * w, h * w), np.float32)
+    ys, xs = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    for a in range(k):
+        for b in range(k):
+            iy, ix = ys + a - r, xs + b - r
+            inside = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
+            basis[a * k + b, (ys * w + xs)[inside], (iy * w + ix)[inside]] = 1.0
+    return basis.reshape(k * k, -1)
+
+
 class PartitionFC(nn.Cell):
     """fc3: S independent (h*w -> h*w) FCs over rows of shape (S, h, w), as one matmul (S == 1) or a batched
     matmul over S. Keeps the grouped-1x1-conv weight shape (S*h*w, h*w, 1, 1) of the released checkpoints."""
@@ -158,11 +173,15 @@ class PartitionFC(nn.Cell):
         if self.s == 1:
             y = self.matmul(x.reshape(m, hw), self.weight.reshape(hw, hw))
         else:
-            rows = x.reshape(m, self.s, hw).transpose(1, 0, 2)  # (S, M, hw): one GEMM per shareset
-            y = self.bmm(rows, self.weight.reshape(self.s, hw, hw)).transpose(1, 0, 2)
+            y = self.apply(x, self.weight.reshape(self.s, hw, hw))
         if self.bias is not None:
             y = y.reshape(m, self.s * hw) + self.bias
         return y.reshape(m, self.s, self.h, self.w)
+
+    def apply(self, x, weight):
+        """x (M, S, h, w), weight (S, n, h*w) with S > 1 -> (M, S, n): set s's rows times weight[s] transposed."""
+        rows = x.reshape(x.shape[0], self.s, self.h * self.w).transpose(1, 0, 2)  # (S, M, hw): a GEMM per set
+        return self.bmm(rows, weight).transpose(1, 0, 2)
 
     def add_bias(self, value: Tensor):
         """Give a bias-free fc3 its deploy-form bias, named after the weight so checkpoint names stay right."""
@@ -205,6 +224,16 @@ class RepMLPBlock(nn.Cell):
                 setattr(self, f"repconv{k}", ConvBN(sharesets, sharesets, k, padding=k // 2, group=sharesets))
         # Attribute names, not a CellList: the checkpoint names are repmlp_block.repconv{k}.*
         self.branch_names = tuple(f"repconv{k}" for k in self.reparam_conv_k)
+        # Grouped k x k convs (S > 1) run at ~0.5 GFLOP/s on MindSpore's CPU kernels and are weak on Ascend's cube
+        # units too. Such a branch is computed instead inside fc3's batched matmul, with its (h*w, h*w) matrix built
+        # each step from the kernel through a constant 0/1 basis: the same function and gradients, exactly.
+        self.matmul_branches = ()
+        if not deploy and sharesets > 1:
+            self.matmul_branches = tuple(f"repconv{k}" for k in self.reparam_conv_k if k > 1)
+            for k in self.reparam_conv_k:
+                if k > 1:
+                    setattr(self, f"basis{k}", Tensor(conv_basis(h, w, k)))
+        self.conv_branches = () if deploy else tuple(n for n in self.branch_names if n not in self.matmul_branches)
 
     def construct(self, x):
         n, c, H, W = x.shape
@@ -216,17 +245,35 @@ class RepMLPBlock(nn.Cell):
             rows = x.reshape(-1, self.s, self.h, self.w)
         else:
             rows = x.reshape(n, c, hp, self.h, wp, self.w).transpose(0, 2, 4, 1, 3, 5).reshape(-1, self.s, self.h, self.w)
-        out = self.fc3(rows)
-        if not self.deploy:
-            out = self.fc3_bn(out)
-            for name in self.branch_names:
-                out = out + getattr(self, name)(rows)
+        if self.deploy:
+            out = self.fc3(rows)
+        elif self.matmul_branches:
+            out = self._fc3_and_matmul_branches(rows)
+        else:
+            out = self.fc3_bn(self.fc3(rows))
+        for name in self.conv_branches:
+            out = out + getattr(self, name)(rows)
         if hp == 1 and wp == 1:
             out = out.reshape(n, c, H, W)
         else:
             # The exact inverse of the partitioning above (the authors' code mixes partitions here when hp*wp > 1).
             out = out.reshape(n, hp, wp, c, self.h, self.w).transpose(0, 3, 1, 4, 2, 5).reshape(n, c, H, W)
         return out * gate
+
+    def _fc3_and_matmul_branches(self, rows):
+        m, hw = rows.shape[0], self.h * self.w
+        mats = (self.fc3.weight.reshape(self.s, hw, hw),)
+        for name in self.matmul_branches:
+            branch = getattr(self, name)
+            taps = branch.conv.weight.reshape(self.s, -1)  # (S, k*k)
+            basis = getattr(self, "basis" + name[len("repconv"):])
+            mats = mats + (ops.matmul(taps, basis).reshape(self.s, hw, hw),)
+        y = self.fc3.apply(rows, ops.concat(mats, axis=1))  # (M, S, (1 + branches) * hw)
+        out = self.fc3_bn(y[:, :, :hw].reshape(m, self.s, self.h, self.w))
+        for i, name in enumerate(self.matmul_branches):
+            part = y[:, :, (i + 1) * hw:(i + 2) * hw].reshape(m, self.s, self.h, self.w)
+            out = out + getattr(self, name).bn(part)
+        return out
 
     def get_equivalent_fc3(self) -> Tuple[Tensor, Tensor]:
         """(weight (S*h*w, h*w, 1, 1), bias (S*h*w,)) of the single FC equal to fc3 + fc3_bn + conv branches in
@@ -261,6 +308,10 @@ class RepMLPBlock(nn.Cell):
         del self.fc3_bn
         for name in self.branch_names:
             delattr(self, name)
+        for k in self.reparam_conv_k:
+            if hasattr(self, f"basis{k}"):
+                delattr(self, f"basis{k}")
+        self.matmul_branches, self.conv_branches = (), ()
         self.deploy = True
 
 
