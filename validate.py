@@ -16,19 +16,12 @@ import time
 
 import numpy as np
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts"))
+from _common import str2bool  # noqa: E402  (shared with the scripts; no heavy imports)
+
 
 class ValidateError(Exception):
     """A problem the user can fix; printed without a traceback."""
-
-
-def str2bool(v) -> bool:
-    if isinstance(v, bool):
-        return v
-    if v.lower() in ("1", "true", "yes", "y"):
-        return True
-    if v.lower() in ("0", "false", "no", "n"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected True or False, got {v!r}")
 
 
 def parse_args(argv=None):

@@ -10,7 +10,7 @@ from typing import Dict
 from mindspore import nn
 
 from .checkpoint import CheckpointError, load_checkpoint, load_params_strict
-from .models.repmlp import MINDCV_EXTRA_KEYS, RepMLPNet, checkpoint_form
+from .models.repmlp import MINDCV_EXTRA_KEYS, RepMLPNet, checkpoint_form, checkpoint_variant
 
 __all__ = ["load_model_checkpoint", "load_weights", "check_repmlp_form", "install"]
 
@@ -45,12 +45,15 @@ def check_repmlp_form(net: RepMLPNet, params: Dict, source: str) -> None:
 
 def load_weights(net: nn.Cell, params: Dict, source: str = "checkpoint") -> None:
     """Strictly load a name -> Parameter dict into `net`, with RepMLPNet's form check and known extras."""
-    ignore = lambda k: False  # noqa: E731
+    ignore, hint = (lambda k: False), ""
     if isinstance(net, RepMLPNet):
         check_repmlp_form(net, params, source)
         dropped = ("head.", "head_norm.") if net.features_only else ()
         ignore = lambda k: k in MINDCV_EXTRA_KEYS or k.startswith(dropped)  # noqa: E731
-    load_params_strict(net, params, source=source, ignore=ignore)
+        variant = checkpoint_variant(params)
+        if variant and variant != net.name:
+            hint = f"Its shapes are those of {variant}: build that model instead of {net.name}."
+    load_params_strict(net, params, source=source, ignore=ignore, hint=hint)
 
 
 def load_model_checkpoint(model: nn.Cell, checkpoint_path: str = "", ema: bool = False,

@@ -17,6 +17,8 @@ import numpy as np
 
 from .checkpoint import (CheckpointError, load_checkpoint, load_params_strict, save_checkpoint,
                          split_training_state)
+from .models.repmlp import checkpoint_architecture as architecture_of  # noqa: F401
+from .models.repmlp import checkpoint_variant as guess_variant
 from .models.repmlp import ARCHS, MINDCV_EXTRA_KEYS, checkpoint_model_kwargs
 
 __all__ = [
@@ -308,35 +310,6 @@ def _form_of(mapped: Mapping[str, object]) -> str:
                                 "fc3 biases (deploy form); it is incomplete.")
     raise WeightImportError("The source holds no RepMLP block (no '...repmlp_block.fc3.weight' after mapping): "
                             "not a RepMLPNet checkpoint.")
-
-
-def architecture_of(mapped: Mapping[str, object]):
-    """(channels, blocks, partition sizes, sharesets) per stage read off our-layout shapes; None if incomplete."""
-    stages: Dict[int, Dict[int, Tuple[int, int]]] = {}
-    channels: Dict[int, int] = {}
-    for k, v in mapped.items():
-        m = re.fullmatch(r"stages\.(\d+)\.(\d+)\.repmlp_block\.fc3\.weight", k)
-        if m and len(v.shape) == 4 and v.shape[1]:
-            rows, hw = int(v.shape[0]), int(v.shape[1])
-            stages.setdefault(int(m.group(1)), {})[int(m.group(2))] = (round(hw ** 0.5), rows // hw)
-        m = re.fullmatch(r"stages\.(\d+)\.0\.prebn1\.gamma", k)
-        if m:
-            channels[int(m.group(1))] = int(v.shape[0])
-    n = len(stages)
-    if n == 0 or sorted(stages) != list(range(n)) or sorted(channels) != list(range(n)):
-        return None
-    return (tuple(channels[i] for i in range(n)), tuple(len(stages[i]) for i in range(n)),
-            tuple(stages[i][0][0] for i in range(n)), tuple(stages[i][0][1] for i in range(n)))
-
-
-def guess_variant(mapped: Mapping[str, object]) -> Optional[str]:
-    """The registered variant whose architecture the shapes match, if any."""
-    arch = architecture_of(mapped)
-    for name, a in ARCHS.items():
-        sizes = tuple(a["image_size"] // (4 * 2 ** i) for i in range(len(a["channels"])))
-        if arch == (tuple(a["channels"]), tuple(a["num_blocks"]), sizes, tuple(a["sharesets"])):
-            return name
-    return None
 
 
 def _fmt(names, limit=10) -> str:

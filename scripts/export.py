@@ -66,37 +66,12 @@ def output_path(args) -> str:
     return os.path.abspath(path)
 
 
-def guess_variant(params) -> list:
-    """Registered variants whose architecture matches the checkpoint's shapes ([] if none or unknown)."""
-    from mindcv_ext.models.repmlp import ARCHS
-
-    def shape(key):
-        return tuple(params[key].shape) if key in params else None
-
-    stem = shape("conv_embedding.conv.conv.weight")
-    if stem is None:
-        return []
-    blocks = {}
-    for k in params:
-        if k.startswith("stages.") and k.endswith(".repmlp_block.fc3.weight"):
-            stage, block = map(int, k.split(".")[1:3])
-            blocks[stage] = max(blocks.get(stage, 0), block + 1)
-    found = []
-    for name, arch in ARCHS.items():
-        fc3 = shape("stages.0.0.repmlp_block.fc3.weight")
-        size0 = arch["image_size"] // 4
-        if (stem[0] == arch["channels"][0] and tuple(blocks.get(i, 0) for i in range(len(arch["num_blocks"])))
-                == tuple(arch["num_blocks"]) and fc3 == (arch["sharesets"][0] * size0 ** 2, size0 ** 2, 1, 1)):
-            found.append(name)
-    return found
-
-
 def build_deploy_net(args):
     """The deploy-form network with the checkpoint's weights (or random ones), in eval mode."""
     import mindcv
 
     import mindcv_ext
-    from mindcv_ext.models.repmlp import checkpoint_model_kwargs
+    from mindcv_ext.models.repmlp import checkpoint_model_kwargs, checkpoint_variant
 
     if not mindcv.is_model(args.model):
         raise ExportError(f"unknown model {args.model!r}; registered RepMLPNets: {mindcv.list_models('*repmlp*')}")
@@ -111,11 +86,10 @@ def build_deploy_net(args):
             raise ExportError(f"{args.ckpt_path} holds no RepMLPNet blocks (no '...repmlp_block.fc3.*' keys"
                               f"{' under ema.' if args.ema else ''}); is it a {args.model} checkpoint?")
         kwargs = checkpoint_model_kwargs(params)
-        guess = guess_variant(params)
+        guess = checkpoint_variant(params)
         del params
-        if guess and args.model not in guess:
-            raise ExportError(f"{args.ckpt_path} is a {' / '.join(guess)} checkpoint, not {args.model}: pass "
-                              f"--model {guess[0]}")
+        if guess and guess != args.model:
+            raise ExportError(f"{args.ckpt_path} is a {guess} checkpoint, not {args.model}: pass --model {guess}")
     if args.num_classes is not None:
         kwargs["num_classes"] = args.num_classes
     net = mindcv.create_model(args.model, deploy=(form == "deploy"), gelu_approximate=args.gelu_approximate,

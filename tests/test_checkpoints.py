@@ -86,6 +86,8 @@ def test_strict_loading_errors(trained, tmp_path):
         mindcv_ext.load_checkpoint(str(tmp_path / "empty.ckpt"))
     with pytest.raises(CheckpointError, match=r"wrong shape.*head.weight"):
         mindcv.create_model("demo_repmlp", num_classes=10, checkpoint_path=train_path)
+    with pytest.raises(CheckpointError, match=r"shapes are those of demo_repmlp: build that model instead"):
+        mindcv.create_model("repmlp_t224", num_classes=6, checkpoint_path=train_path)
 
     params = mindcv_ext.load_checkpoint(train_path)
     del params["stages.1.0.prebn1.gamma"]

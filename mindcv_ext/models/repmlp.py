@@ -12,6 +12,7 @@ weights load as they are. Two deliberate differences from every public port:
   far faster on CPU, and the dense-matmul shape Ascend's cube units want.
 """
 import math
+import re
 from typing import Dict, Optional, Sequence, Tuple
 
 import mindspore as ms
@@ -24,7 +25,7 @@ from mindcv.models.layers import DropPath
 from mindcv.models.registry import register_model
 
 __all__ = ["RepMLPNet", "RepMLPBlock", "RepMLPNetUnit", "ARCHS", "default_cfgs", "checkpoint_form",
-           "checkpoint_model_kwargs"]
+           "checkpoint_model_kwargs", "checkpoint_architecture", "checkpoint_variant"]
 
 
 def _cfg(url="", image_size=224, **kwargs):
@@ -481,6 +482,36 @@ def checkpoint_model_kwargs(param_dict: Dict) -> Dict:
     if "conv_embedding.conv.conv.weight" in param_dict:
         kwargs["in_channels"] = int(param_dict["conv_embedding.conv.conv.weight"].shape[1])
     return kwargs
+
+
+def checkpoint_architecture(param_dict: Dict):
+    """(channels, blocks, partition sizes, sharesets) per stage, read off the shapes of a checkpoint in our layout;
+    None if they are incomplete."""
+    stages: Dict[int, Dict[int, Tuple[int, int]]] = {}
+    channels: Dict[int, int] = {}
+    for k, v in param_dict.items():
+        m = re.fullmatch(r"stages\.(\d+)\.(\d+)\.repmlp_block\.fc3\.weight", k)
+        if m and len(v.shape) == 4 and v.shape[1]:
+            rows, hw = int(v.shape[0]), int(v.shape[1])
+            stages.setdefault(int(m.group(1)), {})[int(m.group(2))] = (round(hw ** 0.5), rows // hw)
+        m = re.fullmatch(r"stages\.(\d+)\.0\.prebn1\.gamma", k)
+        if m:
+            channels[int(m.group(1))] = int(v.shape[0])
+    n = len(stages)
+    if n == 0 or sorted(stages) != list(range(n)) or sorted(channels) != list(range(n)):
+        return None
+    return (tuple(channels[i] for i in range(n)), tuple(len(stages[i]) for i in range(n)),
+            tuple(stages[i][0][0] for i in range(n)), tuple(stages[i][0][1] for i in range(n)))
+
+
+def checkpoint_variant(param_dict: Dict) -> Optional[str]:
+    """The registered variant whose architecture a checkpoint's shapes match, if any."""
+    arch = checkpoint_architecture(param_dict)
+    for name, a in ARCHS.items():
+        sizes = tuple(a["image_size"] // (4 * 2 ** i) for i in range(len(a["channels"])))
+        if arch == (tuple(a["channels"]), tuple(a["num_blocks"]), sizes, tuple(a["sharesets"])):
+            return name
+    return None
 
 
 # mindcv's released checkpoint carries an unused stem conv.
