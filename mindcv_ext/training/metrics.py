@@ -135,7 +135,10 @@ def _panel(draw, font, x0: int, title: str, series: Dict[str, list]) -> None:
         draw.line([px, bottom, px, bottom + 4], fill="black")
         draw.text((px - 6, bottom + 6), f"{t:g}", fill="black", font=font)
     draw.text(((left + right) // 2 - 15, _H - 16), "epoch", fill="black", font=font)
-    legend_y = top + 4
+    # Legend in the right-hand corner the curves end away from (loss falls, accuracy rises).
+    ends = [pts[-1][1] for pts in series.values() if pts]
+    curves_end_high = sum(ends) / len(ends) > (ylo + yhi) / 2
+    legend_y = bottom - 4 - 14 * len(ends) if curves_end_high else top + 4
     for name, pts in series.items():
         if not pts:
             continue
