@@ -56,7 +56,9 @@ class TrainStep(nn.TrainOneStepWithLossScaleCell):
     def construct(self, images, labels):
         loss = self.network(images, labels)
         scale = self.scale_sense
-        status, scale = self.start_overflow_check(loss, scale)
+        status = None
+        if self.loss_scaling_manager is not None:  # the status would be unused (and pruned, with a warning)
+            status, scale = self.start_overflow_check(loss, scale)
         sens = ops.ones_like(loss) * ops.cast(scale, loss.dtype)
         grads = self.grad(self.network, self.weights)(images, labels, sens)
         grads = self.grad_reducer(grads)  # mean over ranks under data parallelism, identity otherwise
