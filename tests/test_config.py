@@ -179,3 +179,18 @@ def test_train_py_rejects_bad_config_before_work(tmp_path):
     assert "error: Unknown option --learning_rate. Did you mean lr" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not out.exists()
+
+
+def test_ascend_recipe_on_a_cpu_only_build_is_a_clear_error(tmp_path):
+    # The machine's MindSpore is a CPU build: the shipped Ascend recipe must stop with the fix, not a C++ trace.
+    import mindspore as ms
+
+    if "Ascend" in str(getattr(ms, "get_context")("device_target")):
+        pytest.skip("an Ascend build: the recipe would run")
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--config",
+                           os.path.join(ROOT, "configs", "repmlp", "repmlp_t224_ascend.yaml"), "--data_dir",
+                           str(tmp_path), "--ckpt_save_dir", str(tmp_path / "run")], capture_output=True, text=True,
+                          timeout=120, cwd=str(tmp_path))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "device_target Ascend is not available here" in proc.stderr and "--device_target CPU" in proc.stderr
+    assert "Traceback" not in proc.stderr

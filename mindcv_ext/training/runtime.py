@@ -18,10 +18,16 @@ _LAUNCHER_VARS = ("MS_ROLE", "MS_WORKER_NUM", "RANK_TABLE_FILE", "MINDSPORE_HCCL
 def init_context(cfg) -> Tuple[int, int]:
     """Apply mode, device, jit level, data parallelism and seeds. Returns (rank, number of ranks)."""
     ms.set_context(mode=cfg.mode)
-    if hasattr(ms, "set_device"):  # MindSpore >= 2.5; set_context(device_target=...) is deprecated in 2.10
-        ms.set_device(cfg.device_target)
-    else:
-        ms.set_context(device_target=cfg.device_target)
+    try:
+        if hasattr(ms, "set_device"):  # MindSpore >= 2.5; set_context(device_target=...) is deprecated in 2.10
+            ms.set_device(cfg.device_target)
+        else:
+            ms.set_context(device_target=cfg.device_target)
+    except (RuntimeError, ValueError) as e:  # e.g. Ascend asked of a CPU-only MindSpore build
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"device_target {cfg.device_target} is not available here ({reason}). Install the "
+                          f"MindSpore build for that device, or try the recipe on CPU with --device_target CPU "
+                          f"--jit_level O0 --amp_level O0 --distribute False.") from e
     if cfg.jit_level and cfg.mode == 0:
         # Deprecated in 2.10 in favour of per-function ms.jit(jit_level=...), which has no O2; the global setting
         # still works on 2.7-2.10 and is what mindcv uses for its Ascend recipes.
