@@ -166,5 +166,26 @@ def test_pretrained_uses_mindcv_url_and_loader(tmp_path, monkeypatch):
     assert ten.head.weight.shape == (10, 512)
     np.testing.assert_array_equal(ten.stages[3][1].repmlp_block.fc3.weight.asnumpy(),
                                   published.stages[3][1].repmlp_block.fc3.weight.asnumpy())
+    feat = mindcv.create_model("repmlp_t224", pretrained=True, features_only=True)
+    np.testing.assert_array_equal(feat.stages[3][1].repmlp_block.fc3.weight.asnumpy(),
+                                  published.stages[3][1].repmlp_block.fc3.weight.asnumpy())
     with pytest.raises(ValueError, match="No published MindSpore weights"):
         mindcv.create_model("repmlp_b224", pretrained=True)
+
+
+def test_classification_checkpoint_loads_into_features_only(trained, ms_mode):
+    _, train_path, x, _ = trained
+    full = mindcv.create_model("demo_repmlp", num_classes=6, checkpoint_path=train_path)
+    feat = mindcv.create_model("demo_repmlp", features_only=True, out_indices=[1, 3], checkpoint_path=train_path)
+    full.set_train(False)
+    feat.set_train(False)
+    want = full.forward_stages(x)
+    got = feat(x)
+    np.testing.assert_array_equal(got[0].asnumpy(), want[1].asnumpy())
+    np.testing.assert_array_equal(got[1].asnumpy(), want[3].asnumpy())
+    params = mindcv_ext.load_checkpoint(train_path)
+    del params["stages.2.1.prebn2.beta"]
+    partial = os.path.join(os.path.dirname(train_path), "partial_backbone.ckpt")
+    mindcv_ext.save_checkpoint(params, partial)
+    with pytest.raises(CheckpointError, match="stages.2.1.prebn2.beta"):  # only the head may be absent/ignored
+        mindcv.create_model("demo_repmlp", features_only=True, checkpoint_path=partial)
