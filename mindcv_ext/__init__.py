@@ -4,6 +4,7 @@
 registry, replacing mindcv 0.3.0's entries, and makes `mindcv.create_model(checkpoint_path=...)` strict.
 """
 from . import models  # noqa: F401  (registers the models with mindcv)
+from . import _shutdown
 from . import strict_loading as _strict_loading
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: F401
 from .models import RepMLPBlock, RepMLPNet, checkpoint_form  # noqa: F401
@@ -11,5 +12,6 @@ from .reparameterize import reparameterize  # noqa: F401
 from .strict_loading import load_model_checkpoint, load_weights  # noqa: F401
 
 _strict_loading.install()
+_shutdown.install()
 
 __version__ = "0.1.0"
