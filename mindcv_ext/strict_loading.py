@@ -12,7 +12,7 @@ from mindspore import nn
 from .checkpoint import CheckpointError, load_checkpoint, load_params_strict
 from .models.repmlp import MINDCV_EXTRA_KEYS, RepMLPNet, checkpoint_form, checkpoint_variant
 
-__all__ = ["load_model_checkpoint", "load_weights", "check_repmlp_form", "install"]
+__all__ = ["load_model_checkpoint", "load_weights", "read_weights", "check_repmlp_form", "install"]
 
 
 def _ema_params(params: Dict, path: str) -> Dict:
@@ -22,6 +22,12 @@ def _ema_params(params: Dict, path: str) -> Dict:
     for k, v in ema.items():
         v.name = k
     return ema
+
+
+def read_weights(path: str, ema: bool = False) -> Dict:
+    """The checkpoint's parameters; with ema=True its EMA weights under their model names (raises if none)."""
+    params = load_checkpoint(path)
+    return _ema_params(params, path) if ema else params
 
 
 def check_repmlp_form(net: RepMLPNet, params: Dict, source: str) -> None:
@@ -59,9 +65,7 @@ def load_weights(net: nn.Cell, params: Dict, source: str = "checkpoint") -> None
 def load_model_checkpoint(model: nn.Cell, checkpoint_path: str = "", ema: bool = False,
                           auto_mapping: bool = False) -> None:
     """Same call as mindcv.models.helpers.load_model_checkpoint, but every problem raises."""
-    params = load_checkpoint(checkpoint_path)
-    if ema:
-        params = _ema_params(params, checkpoint_path)
+    params = read_weights(checkpoint_path, ema)
     if auto_mapping:
         from mindcv.models.helpers import auto_map
         params = auto_map(model, params)

@@ -72,22 +72,20 @@ def build_deploy_net(args):
 
     import mindcv_ext
     from mindcv_ext.models.repmlp import checkpoint_model_kwargs, checkpoint_variant
+    from mindcv_ext.strict_loading import load_weights, read_weights
 
     if not mindcv.is_model(args.model):
         raise ExportError(f"unknown model {args.model!r}; registered RepMLPNets: {mindcv.list_models('*repmlp*')}")
     kwargs = {}
     form = "deploy"
     if args.ckpt_path:
-        params = mindcv_ext.load_checkpoint(args.ckpt_path)
-        if args.ema:
-            params = {k[len("ema."):]: v for k, v in params.items() if k.startswith("ema.")}
+        params = read_weights(args.ckpt_path, ema=args.ema)  # read once: inspected here, loaded below
         form = mindcv_ext.checkpoint_form(params)
         if form is None:
             raise ExportError(f"{args.ckpt_path} holds no RepMLPNet blocks (no '...repmlp_block.fc3.*' keys"
                               f"{' under ema.' if args.ema else ''}); is it a {args.model} checkpoint?")
         kwargs = checkpoint_model_kwargs(params)
         guess = checkpoint_variant(params)
-        del params
         if guess and guess != args.model:
             raise ExportError(f"{args.ckpt_path} is a {guess} checkpoint, not {args.model}: pass --model {guess}")
     if args.num_classes is not None:
@@ -96,10 +94,11 @@ def build_deploy_net(args):
                               **kwargs)
     if args.ckpt_path:
         try:
-            mindcv_ext.load_model_checkpoint(net, args.ckpt_path, ema=args.ema)
+            load_weights(net, params, source=args.ckpt_path)
         except ValueError as e:  # CheckpointError: names the missing / mis-shaped keys
             raise ExportError(f"{args.ckpt_path} does not fit --model {args.model} "
                               f"({form} form, {kwargs or 'default kwargs'}): {e}") from e
+        del params
     net.set_train(False)
     print(f"{args.model}: {'random weights' if not args.ckpt_path else form + '-form checkpoint ' + args.ckpt_path}")
     return net, form, kwargs.get("in_channels", 3)
@@ -130,7 +129,8 @@ def run_file(path: str, fmt: str, x):
 def compare(name: str, got: np.ndarray, ref: np.ndarray, tolerance: float) -> None:
     diff = float(np.abs(got.astype(np.float64) - ref).max())
     rel = diff / max(float(np.abs(ref).max()), 1e-30)
-    print(f"{name}: max |diff| = {diff:.3e} (relative to max |logit| {rel:.3e}, tolerance {tolerance:.0e})")
+    print(f"{name}: max |diff| = {diff:.3e}, {rel:.3e} of max |logit| {float(np.abs(ref).max()):.3e} "
+          f"(tolerance {tolerance:.0e})")
     if got.shape != ref.shape or not rel <= tolerance:
         raise ExportError(f"{name} differs beyond the tolerance (shape {got.shape} vs {ref.shape}, relative "
                           f"difference {rel:.3e}); nothing written.")

@@ -30,12 +30,12 @@ def main(argv=None):
 
     import mindcv_ext
     from mindcv_ext.models.repmlp import checkpoint_model_kwargs
-    from mindcv_ext.strict_loading import load_model_checkpoint
+    from mindcv_ext.strict_loading import load_weights, read_weights
     from mindcv_ext.verify import reparam_error
 
     if not mindcv.is_model(args.model):
         raise SystemExit(f"Unknown model {args.model!r}; registered RepMLPNets: {mindcv.list_models('*repmlp*')}")
-    params = mindcv_ext.load_checkpoint(args.ckpt_path)
+    params = read_weights(args.ckpt_path, ema=args.ema)  # read once: inspected here, loaded below
     form = mindcv_ext.checkpoint_form(params)
     if form == "deploy":
         raise SystemExit(f"{args.ckpt_path} is already a deploy-form checkpoint: nothing to convert. Load it with "
@@ -46,7 +46,8 @@ def main(argv=None):
     if args.num_classes is not None:
         kwargs["num_classes"] = args.num_classes
     net = mindcv.create_model(args.model, **kwargs)
-    load_model_checkpoint(net, args.ckpt_path, ema=args.ema)
+    load_weights(net, params, source=args.ckpt_path)
+    del params
     net.set_train(False)
 
     if args.check:
