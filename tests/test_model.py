@@ -180,7 +180,7 @@ def test_conv_branches_in_fc3_matmul_equal_grouped_convs_in_training():
     outputs and every parameter gradient must equal the plain formulation with MindSpore's grouped Conv2d."""
     s, h, w = 4, 5, 3
     block = randomize(mindcv_ext.RepMLPBlock(8, h, w, sharesets=s), seed=4)
-    assert block.matmul_branches == ("repconv3",)
+    assert block.matmul_branches == (("repconv3", "basis3"),)
     block.set_train(True)
     x = images(3, (2 * h, w), seed=9, channels=8)  # two partitions
     probe = ms.Tensor(np.random.default_rng(2).standard_normal((3, 8, 2 * h, w)).astype(np.float32))

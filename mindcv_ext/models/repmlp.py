@@ -228,13 +228,15 @@ class RepMLPBlock(nn.Cell):
         # Grouped k x k convs (S > 1) run at ~0.5 GFLOP/s on MindSpore's CPU kernels and are weak on Ascend's cube
         # units too. Such a branch is computed instead inside fc3's batched matmul, with its (h*w, h*w) matrix built
         # each step from the kernel through a constant 0/1 basis: the same function and gradients, exactly.
+        # (branch, basis attribute) pairs; the other branches run as convs.
         self.matmul_branches = ()
         if not deploy and sharesets > 1:
-            self.matmul_branches = tuple(f"repconv{k}" for k in self.reparam_conv_k if k > 1)
             for k in self.reparam_conv_k:
                 if k > 1:
                     setattr(self, f"basis{k}", Tensor(conv_basis(h, w, k)))
-        self.conv_branches = () if deploy else tuple(n for n in self.branch_names if n not in self.matmul_branches)
+                    self.matmul_branches += ((f"repconv{k}", f"basis{k}"),)
+        in_matmul = [branch for branch, _ in self.matmul_branches]
+        self.conv_branches = () if deploy else tuple(n for n in self.branch_names if n not in in_matmul)
 
     def construct(self, x):
         n, c, H, W = x.shape
@@ -264,14 +266,12 @@ class RepMLPBlock(nn.Cell):
     def _fc3_and_matmul_branches(self, rows):
         m, hw = rows.shape[0], self.h * self.w
         mats = (self.fc3.weight.reshape(self.s, hw, hw),)
-        for name in self.matmul_branches:
-            branch = getattr(self, name)
-            taps = branch.conv.weight.reshape(self.s, -1)  # (S, k*k)
-            basis = getattr(self, "basis" + name[len("repconv"):])
-            mats = mats + (ops.matmul(taps, basis).reshape(self.s, hw, hw),)
+        for name, basis in self.matmul_branches:
+            taps = getattr(self, name).conv.weight.reshape(self.s, -1)  # (S, k*k)
+            mats = mats + (ops.matmul(taps, getattr(self, basis)).reshape(self.s, hw, hw),)
         y = self.fc3.apply(rows, ops.concat(mats, axis=1))  # (M, S, (1 + branches) * hw)
         out = self.fc3_bn(y[:, :, :hw].reshape(m, self.s, self.h, self.w))
-        for i, name in enumerate(self.matmul_branches):
+        for i, (name, _) in enumerate(self.matmul_branches):
             part = y[:, :, (i + 1) * hw:(i + 2) * hw].reshape(m, self.s, self.h, self.w)
             out = out + getattr(self, name).bn(part)
         return out
@@ -309,9 +309,8 @@ class RepMLPBlock(nn.Cell):
         del self.fc3_bn
         for name in self.branch_names:
             delattr(self, name)
-        for k in self.reparam_conv_k:
-            if hasattr(self, f"basis{k}"):
-                delattr(self, f"basis{k}")
+        for _, basis in self.matmul_branches:
+            delattr(self, basis)
         self.matmul_branches, self.conv_branches = (), ()
         self.deploy = True
 
