@@ -18,6 +18,12 @@ import _common  # noqa: F401  (import path)
 from mindcv_ext.data.imagecheck import find_bad_images, list_image_entries
 
 
+def shown(path: str) -> str:
+    """The path for printing: bytes that are not UTF-8 (names from other systems) as \\xNN escapes; printing
+    them raw would stop the report with a UnicodeEncodeError."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data_dir_pos", nargs="?", metavar="data_dir", help="same as --data_dir")
@@ -48,16 +54,16 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     entries = list_image_entries(args.data_dir)
     if not entries:
-        print(f"No images found under {args.data_dir} (expected <split>/<class>/<image> or <class>/<image>).",
-              file=sys.stderr)
+        print(f"No images found under {shown(args.data_dir)} (expected <split>/<class>/<image> or "
+              f"<class>/<image>).", file=sys.stderr)
         return 1
     bad = find_bad_images(args.data_dir, workers=args.workers, full_decode=args.full_decode,
                           decode_timeout=args.decode_timeout, paths=entries)
     elapsed = time.perf_counter() - start
     for path, reason in bad:
-        print(f"{path}: {reason}")
+        print(f"{shown(path)}: {shown(reason)}")
     mode = "full decode" if args.full_decode else "structure check"
-    print(f"{len(bad)} bad of {len(entries)} files under {args.data_dir} ({mode}, {elapsed:.1f} s, "
+    print(f"{len(bad)} bad of {len(entries)} files under {shown(args.data_dir)} ({mode}, {elapsed:.1f} s, "
           f"{len(entries) / max(elapsed, 1e-9):.0f} files/s)", file=sys.stderr)
     return 1 if bad else 0
 

@@ -192,3 +192,42 @@ def test_cli_exit_codes(planted, tmp_path, capsys):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "check_dataset.py"), "--data_dir",
                            str(tmp_path / "missing")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "not found" in proc.stderr
+
+
+def _check_dataset_cli(args, cwd, env=None):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "check_dataset.py"), *args], cwd=cwd,
+                          env=env, capture_output=True, timeout=120)
+
+
+def test_cli_relative_data_dir(tmp_path):
+    # the workers run in a scratch directory: relative paths used to make every file "vanish"
+    _plant(str(tmp_path / "ds"), {"a.jpg": JPEG, "b.jpg": b""})
+    proc = _check_dataset_cli(["--data_dir", "ds", "--workers", "1"], cwd=str(tmp_path))
+    out = proc.stdout.decode()
+    assert proc.returncode == 1, proc.stderr.decode()
+    assert out.splitlines() == [os.path.join("ds", "train", "c0", "b.jpg") + ": empty file (0 bytes)"]
+    assert find_bad_images(str(tmp_path / "ds"), workers=1,
+                           paths=[os.path.relpath(str(tmp_path / "ds" / "train" / "c0" / "a.jpg"))]) == []
+
+
+def test_symlink_loop_class_folder_is_reported_not_a_traceback(tmp_path):
+    d = _plant(str(tmp_path / "ds"), {"a.jpg": JPEG})
+    split = os.path.dirname(d)
+    os.symlink("loop", os.path.join(split, "loop"))  # a class folder that points at itself
+    os.symlink(os.path.join("..", "c0"), os.path.join(d, "up"))  # a link to a directory inside a class
+    bad = dict(find_bad_images(str(tmp_path / "ds"), workers=1))
+    assert set(bad) == {os.path.join(split, "loop"), os.path.join(d, "up")}
+    assert "symbolic link loop" in bad[os.path.join(split, "loop")]
+    proc = _check_dataset_cli([str(tmp_path / "ds")], cwd=str(tmp_path))
+    assert proc.returncode == 1 and b"Traceback" not in proc.stderr
+    assert b"loop: symbolic link loop" in proc.stdout
+
+
+def test_cli_non_utf8_file_name(tmp_path):
+    d = _plant(str(tmp_path / "ds"), {"ok.jpg": JPEG})
+    with open(os.path.join(os.fsencode(d), b"caf\xe9.jpg"), "wb") as f:  # a Latin-1 name
+        f.write(b"not an image")
+    env = dict(os.environ, PYTHONIOENCODING="utf-8:strict")  # stdout as under e.g. LANG=en_US.UTF-8
+    proc = _check_dataset_cli([str(tmp_path / "ds")], cwd=str(tmp_path), env=env)
+    assert proc.returncode == 1 and b"Traceback" not in proc.stderr, proc.stderr.decode(errors="replace")
+    assert proc.stdout.decode() == os.path.join(d, "caf\\xe9.jpg") + ": not an image (a text file)\n"

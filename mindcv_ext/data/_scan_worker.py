@@ -11,6 +11,7 @@ the parent knows exactly which file did it.
 Cost per file in the default mode: one open, a read of the first 8 KiB and the last 64 bytes; the whole file is
 read only when its end is not where it should be. No pixel is decoded unless the structure is unusual.
 """
+import errno
 import json
 import os
 import signal
@@ -222,6 +223,10 @@ def check_file(path: str):
         st = os.stat(path)
     except FileNotFoundError:
         raise Bad("broken symbolic link" if os.path.islink(path) else "file vanished during the check")
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise Bad("symbolic link loop: remove the link or point it at a real directory or image")
+        raise
     if stat.S_ISDIR(st.st_mode):
         raise Bad("a directory inside a class directory (ImageFolderDataset reads every entry as an image)")
     if not stat.S_ISREG(st.st_mode):

@@ -33,9 +33,15 @@ def list_image_entries(root: str) -> List[str]:
     and subdirectories included: MindSpore reads those too). Files directly in a split directory are not samples."""
     entries = []
     for split in _split_dirs(root):
+        classes = []
         with os.scandir(split) as it:
-            classes = sorted(e.path for e in it if e.is_dir())
-        for cls in classes:
+            for e in it:
+                try:
+                    if e.is_dir():
+                        classes.append(e.path)
+                except OSError:  # a symlink loop or similar where a class directory should be: report, not crash
+                    entries.append(e.path)
+        for cls in sorted(classes):
             with os.scandir(cls) as it:
                 entries.extend(e.path for e in it)
     entries.sort()
@@ -138,6 +144,9 @@ def find_bad_images(root: str, workers: Optional[int] = None, *, full_decode: bo
     entries = list(paths) if paths is not None else list_image_entries(root)
     if not entries:
         return []
+    # The workers run in a scratch cwd: give them absolute paths, report the caller's spelling.
+    given = {os.path.abspath(p): p for p in entries}
+    entries = list(given)
     workers = max(1, min(int(workers or os.cpu_count() or 1), (len(entries) + _CHUNK - 1) // _CHUNK))
     jobs = queue.Queue()
     for i in range(0, len(entries), _CHUNK):
@@ -156,4 +165,4 @@ def find_bad_images(root: str, workers: Optional[int] = None, *, full_decode: bo
     missing = [p for p in entries if p not in results]
     if missing:  # a worker thread stopped early without an exception: never report a partial check as clean
         raise RuntimeError(f"image check incomplete: {len(missing)} files were not checked, e.g. {missing[0]}")
-    return sorted((p, r) for p, r in results.items() if r is not None)
+    return sorted((given[p], r) for p, r in results.items() if r is not None)
