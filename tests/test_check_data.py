@@ -231,3 +231,20 @@ def test_cli_non_utf8_file_name(tmp_path):
     proc = _check_dataset_cli([str(tmp_path / "ds")], cwd=str(tmp_path), env=env)
     assert proc.returncode == 1 and b"Traceback" not in proc.stderr, proc.stderr.decode(errors="replace")
     assert proc.stdout.decode() == os.path.join(d, "caf\\xe9.jpg") + ": not an image (a text file)\n"
+
+
+def test_train_log_takes_a_non_utf8_file_name(tmp_path):
+    # train.py logs check_data's list of bad files; a Latin-1 name used to raise inside logging, so the line
+    # never reached train.log. Run in a subprocess: stdout strict UTF-8 as under LANG=en_US.UTF-8.
+    code = textwrap.dedent(f"""
+        import logging, os
+        from mindcv_ext.training.console import setup_logging
+        log = setup_logging({str(tmp_path)!r}, 0, 1)
+        log.info("bad image: " + os.fsdecode(b"/data/caf\\xe9.jpg"))
+        logging.shutdown()
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60,
+                          env=dict(os.environ, PYTHONIOENCODING="utf-8:strict"))
+    assert proc.returncode == 0 and b"Logging error" not in proc.stderr, proc.stderr.decode(errors="replace")
+    assert proc.stdout.decode().endswith("bad image: /data/caf\\xe9.jpg\n")
+    assert (tmp_path / "train.log").read_text(encoding="utf-8").endswith("bad image: /data/caf\\xe9.jpg\n")

@@ -9,6 +9,18 @@ from typing import Optional
 __all__ = ["setup_logging", "Progress", "format_duration"]
 
 
+class _Formatter(logging.Formatter):
+    """Escapes what UTF-8 cannot encode: a file name that is not UTF-8 (say, a bad image's in an error) reaches
+    Python as lone surrogates, and writing one raises in the middle of logging."""
+
+    def format(self, record):
+        text = super().format(record)
+        try:  # the name's original bytes, shown as \xNN like scripts/check_dataset.py does
+            return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:
+            return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def setup_logging(save_dir: str, rank: int, group_size: int) -> logging.Logger:
     """Rank 0 logs INFO to stdout and to <save_dir>/train.log (appended, so a resumed run continues it);
     other ranks log warnings and errors only (msrun keeps one log file per worker)."""
@@ -17,14 +29,15 @@ def setup_logging(save_dir: str, rank: int, group_size: int) -> logging.Logger:
     log.propagate = False
     log.setLevel(logging.INFO)
     prefix = f"[rank {rank}] " if group_size > 1 else ""
-    fmt = logging.Formatter(f"%(asctime)s {prefix}%(message)s", "%Y-%m-%d %H:%M:%S")
+    fmt = _Formatter(f"%(asctime)s {prefix}%(message)s", "%Y-%m-%d %H:%M:%S")
     out = logging.StreamHandler(sys.stdout)
     out.setLevel(logging.INFO if rank == 0 else logging.WARNING)
     out.setFormatter(fmt)
     log.addHandler(out)
     if rank == 0:
         os.makedirs(save_dir, exist_ok=True)
-        file = logging.FileHandler(os.path.join(save_dir, "train.log"), encoding="utf-8")
+        file = logging.FileHandler(os.path.join(save_dir, "train.log"), encoding="utf-8",
+                                   errors="backslashreplace")
         file.setFormatter(fmt)
         log.addHandler(file)
     return log
