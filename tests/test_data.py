@@ -2,6 +2,7 @@
 import hashlib
 import json
 import os
+import re
 import threading
 
 import numpy as np
@@ -200,3 +201,15 @@ def test_loader_argument_errors(demo, tmp_path):
         create_train_loader(demo, num_classes=10, num_shards=2, shard_id=2, **common)
     with pytest.raises(ValueError, match="every batch would be dropped"):
         create_train_loader(demo, num_classes=10, **dict(common, batch_size=128))
+
+
+def test_generation_says_what_it_does(tmp_path, capsys):
+    # the first run generates for ~20 s before training starts: one line before, one with the time after
+    root = ensure_demo_dataset(str(tmp_path / "talk"), **SMALL)
+    lines = capsys.readouterr().out.splitlines()
+    n = SMALL["num_classes"] * (SMALL["train_per_class"] + SMALL["val_per_class"])
+    assert len(lines) == 2, lines
+    assert lines[0].startswith(f"demo dataset: generating {n:,} JPEG images") and root in lines[0]
+    assert re.fullmatch(r"demo dataset: \d+ train \+ \d+ val images written in \d+\.\d s", lines[1]), lines[1]
+    ensure_demo_dataset(root, **SMALL)
+    assert capsys.readouterr().out == ""  # reused: nothing to say
