@@ -20,7 +20,6 @@ import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import HeUniform, initializer
 
-from mindcv.models.helpers import load_pretrained
 from mindcv.models.layers import DropPath
 from mindcv.models.registry import register_model
 
@@ -176,7 +175,8 @@ class PartitionFC(nn.Cell):
         else:
             y = self.apply(x, self.weight.reshape(self.s, hw, hw))
         if self.bias is not None:
-            y = y.reshape(m, self.s * hw) + self.bias
+            # BiasAdd, not a broadcasting Add (see _scale for why).
+            y = ops.bias_add(y.reshape(m, self.s * hw), self.bias)
         return y.reshape(m, self.s, self.h, self.w)
 
     def apply(self, x, weight):
@@ -188,6 +188,16 @@ class PartitionFC(nn.Cell):
         """Give a bias-free fc3 its deploy-form bias, named after the weight so checkpoint names stay right."""
         prefix = self.weight.name[: -len("weight")]
         self.bias = Parameter(value, name=prefix + "bias")
+
+
+def _scale(x, gate):
+    """x * gate with gate (N, C, 1, 1), broadcast explicitly first.
+
+    Why: MindSpore's CPU graph runtime (2.10) does not reuse the memory around binary ops that broadcast
+    implicitly (Mul / Add / RealDiv of differently shaped tensors): measured on 8 stacked (N, 64, 56, 56) layers,
+    x * gate kept ~26 MiB per image alive and took 4x the time of BroadcastTo + Mul (scripts/memory_probe.py).
+    Same products, exactly. On Ascend a broadcast Mul would be as good; the explicit form costs it nothing much."""
+    return x * ops.broadcast_to(gate, x.shape)
 
 
 class GlobalPerceptron(nn.Cell):
@@ -261,7 +271,7 @@ class RepMLPBlock(nn.Cell):
         else:
             # The exact inverse of the partitioning above (the authors' code mixes partitions here when hp*wp > 1).
             out = out.reshape(n, hp, wp, c, self.h, self.w).transpose(0, 3, 1, 4, 2, 5).reshape(n, c, H, W)
-        return out * gate
+        return _scale(out, gate)
 
     def _fc3_and_matmul_branches(self, rows):
         m, hw = rows.shape[0], self.h * self.w
@@ -315,12 +325,31 @@ class RepMLPBlock(nn.Cell):
         self.deploy = True
 
 
+class GELU(nn.GELU):
+    """nn.GELU whose exact (erf) form multiplies by 1/sqrt(2) instead of dividing by sqrt(2).
+
+    Why: ops.gelu(approximate='none') is composed of RealDiv, Erf, Add and Mul, and MindSpore's CPU graph runtime
+    (2.10) does not reuse the buffers around that RealDiv: measured, a stack of 8 exact GELUs on (N, 64, 56, 56)
+    kept ~26 MiB per image alive, the multiply form ~2 (scripts/memory_probe.py). At the FFN's 4x-wide activations
+    this was about half of RepMLPNet's inference memory. Same function up to fp32 rounding of x/sqrt(2) (1 ulp).
+    Still an nn.GELU with the same `approximate`, so export.py's ONNX swap finds it."""
+
+    def __init__(self, approximate: bool = False):
+        super().__init__(approximate=approximate)
+        self.exact = not approximate
+
+    def construct(self, x):
+        if self.exact:
+            return x * (ops.erf(x * 0.7071067811865476) + 1.0) * 0.5
+        return ops.gelu(x, approximate="tanh")
+
+
 class FFNBlock(nn.Cell):
     def __init__(self, channels: int, expand: int = 4, gelu_approximate: bool = False):
         super().__init__()
         self.ffn_fc1 = ConvBN(channels, channels * expand, 1)
         self.ffn_fc2 = ConvBN(channels * expand, channels, 1)
-        self.act = nn.GELU(approximate=gelu_approximate)
+        self.act = GELU(approximate=gelu_approximate)
 
     def construct(self, x):
         return self.ffn_fc2(self.act(self.ffn_fc1(x)))
@@ -462,14 +491,18 @@ class RepMLPNet(nn.Cell):
 
 
 def checkpoint_form(param_dict: Dict) -> Optional[str]:
-    """'train' or 'deploy' for a RepMLPNet checkpoint in our (mindcv) layout, None if it holds no RepMLP block."""
+    """'train' or 'deploy' for a RepMLPNet checkpoint in our (mindcv) layout, None if it holds no RepMLP block.
+    Raises ValueError for a file that mixes the two forms (it fits neither network)."""
     keys = list(param_dict)
-    if any(".repmlp_block.fc3_bn." in k or ".repmlp_block.repconv" in k for k in keys):
+    train = [k for k in keys if ".repmlp_block.fc3_bn." in k or ".repmlp_block.repconv" in k]
+    deploy = [k for k in keys if k.endswith(".repmlp_block.fc3.bias")]
+    if train and deploy:
+        raise ValueError(f"The checkpoint mixes train-form keys ({train[0]}, ...) with deploy-form keys "
+                         f"({deploy[0]}, ...): it is neither form. Re-export it from one model.")
+    if train:
         return "train"
-    if any(k.endswith(".repmlp_block.fc3.bias") for k in keys):
-        return "deploy"
-    if any(k.endswith(".repmlp_block.fc3.weight") for k in keys):
-        return "deploy"  # no conv branches and no fc3_bn: a bias-free deploy form is still a deploy layout
+    if deploy or any(k.endswith(".repmlp_block.fc3.weight") for k in keys):
+        return "deploy"  # a bias-free fc3 without conv branches is still the deploy layout
     return None
 
 
@@ -517,30 +550,6 @@ def checkpoint_variant(param_dict: Dict) -> Optional[str]:
 MINDCV_EXTRA_KEYS = ("conv2d.weight", "conv2d.bias")
 
 
-def _pretrained_filter(model, num_classes, default_cfg):
-    """Runs inside mindcv's load_pretrained: strict instead of its warn-and-continue."""
-    from ..checkpoint import CheckpointError, split_training_state
-
-    def check(param_dict):
-        for k in MINDCV_EXTRA_KEYS:
-            param_dict.pop(k, None)
-        form = checkpoint_form(param_dict)
-        if form == "train" and model.deploy:
-            raise CheckpointError("The pretrained weights are train form; build with deploy=False and run "
-                                  "mindcv_ext.reparameterize(net) afterwards.")
-        names = {p.name: p for p in model.get_parameters()}
-        got, _, unknown = split_training_state(param_dict, names)
-        head_dropped = num_classes != default_cfg["num_classes"]
-        missing = [k for k in names if k not in got and not (head_dropped and k.startswith("head."))]
-        wrong = [k for k, v in got.items() if tuple(v.shape) != tuple(names[k].shape)]
-        if missing or unknown or wrong:
-            raise CheckpointError(f"pretrained weights do not fit: missing {missing[:8]}, unexpected {unknown[:8]}, "
-                                  f"wrong shape {wrong[:8]}")
-        return param_dict
-
-    return check
-
-
 _CREATE_ARGS = ("pretrained", "num_classes", "in_channels", "deploy", "gelu_approximate", "drop_rate",
                 "drop_path_rate", "features_only", "out_indices", "image_size")
 
@@ -568,7 +577,8 @@ def _create(variant: str, pretrained=False, num_classes=1000, in_channels=3, dep
         if deploy:
             raise ValueError(f"Published {variant} weights are train form: create with deploy=False, then "
                              f"mindcv_ext.reparameterize(net).")
-        load_pretrained(model, cfg, num_classes, in_channels, filter_fn=_pretrained_filter(model, num_classes, cfg))
+        from ..weights import load_pretrained  # strict, with a fresh head for another num_classes
+        load_pretrained(model, cfg)
     if features_only:
         # Rebuilding without the classifier keeps the loaded weights: parameters are shared Cell by Cell.
         feat = RepMLPNet(**arch, in_channels=in_channels, deploy=deploy, gelu_approximate=gelu_approximate,
