@@ -1,17 +1,18 @@
 """RepMLPNet for MindSpore + mindcv.
 
 `import mindcv_ext` registers repmlp_t224/t256/b224/b256/d256/l256 (and the small demo_repmlp) in mindcv's model
-registry, replacing mindcv 0.3.0's entries, and makes `mindcv.create_model(checkpoint_path=...)` strict.
+registry, replacing mindcv 0.3.0's entries, and makes `mindcv.create_model(checkpoint_path=...)` strict and able to
+read every weight file `mindcv_ext.weights` reads.
 """
 from . import models  # noqa: F401  (registers the models with mindcv)
 from . import _shutdown
-from . import strict_loading as _strict_loading
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: F401
+from . import weights as _weights
+from .checkpoint import CheckpointError, save_checkpoint  # noqa: F401
 from .models import RepMLPBlock, RepMLPNet, checkpoint_form  # noqa: F401
 from .reparameterize import reparameterize  # noqa: F401
-from .strict_loading import load_model_checkpoint, load_weights  # noqa: F401
+from .weights import Weights, build_model, load_into, read_weights  # noqa: F401
 
-_strict_loading.install()
+_weights.install()
 _shutdown.install()
 
 __version__ = "0.1.0"

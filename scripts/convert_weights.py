@@ -32,7 +32,9 @@ def parse_args(argv=None):
     if not os.path.isfile(args.src):
         what = "is a directory" if os.path.isdir(args.src) else "does not exist"
         p.error(f"--src {args.src!r} {what}; pass the weight file (relative paths start at {os.getcwd()!r})")
-    if os.path.exists(args.output) and os.path.samefile(args.src, args.output):
+    from mindcv_ext.weights import same_file  # light: no network is built
+
+    if same_file(args.src, args.output):
         p.error("--output is the source file; write to another name")
     return p, args
 
@@ -43,16 +45,24 @@ def main(argv=None) -> int:
 
     import mindcv_ext  # noqa: F401  (registers our RepMLPNets in mindcv)
     from mindcv_ext.checkpoint import CheckpointError
-    from mindcv_ext.weight_import import convert
+    from mindcv_ext.weights import build_model, read_weights, save_weights
 
     if not mindcv.is_model(args.model):
         parser.error(f"--model {args.model!r} is not a registered model; RepMLPNets: "
                      f"{', '.join(mindcv.list_models('*repmlp*'))}")
     try:
-        convert(args.src, args.model, args.output, num_classes=args.num_classes)
+        w = read_weights(args.src)
+        print("Found " + w.describe())
+        # The source's form, class count and in_channels unless --num_classes asks for another head size.
+        net, w = build_model(args.model, w, num_classes=args.num_classes, log=print)
+        save_weights(net, args.output, w.class_names)
     except (CheckpointError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    n = sum(1 for _ in net.get_parameters())
+    print(f"Wrote {args.output}: {n} tensors, {w.form} form. Use it with mindcv.create_model({args.model!r}, "
+          f"num_classes={net.num_classes}, deploy={w.form == 'deploy'}, checkpoint_path={args.output!r}) after "
+          f"`import mindcv_ext`.")
     return 0
 
 

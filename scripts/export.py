@@ -63,45 +63,40 @@ def output_path(args) -> str:
     if not path.lower().endswith(ext):
         path += ext  # what mindspore.export would do; say it so nobody looks for the wrong name
         print(f"note: writing {path} (the {args.file_format} extension was added)")
+    if args.ckpt_path and os.path.exists(args.ckpt_path) and os.path.exists(path) and \
+            os.path.samefile(args.ckpt_path, path):
+        raise SystemExit(f"export.py: error: --output {path} is the checkpoint itself; write the export to another "
+                         f"file.")
     return os.path.abspath(path)
 
 
 def build_deploy_net(args):
-    """The deploy-form network with the checkpoint's weights (or random ones), in eval mode."""
+    """The network to export with the checkpoint's weights (or random ones), in eval mode: (net, form, channels).
+    A train-form checkpoint gives the train-form network, re-parameterized by the caller."""
     import mindcv
 
-    import mindcv_ext
-    from mindcv_ext.models.repmlp import checkpoint_model_kwargs, checkpoint_variant
-    from mindcv_ext.strict_loading import load_weights, read_weights
+    from mindcv_ext.checkpoint import CheckpointError
+    from mindcv_ext.weights import build_model
 
     if not mindcv.is_model(args.model):
         raise ExportError(f"unknown model {args.model!r}; registered RepMLPNets: {mindcv.list_models('*repmlp*')}")
-    kwargs = {}
-    form = "deploy"
-    if args.ckpt_path:
-        params = read_weights(args.ckpt_path, ema=args.ema)  # read once: inspected here, loaded below
-        form = mindcv_ext.checkpoint_form(params)
-        if form is None:
-            raise ExportError(f"{args.ckpt_path} holds no RepMLPNet blocks (no '...repmlp_block.fc3.*' keys"
-                              f"{' under ema.' if args.ema else ''}); is it a {args.model} checkpoint?")
-        kwargs = checkpoint_model_kwargs(params)
-        guess = checkpoint_variant(params)
-        if guess and guess != args.model:
-            raise ExportError(f"{args.ckpt_path} is a {guess} checkpoint, not {args.model}: pass --model {guess}")
-    if args.num_classes is not None:
-        kwargs["num_classes"] = args.num_classes
-    net = mindcv.create_model(args.model, deploy=(form == "deploy"), gelu_approximate=args.gelu_approximate,
-                              **kwargs)
-    if args.ckpt_path:
-        try:
-            load_weights(net, params, source=args.ckpt_path)
-        except ValueError as e:  # CheckpointError: names the missing / mis-shaped keys
-            raise ExportError(f"{args.ckpt_path} does not fit --model {args.model} "
-                              f"({form} form, {kwargs or 'default kwargs'}): {e}") from e
-        del params
+    if not args.ckpt_path:
+        net = mindcv.create_model(args.model, deploy=True, gelu_approximate=args.gelu_approximate,
+                                  num_classes=args.num_classes or 1000)
+        print(f"{args.model}: random weights")
+        net.set_train(False)
+        return net, "deploy", 3
+    try:
+        net, w = build_model(args.model, args.ckpt_path, num_classes=args.num_classes, ema=args.ema,
+                             gelu_approximate=args.gelu_approximate)
+    except CheckpointError as e:
+        raise ExportError(str(e)) from e
+    if w.form is None:
+        raise ExportError(f"{args.ckpt_path} holds no RepMLPNet blocks (no '...repmlp_block.fc3.*' keys"
+                          f"{' under ema.' if args.ema else ''}); is it a {args.model} checkpoint?")
     net.set_train(False)
-    print(f"{args.model}: {'random weights' if not args.ckpt_path else form + '-form checkpoint ' + args.ckpt_path}")
-    return net, form, kwargs.get("in_channels", 3)
+    print(f"{args.model}: {w.form}-form checkpoint {args.ckpt_path}")
+    return net, w.form, w.in_channels or 3
 
 
 def random_batch(args, net, in_channels):

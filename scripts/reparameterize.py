@@ -6,6 +6,8 @@ The deploy checkpoint loads with mindcv.create_model(name, deploy=True, checkpoi
 script checks on a random batch that both forms give the same logits.
 """
 import argparse
+import os
+import sys
 
 import _common  # noqa: F401  (import path + helpers)
 import numpy as np
@@ -25,35 +27,27 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    import mindcv
     import mindspore as ms
 
     import mindcv_ext
-    from mindcv_ext.models.repmlp import checkpoint_model_kwargs
-    from mindcv_ext.strict_loading import load_weights, read_weights
     from mindcv_ext.verify import reparam_error
+    from mindcv_ext.weights import build_model, read_weights, same_file, save_weights
 
-    if not mindcv.is_model(args.model):
-        raise SystemExit(f"Unknown model {args.model!r}; registered RepMLPNets: {mindcv.list_models('*repmlp*')}")
-    params = read_weights(args.ckpt_path, ema=args.ema)  # read once: inspected here, loaded below
-    form = mindcv_ext.checkpoint_form(params)
-    if form == "deploy":
+    if same_file(args.ckpt_path, args.output):
+        raise SystemExit(f"--output {args.output} is the train-form checkpoint itself; write the deploy form to "
+                         f"another file (e.g. {os.path.splitext(args.output)[0]}_deploy.ckpt).")
+    w = read_weights(args.ckpt_path, ema=args.ema)  # read once: inspected here, loaded below
+    if w.form == "deploy":
         raise SystemExit(f"{args.ckpt_path} is already a deploy-form checkpoint: nothing to convert. Load it with "
                          f"mindcv.create_model('{args.model}', deploy=True, checkpoint_path=...).")
-    if form is None:
+    if w.form is None:
         raise SystemExit(f"{args.ckpt_path} holds no RepMLPNet blocks; is it a {args.model} checkpoint?")
-    kwargs = checkpoint_model_kwargs(params)
-    if args.num_classes is not None:
-        kwargs["num_classes"] = args.num_classes
-    net = mindcv.create_model(args.model, **kwargs)
-    load_weights(net, params, source=args.ckpt_path)
-    del params
+    net, w = build_model(args.model, w, num_classes=args.num_classes)
     net.set_train(False)
 
     if args.check:
         size = net.image_size
-        x = ms.Tensor(np.random.default_rng(0).standard_normal((2, kwargs.get("in_channels", 3), size, size)),
-                      ms.float32)
+        x = ms.Tensor(np.random.default_rng(0).standard_normal((2, w.in_channels or 3, size, size)), ms.float32)
         err = reparam_error(net, x)
         print(f"train vs deploy logits on a random batch: max |diff| / max |logit| = {err:.2e}")
         if not err <= 1e-4:
@@ -61,16 +55,17 @@ def main(argv=None):
                              f"nothing written.")
     else:
         mindcv_ext.reparameterize(net)
-    mindcv_ext.save_checkpoint(net, args.output)
+    save_weights(net, args.output, w.class_names)  # the class names travel with the weights
     n = sum(p.size for p in net.get_parameters())
-    print(f"wrote deploy checkpoint {args.output} ({n:,} values) for {args.model}; load it with "
-          f"mindcv.create_model('{args.model}', deploy=True, checkpoint_path='{args.output}')")
+    print(f"wrote deploy checkpoint {args.output} ({n:,} values) for {args.model}"
+          + (f", {len(w.class_names)} class names" if w.class_names else "")
+          + f"; load it with mindcv.create_model('{args.model}', deploy=True, checkpoint_path='{args.output}')")
 
 
 if __name__ == "__main__":
     try:
         main()
     except (FileNotFoundError, ValueError) as e:  # CheckpointError is a ValueError
-        print(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr)
         _common.quiet_exit(2)
     _common.quiet_exit(0)

@@ -12,7 +12,7 @@ from mindcv.data import create_dataset, create_loader, create_transforms
 from mindcv.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from mindcv.data.mixup import Mixup
 
-__all__ = ["create_train_loader", "create_eval_loader", "check_image_folder", "eval_resize_size"]
+__all__ = ["create_train_loader", "create_eval_loader", "class_folders", "eval_resize_size"]
 
 _logger = logging.getLogger(__name__)
 _LAYOUT = "data_dir/{split}/<class name>/<image>.jpg (ImageFolder: one directory per class, the same classes " \
@@ -20,8 +20,10 @@ _LAYOUT = "data_dir/{split}/<class name>/<image>.jpg (ImageFolder: one directory
 _AUTO_AUGMENT_PREFIXES = ("randaug", "autoaug", "3a", "trivialaugwide", "augmix")
 
 
-def check_image_folder(data_dir: str, split: str, num_classes: Optional[int] = None) -> list:
-    """Raise a clear error unless data_dir/split is an ImageFolder tree; return its sorted class names."""
+def class_folders(data_dir: str, split: str, num_classes: Optional[int] = None) -> list:
+    """The class names of data_dir/split in label order (MindSpore's ImageFolderDataset numbers the class folders
+    in sorted order). Raises a clear error unless it is an ImageFolder tree, or has more classes than
+    `num_classes`. The one class-folder check of the project: train.py, validate.py and the loaders use it."""
     if not data_dir:
         raise ValueError("No data_dir given. Expected the layout " + _LAYOUT.format(split=split) + ".")
     if not os.path.isdir(data_dir):
@@ -127,7 +129,7 @@ def create_train_loader(data_dir: str, *, batch_size: int, image_size: int, num_
                          f"'trivialaugwide', 'augmix-m3-w3'). Use None for no auto-augmentation.")
     if num_samples is not None and (not isinstance(num_samples, int) or num_samples < 1):
         raise ValueError(f"num_samples must be a positive integer or None, got {num_samples!r}.")
-    check_image_folder(data_dir, split, num_classes)
+    class_folders(data_dir, split, num_classes)
     if seed is not None:
         ds.config.set_seed(int(seed))
 
@@ -182,13 +184,24 @@ def create_eval_loader(data_dir: str, *, split: str = "val", batch_size: int, im
                          f"{crop_pct!r}. RepMLPNet's authors evaluate with 1.0, mindcv with 0.875.")
     if not split or os.sep in split:
         raise ValueError(f"split must be a directory name under data_dir such as 'val', got {split!r}.")
-    check_image_folder(data_dir, split, num_classes)
-    transform = create_transforms(dataset_name="imagenet", image_resize=image_size, is_training=False,
-                                  crop_pct=float(crop_pct), interpolation=interpolation, mean=list(mean),
-                                  std=list(std))
+    class_folders(data_dir, split, num_classes)
+    transform = eval_transforms(image_size, crop_pct, interpolation, mean, std)
     data = create_dataset(name="imagenet", root=data_dir, split=split, shuffle=False, num_shards=num_shards,
                           shard_id=shard_id, num_parallel_workers=num_parallel_workers)
     num_samples = _dataset_size(data, os.path.join(data_dir, split))
     loader = create_loader(dataset=data, batch_size=batch_size, drop_remainder=False, is_training=False,
                            transform=transform, num_parallel_workers=num_parallel_workers)
     return loader, num_samples
+
+
+def eval_transforms(image_size: int, crop_pct: float = 0.875, interpolation: str = "bilinear",
+                    mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+                    std: Sequence[float] = IMAGENET_DEFAULT_STD) -> list:
+    """The evaluation transforms, encoded image bytes in, normalized CHW float32 out: decode, resize the short side
+    to int(image_size / crop_pct), centre crop image_size, mean/std (0-255 scale). validate.py's loader and
+    scripts/infer.py both take them from here, so a prediction sees exactly the pixels an evaluation does."""
+    interpolation = _check_interpolation(interpolation)
+    if not isinstance(crop_pct, (int, float)) or not 0.0 < crop_pct <= 1.0:
+        raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct!r}.")
+    return create_transforms(dataset_name="imagenet", image_resize=image_size, is_training=False,
+                             crop_pct=float(crop_pct), interpolation=interpolation, mean=list(mean), std=list(std))

@@ -1,15 +1,11 @@
 """From config keys to mindcv_ext.data loaders: dataset location checks, the built-in demo set, class count,
 and the keyword mapping (mindcv's key names -> the loader's arguments)."""
-import inspect
-import logging
 import os
-from typing import Callable, Dict, Optional, Tuple
+from typing import List, Optional
 
-from .config import KEYS, ConfigError
+from .config import ConfigError
 
-__all__ = ["prepare_data_dir", "count_classes", "build_train_loader", "build_eval_loader", "check_images"]
-
-_log = logging.getLogger("train")
+__all__ = ["prepare_data_dir", "train_class_names", "build_train_loader", "build_eval_loader", "check_images"]
 
 
 def prepare_data_dir(cfg) -> str:
@@ -34,25 +30,22 @@ def prepare_data_dir(cfg) -> str:
     return root
 
 
-def count_classes(split_dir: str) -> int:
-    classes = [e.name for e in os.scandir(split_dir) if e.is_dir()]
-    if not classes:
-        raise ConfigError(f"{split_dir!r} has no class folders; expected {split_dir}/<class>/<image files>.")
-    return len(classes)
+def train_class_names(cfg, data_dir: str) -> List[str]:
+    """The train split's class names in label order. With validation on, the val split must name the same
+    classes: a renamed or missing folder would shift its labels, and best.ckpt would be chosen on noise."""
+    from ..data.loaders import class_folders
+    from ..weights import check_class_names
 
-
-def _call(fn: Callable, args: tuple, kwargs: Dict, optional: Dict[str, Tuple[str, object]]):
-    """Call fn(*args, **kwargs, **supported optional ones). optional: arg name -> (config key, value). An optional
-    value the loader has no argument for is dropped, with a warning if it differs from mindcv's default."""
-    params = inspect.signature(fn).parameters
-    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    for arg, (key, value) in optional.items():
-        if takes_any or arg in params:
-            kwargs[arg] = value
-        elif value != KEYS[key][0]:
-            _log.warning(f"{key}={value!r} is not used: {fn.__module__}.{fn.__name__} has no {arg!r} argument "
-                         f"(it applies its own default).")
-    return fn(*args, **kwargs)
+    train_dir, val_dir = os.path.join(data_dir, cfg.train_split), os.path.join(data_dir, cfg.val_split)
+    try:
+        names = class_folders(data_dir, cfg.train_split)
+        if cfg.val_while_train:
+            check_class_names(names, class_folders(data_dir, cfg.val_split), f"{val_dir} against {train_dir}",
+                              "Labels follow the sorted folder names of each split; make both splits hold the "
+                              "same class folders.")
+    except (ValueError, OSError) as e:
+        raise ConfigError(str(e)) from None
+    return names
 
 
 def build_train_loader(cfg, data_dir: str, num_classes: int, rank: int, group_size: int):
@@ -60,47 +53,34 @@ def build_train_loader(cfg, data_dir: str, num_classes: int, rank: int, group_si
     from ..data import create_train_loader
 
     shards = dict(num_shards=group_size, shard_id=rank) if group_size > 1 else {}
-    kwargs = dict(batch_size=cfg.batch_size, image_size=cfg.image_resize, num_classes=num_classes,
-                  num_parallel_workers=cfg.num_parallel_workers, shuffle=cfg.shuffle, auto_augment=cfg.auto_augment,
-                  re_prob=cfg.re_prob, color_jitter=cfg.color_jitter, mixup=cfg.mixup, cutmix=cfg.cutmix,
-                  mixup_prob=cfg.cutmix_prob, label_smoothing=0.0, interpolation=cfg.interpolation,
-                  hflip=cfg.hflip, scale=tuple(cfg.scale), ratio=tuple(cfg.ratio),
-                  drop_remainder=cfg.drop_remainder, seed=cfg.seed, **shards)
-    optional = {"split": ("train_split", cfg.train_split), "vflip": ("vflip", cfg.vflip),
-                "re_scale": ("re_scale", tuple(cfg.re_scale)), "re_ratio": ("re_ratio", tuple(cfg.re_ratio)),
-                "re_value": ("re_value", cfg.re_value), "re_max_attempts": ("re_max_attempts", cfg.re_max_attempts),
-                "mean": ("mean", cfg.mean), "std": ("std", cfg.std), "num_samples": ("num_samples", cfg.num_samples)}
-    if cfg.train_split != "train" and not _accepts(create_train_loader, "split"):
-        raise ConfigError(f"train_split {cfg.train_split!r}: the train loader reads <data_dir>/train only; rename "
-                          f"the folder or set train_split: train.")
-    if cfg.num_samples is not None and not _accepts(create_train_loader, "num_samples"):
-        raise ConfigError("num_samples is not supported by the train loader; set num_samples: None.")
-    return _as_config_error(_call, create_train_loader, (data_dir,), kwargs, optional)
+    return _as_config_error(
+        create_train_loader, data_dir, batch_size=cfg.batch_size, image_size=cfg.image_resize,
+        num_classes=num_classes, num_parallel_workers=cfg.num_parallel_workers, shuffle=cfg.shuffle,
+        auto_augment=cfg.auto_augment, re_prob=cfg.re_prob, color_jitter=cfg.color_jitter, mixup=cfg.mixup,
+        cutmix=cfg.cutmix, mixup_prob=cfg.cutmix_prob, label_smoothing=0.0, interpolation=cfg.interpolation,
+        hflip=cfg.hflip, scale=tuple(cfg.scale), ratio=tuple(cfg.ratio), drop_remainder=cfg.drop_remainder,
+        seed=cfg.seed, split=cfg.train_split, vflip=cfg.vflip, re_scale=tuple(cfg.re_scale),
+        re_ratio=tuple(cfg.re_ratio), re_value=cfg.re_value, re_max_attempts=cfg.re_max_attempts, mean=cfg.mean,
+        std=cfg.std, num_samples=cfg.num_samples, **shards)
 
 
 def build_eval_loader(cfg, data_dir: str, num_classes: int, rank: int, group_size: int):
     from ..data import create_eval_loader
 
     shards = dict(num_shards=group_size, shard_id=rank) if group_size > 1 else {}
-    kwargs = dict(split=cfg.val_split, batch_size=cfg.batch_size, image_size=cfg.image_resize,
-                  crop_pct=cfg.crop_pct, interpolation=cfg.interpolation,
-                  num_parallel_workers=cfg.num_parallel_workers, **shards)
-    optional = {"mean": ("mean", cfg.mean), "std": ("std", cfg.std), "num_classes": ("num_classes", num_classes)}
-    return _as_config_error(_call, create_eval_loader, (data_dir,), kwargs, optional)
+    return _as_config_error(
+        create_eval_loader, data_dir, split=cfg.val_split, batch_size=cfg.batch_size, image_size=cfg.image_resize,
+        crop_pct=cfg.crop_pct, interpolation=cfg.interpolation, num_parallel_workers=cfg.num_parallel_workers,
+        mean=cfg.mean, std=cfg.std, num_classes=num_classes, **shards)
 
 
-def _as_config_error(fn, *args):
+def _as_config_error(fn, *args, **kwargs):
     # The loaders check the data layout and their arguments and raise ValueError naming the problem: report it
     # like any other bad input (one line, exit code 2), not as a traceback.
     try:
-        return fn(*args)
-    except ValueError as e:
+        return fn(*args, **kwargs)
+    except (ValueError, OSError) as e:
         raise ConfigError(str(e)) from None
-
-
-def _accepts(fn: Callable, arg: str) -> bool:
-    params = inspect.signature(fn).parameters
-    return arg in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
 def check_images(data_dir: str, workers: Optional[int] = None) -> None:

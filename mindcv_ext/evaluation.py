@@ -1,0 +1,133 @@
+"""Evaluation: the network that validate.py and scripts/infer.py run, and the one top-1 / top-5 / loss evaluator
+(also used by train.py for validation during training)."""
+import time
+from typing import Callable, Dict, Optional
+
+import numpy as np
+
+from .checkpoint import CheckpointError
+
+__all__ = ["TopKMeter", "evaluate", "build_eval_model", "native_image_size", "set_eval_context"]
+
+
+class TopKMeter:
+    """Running top-1 / top-5 counts and summed cross entropy (float64, from the logits; no label smoothing)."""
+
+    def __init__(self, num_classes: int):
+        self.num_classes = num_classes
+        self.k = min(5, num_classes)
+        self.n = self.top1 = self.top5 = 0
+        self.loss = 0.0
+
+    def update(self, logits: np.ndarray, labels: np.ndarray) -> None:
+        logits = np.asarray(logits, np.float64)
+        labels = np.asarray(labels).astype(np.int64).reshape(-1)
+        if labels.size and (labels.min() < 0 or labels.max() >= logits.shape[1]):
+            raise CheckpointError(f"label {int(labels.max())} from the dataset is outside the model's "
+                                  f"{logits.shape[1]} classes: the split has more class folders than the head.")
+        order = np.argsort(-logits, axis=1, kind="stable")[:, :self.k]
+        self.top1 += int((order[:, 0] == labels).sum())
+        self.top5 += int((order == labels[:, None]).any(axis=1).sum())
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        log_prob = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        self.loss -= float(log_prob[np.arange(len(labels)), labels].sum())
+        self.n += len(labels)
+
+    def totals(self) -> np.ndarray:
+        return np.array([self.top1, self.top5, self.loss, self.n], np.float64)
+
+    def result(self, totals: Optional[np.ndarray] = None) -> Dict[str, float]:
+        top1, top5, loss, n = self.totals() if totals is None else totals
+        if n == 0:
+            raise RuntimeError("The evaluation loader yielded no samples; check the val split of data_dir.")
+        return {"top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "loss": loss / n, "count": int(n)}
+
+
+def evaluate(network, loader, all_reduce=None, log_interval: int = 0,
+             log: Callable[[str], None] = print) -> Dict[str, float]:
+    """Run `network` in eval mode over one pass of `loader` (image, integer label): percentages and the plain CE
+    loss. With `all_reduce` (mindcv's AllReduceSum) each rank passes its shard and all ranks get the totals.
+    The network's train/eval mode is restored afterwards."""
+    import mindspore as ms
+
+    was_training = network.training
+    network.set_train(False)
+    meter = None
+    steps = loader.get_dataset_size()
+    start = time.perf_counter()
+    try:
+        for i, (images, labels) in enumerate(loader.create_tuple_iterator(num_epochs=1), 1):
+            logits = network(images).asnumpy()
+            meter = meter or TopKMeter(logits.shape[1])
+            meter.update(logits, labels.asnumpy())
+            if log_interval and (i % log_interval == 0 or i == steps):
+                r = meter.result()
+                log(f"[{i}/{steps}] top1 {r['top1']:.2f} top5 {r['top5']:.2f} loss {r['loss']:.4f} "
+                    f"({meter.n / (time.perf_counter() - start):.1f} img/s)")
+    finally:
+        network.set_train(was_training)
+    meter = meter or TopKMeter(1)
+    totals = meter.totals()
+    if all_reduce is not None:
+        totals = all_reduce(ms.Tensor(totals.astype(np.float32))).asnumpy().astype(np.float64)
+    result = meter.result(totals)
+    result["top5_k"] = meter.k
+    return result
+
+
+def set_eval_context(cfg) -> None:
+    """Mode, device and compile level for validate.py / infer.py. The device is set only when it changes: the
+    runtime refuses a second set_device once it ran a kernel (tests call main() in one process)."""
+    import mindspore as ms
+
+    from .training.config import ConfigError
+
+    ms.set_context(mode=cfg.mode)
+    if ms.get_context("device_target") != cfg.device_target:
+        try:
+            if hasattr(ms, "set_device"):  # MindSpore >= 2.5; set_context(device_target=...) is deprecated in 2.10
+                ms.set_device(cfg.device_target)
+            else:
+                ms.set_context(device_target=cfg.device_target)
+        except (RuntimeError, ValueError) as e:  # e.g. Ascend asked of a CPU-only MindSpore build
+            raise ConfigError(f"device_target {cfg.device_target} is not available here "
+                              f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}); "
+                              f"use --device_target CPU, or install the MindSpore build for that device.") from None
+    if cfg.jit_level and cfg.mode == 0:
+        ms.set_context(jit_config={"jit_level": cfg.jit_level})
+
+
+def native_image_size(model: str, net=None) -> int:
+    from .models.repmlp import default_cfgs
+
+    cfg = default_cfgs.get(model)
+    if cfg:
+        return cfg["input_size"][-1]
+    return getattr(net, "image_size", 224)
+
+
+def build_eval_model(cfg, log: Callable[[str], None] = print):
+    """The network validate.py / infer.py evaluate, from their config: the checkpoint's form (an explicit
+    `deploy` that contradicts it is an error), its class count, eval mode, and the checked input size.
+    Returns (net, weights, image_size)."""
+    from .weights import build_model, read_weights
+
+    w = read_weights(cfg.ckpt_path, ema=cfg.ema)
+    if cfg.deploy is not None and w.form is not None and cfg.deploy != (w.form == "deploy"):
+        raise CheckpointError(
+            f"deploy {cfg.deploy} contradicts {cfg.ckpt_path}, which is a {w.form}-form checkpoint "
+            + ("(fc3_bn / repconv keys). Drop --deploy, or convert it first with scripts/reparameterize.py."
+               if w.form == "train" else "(fc3 has a bias, no conv branches). Drop --deploy: the form is read "
+                                         "from the file."))
+    for note in w.notes:
+        log(f"note: {note}")
+    net, w = build_model(cfg.model, w, num_classes=cfg.num_classes, gelu_approximate=cfg.gelu_approximate,
+                         in_channels=w.in_channels or cfg.in_channels)
+    net.set_train(False)
+    image_size = cfg.image_resize or native_image_size(cfg.model, net)
+    if hasattr(net, "check_input"):
+        try:
+            net.check_input((1, w.in_channels or cfg.in_channels, image_size, image_size))
+        except ValueError as e:
+            raise CheckpointError(f"image size {image_size}: {e}") from None
+    return net, w, image_size
