@@ -1,0 +1,354 @@
+"""Predict the classes of images: top-5 class names and probabilities for one image or a folder of them.
+
+    python scripts/infer.py --model demo_repmlp --ckpt_path outputs/demo/best.ckpt --image_path photo.jpg
+    python scripts/infer.py -c configs/repmlp/repmlp_demo_cpu.yaml --ckpt_path outputs/demo/best.ckpt \\
+        --image_path photos/ --output predictions.jsonl
+
+mindcv's flags (--model, --ckpt_path, --image_path) plus `-c/--config` with the training recipe, read by the parser
+validate.py uses (command-line flags win). The checkpoint may be train or deploy form: the form is read from the
+file. Preprocessing is validate.py's, from the same code: resize the short side to int(image_size / crop_pct),
+centre crop, mean/std (the model's or recipe's image size, crop_pct, interpolation, mean, std).
+
+--image_path is an image or a folder, searched recursively for .jpg .jpeg .jpe .jfif .png .bmp .tif .tiff (any
+case). Files that cannot be read (corrupt, truncated, not an image) are reported on one line each and skipped:
+MindSpore's decoder can kill the process on some broken JPEGs, so every file is checked first (the project's image
+checker for the file structure, then a full decode with PIL) and only its checked bytes reach MindSpore.
+
+Class names: the ones train.py recorded in the checkpoint; --class_names FILE (one name per line, in label order)
+replaces them; without either, classes are shown by index, and "class" is null in the JSON lines.
+
+Output: one line per image on stdout (`path: name (index) prob | ...`); progress, skipped files and the summary go to
+stderr. --output F.jsonl also writes one JSON object per image:
+    {"path": ..., "top5": [{"index": i, "class": name or null, "prob": p}, ...]}   (min(5, num_classes) entries)
+Exit status: 0 when at least one image was predicted (skipped files are counted in the summary), 1 when none could
+be, 2 for bad input (a one-line error naming the problem and the fix, before any long work).
+"""
+import io
+import json
+import os
+import sys
+import time
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import _common  # noqa: F401  (puts the repository root on sys.path)
+import numpy as np
+
+from mindcv_ext.checkpoint import CheckpointError
+from mindcv_ext.training.config import ConfigError, load_eval_config
+
+PROG = "scripts/infer.py"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".tif", ".tiff")  # what MindSpore decodes
+TOPK = 5
+
+INFER_KEYS = {
+    "image_path": ("", "str", "an image, or a folder searched recursively for "
+                              f"{' '.join(IMAGE_EXTENSIONS)} files (required)"),
+    "output": ("", "str", "also write one JSON object per image to this .jsonl file"),
+    "class_names": ("", "str", "text file with one class name per line, in label order (default: the names the "
+                               "checkpoint records; without either, class indices)"),
+    "batch_size": (32, "int", "images per batch"),
+    "log_interval": (1, "int", "a progress line on stderr every N batches (0: off)"),
+}
+
+
+def _show(path: str) -> str:
+    """A path printable on any console: non-UTF-8 bytes of a file name as \\xNN."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _err(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------------------ the images
+
+def find_images(image_path: str) -> List[str]:
+    """The image named, or the image files under the folder (recursively, sorted, symlinked folders not followed)."""
+    if os.path.isfile(image_path):
+        return [image_path]  # named explicitly: checked like any other, whatever its extension
+    found = []
+    for root, dirs, files in os.walk(image_path):
+        dirs.sort()
+        found.extend(os.path.join(root, f) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS))
+    return found
+
+
+def check_image_bytes(data: bytes) -> Optional[str]:
+    """None if MindSpore can safely be given these bytes, else why not. Pure Python and PIL, no MindSpore: the
+    image checker's structure walk catches the files on which MindSpore's decoder crashes or hangs (JPEGs cut short
+    in their header, broken tables); a full PIL decode catches damaged image data."""
+    from PIL import Image
+
+    from mindcv_ext.data import _scan_worker as scan
+
+    if not data:
+        return "empty file (0 bytes)"
+    head = data[:scan.HEAD]
+    fmt = scan.sniff(head)
+    if fmt is None:
+        return "not an image (" + ("a text file" if scan._looks_like_text(head)
+                                   else f"unknown format, starts with {head[:8]!r}") + ")"
+    if fmt in scan.UNSUPPORTED:
+        return f"unsupported format {fmt} (MindSpore decodes JPEG, PNG, BMP, TIFF): convert it to JPEG"
+    structure = {"JPEG": scan.check_jpeg, "PNG": scan.check_png, "BMP": scan.check_bmp}.get(fmt)
+    try:
+        if structure:
+            structure(io.BytesIO(data), head, len(data))
+    except scan.Bad as e:
+        return str(e)
+    except scan.NeedsDecode:
+        pass  # unusual but plausible (TIFF, lossless JPEG): the decode below decides
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.verify()
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+    except Exception as e:  # PIL raises many types (OSError, SyntaxError, DecompressionBombError, ...)
+        return f"cannot be decoded ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no details'})"
+    return None
+
+
+def read_image(path: str) -> Tuple[Optional[bytes], Optional[str]]:
+    """(the file's bytes, None), or (None, why it is skipped). The bytes checked are the bytes decoded later."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        return None, f"cannot read: {e.strerror or e}"
+    reason = check_image_bytes(data)
+    return (None, reason) if reason else (data, None)
+
+
+def _ms_error(e: Exception) -> str:
+    """The useful line of a MindSpore data error (its text is a banner, the message, then a C++ call stack)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return next((ln.replace("[ERROR] ", "") for ln in lines if "[ERROR]" in ln), lines[0] if lines else
+                type(e).__name__)[:200]
+
+
+def predict(net, paths: Sequence[str], transforms: list, batch_size: int, workers: int,
+            on_skip: Callable[[str, str], None]) -> Iterator[Tuple[List[int], np.ndarray]]:
+    """Yield (indices into `paths`, logits (n, num_classes) float32) batch by batch, in file order; call
+    `on_skip(path, reason)` for each file that cannot be used. The decode and transforms are validate.py's, run by a
+    MindSpore pipeline over the checked bytes (what ImageFolderDataset feeds validate.py's loader)."""
+    import mindspore as ms
+    import mindspore.dataset as ds
+
+    skipped: Dict[int, str] = {}
+    reported = set()
+
+    def report(upto: int):
+        for i in sorted(i for i in skipped if i not in reported and i < upto):
+            reported.add(i)
+            on_skip(paths[i], skipped[i])
+
+    def batched(start: int):
+        """From paths[start] on; returns where a pipeline error stopped it (len(paths) when it did not)."""
+        def source():
+            for i in range(start, len(paths)):
+                if i in skipped:
+                    continue
+                data, reason = read_image(paths[i])
+                if reason:
+                    skipped[i] = reason  # reported from the main thread, so lines never interleave
+                    continue
+                yield np.frombuffer(data, np.uint8).copy(), np.int64(i)
+
+        data = ds.GeneratorDataset(source, column_names=["image", "index"], shuffle=False, num_parallel_workers=1,
+                                   python_multiprocessing=False)
+        data = data.map(operations=transforms, input_columns="image", num_parallel_workers=workers)
+        it = data.batch(batch_size, drop_remainder=False).create_tuple_iterator(num_epochs=1, output_numpy=True)
+        done = start - 1  # the last index yielded: the pipeline keeps file order
+        while True:
+            try:
+                images, index = next(it)
+            except StopIteration:
+                return len(paths)
+            except RuntimeError as e:
+                _err(f"note: a file passed the checks but MindSpore refused it ({_ms_error(e)}); finding it image "
+                     f"by image")
+                return done + 1
+            report(int(index[-1]))
+            done = int(index[-1])
+            yield [int(i) for i in index], net(ms.Tensor(images)).asnumpy()
+
+    def one_by_one(start: int):
+        """Eagerly, with the same transforms, up to and including the first file MindSpore refuses; returns the
+        index after it, where the batched pipeline resumes."""
+        for i in range(start, len(paths)):
+            if i not in skipped:
+                data, reason = read_image(paths[i])
+                if reason:
+                    skipped[i] = reason
+                else:
+                    try:
+                        x = np.frombuffer(data, np.uint8).copy()
+                        for op in transforms:  # MindSpore's vision ops also run eagerly on NumPy arrays
+                            x = op(x)
+                    except RuntimeError as e:
+                        skipped[i] = f"MindSpore cannot decode it: {_ms_error(e)}"
+                        report(i + 1)
+                        return i + 1
+                    report(i)
+                    yield [i], net(ms.Tensor(np.asarray(x)[None])).asnumpy()
+        return len(paths)
+
+    start = 0
+    while start < len(paths):
+        start = yield from batched(start)
+        if start < len(paths):
+            start = yield from one_by_one(start)
+    report(len(paths))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.asarray(logits, np.float64)
+    z = np.exp(z - z.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
+def top_k(logits: np.ndarray, names: Optional[List[Optional[str]]], k: int) -> List[dict]:
+    """The k most probable classes of one image, most probable first (ties: lower index first, as TopKMeter)."""
+    prob = softmax(logits)
+    order = np.argsort(-prob, kind="stable")[:k]
+    return [{"index": int(i), "class": names[i] if names and i < len(names) else None, "prob": float(prob[i])}
+            for i in order]
+
+
+# ------------------------------------------------------------------------------------------------ the command
+
+def _read_class_names_file(path: str) -> List[str]:
+    try:
+        with open(path, encoding="utf-8-sig") as f:  # utf-8-sig: Windows editors start the file with a BOM
+            names = [line.strip() for line in f.read().splitlines()]
+    except FileNotFoundError:
+        raise ConfigError(f"--class_names file not found: {path!r}; pass a text file with one class name per "
+                          f"line, in label order.") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"--class_names {path!r} is not UTF-8 text; save it as UTF-8, one name per line.") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read --class_names {path!r}: {e.strerror or e}.") from None
+    blank = [n for n, name in enumerate(names, 1) if not name]
+    if blank:
+        raise ConfigError(f"--class_names {path!r}: line {blank[0]} is empty; write one class name per line, "
+                          f"in label order, with no blank lines.")
+    return names
+
+
+def _class_names(cfg, w, file_names: Optional[List[str]], num_classes: int) -> Tuple[Optional[list], str]:
+    """(names by label index or None, where they come from)."""
+    if file_names is not None:
+        if len(file_names) != num_classes:
+            raise ConfigError(f"--class_names {cfg.class_names!r} has {len(file_names)} lines but {cfg.ckpt_path} "
+                              f"has {num_classes} classes; give one name per class, in label order.")
+        if w.class_names and w.class_names != file_names:
+            _err(f"note: --class_names {cfg.class_names} replaces the different names recorded in the checkpoint")
+        return file_names, f"from {cfg.class_names}"
+    if w.class_names:
+        if len(w.class_names) > num_classes:  # cannot come from train.py; do not guess which names are meant
+            _err(f"note: {cfg.ckpt_path} records {len(w.class_names)} class names for {num_classes} classes; "
+                 f"showing indices (give --class_names to name them)")
+            return None, "none (indices)"
+        # train.py may train a head wider than the class folders: the extra classes have no name
+        return list(w.class_names), "recorded in the checkpoint"
+    return None, "none (indices; --class_names FILE names them)"
+
+
+def prepare(cfg):
+    """Every check of the command that needs no network, then the network: raises ConfigError / CheckpointError.
+    Returns (net, weights, image_size, paths, names, names_source, transforms)."""
+    import mindcv
+
+    import mindcv_ext  # noqa: F401  (registers the models)
+    from mindcv_ext.data.loaders import eval_transforms
+    from mindcv_ext.evaluation import build_eval_model, set_eval_context
+
+    if not cfg.image_path:
+        raise ConfigError("no images given: pass --image_path photo.jpg, or --image_path a folder of images.")
+    if not os.path.exists(cfg.image_path):
+        raise ConfigError(f"--image_path {cfg.image_path!r} does not exist; pass an image file or a folder of images.")
+    paths = find_images(cfg.image_path)
+    if not paths:
+        raise ConfigError(f"no image files under {cfg.image_path!r} (searched recursively for "
+                          f"{', '.join(IMAGE_EXTENSIONS)}); point --image_path at a folder that holds images.")
+    file_names = _read_class_names_file(cfg.class_names) if cfg.class_names else None
+    if cfg.output:
+        parent = os.path.dirname(os.path.abspath(cfg.output))
+        if os.path.isdir(cfg.output) or not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+            raise ConfigError(f"cannot write --output {cfg.output!r}: " + (
+                "it is a directory; name a file such as predictions.jsonl." if os.path.isdir(cfg.output) else
+                f"the folder {parent!r} does not exist or is not writable; create it or choose another path."))
+    if not mindcv.is_model(cfg.model):
+        raise ConfigError(f"unknown model {cfg.model!r}; use one of {', '.join(mindcv.list_models('*repmlp*'))} "
+                          f"(or another registered mindcv model).")
+    set_eval_context(cfg)
+    net, w, image_size = build_eval_model(cfg, log=lambda s: _err(s))
+    names, names_source = _class_names(cfg, w, file_names, net.num_classes)
+    transforms = eval_transforms(image_size, cfg.crop_pct, cfg.interpolation, cfg.mean, cfg.std)
+    return net, w, image_size, paths, names, names_source, transforms
+
+
+def run(cfg, prepared) -> int:
+    net, w, image_size, paths, names, names_source, transforms = prepared
+    k = min(TOPK, net.num_classes)
+    _err(f"{cfg.model} ({w.form or 'plain'} form{', EMA weights' if w.ema else ''}) from {cfg.ckpt_path}: "
+         f"{len(paths)} image file(s) from {_show(cfg.image_path)}, {image_size}x{image_size}, crop_pct "
+         f"{cfg.crop_pct}, {cfg.interpolation}; class names: {names_source}")
+    out = open(cfg.output, "w", encoding="utf-8") if cfg.output else None
+    skipped: List[Tuple[str, str]] = []
+
+    def on_skip(path, reason):
+        skipped.append((path, reason))
+        _err(f"skipped {_show(path)}: {reason}")
+
+    count, batches, start = 0, 0, time.perf_counter()
+    try:
+        for index, logits in predict(net, paths, transforms, cfg.batch_size, cfg.num_parallel_workers, on_skip):
+            for i, row in zip(index, logits):
+                top = top_k(row, names, k)
+                print(f"{_show(paths[i])}: " + " | ".join(
+                    f"{t['class'] if t['class'] is not None else '#' + str(t['index'])} ({t['index']}) "
+                    f"{t['prob']:.4f}" for t in top))
+                if out:
+                    # ensure_ascii: a non-UTF-8 file name (surrogate escapes) still makes valid JSON
+                    out.write(json.dumps({"path": paths[i], "top5": top}) + "\n")
+            count += len(index)
+            batches += 1
+            sys.stdout.flush()
+            if out:
+                out.flush()  # an interrupted run keeps what it predicted
+            if cfg.log_interval and batches % cfg.log_interval == 0:
+                _err(f"[{count + len(skipped)}/{len(paths)}] {count} predicted, {len(skipped)} skipped "
+                     f"({count / (time.perf_counter() - start):.1f} img/s)")
+    finally:
+        if out:
+            out.close()
+    if count == 0:
+        _err(f"{PROG}: error: none of the {len(paths)} image file(s) could be read ({len(skipped)} skipped, reasons "
+             f"above); check the files, or point --image_path at other images.")
+        return 1
+    _err(f"{count} image(s) predicted, {len(skipped)} skipped (unreadable, listed above)"
+         + (f"; results in {cfg.output}" if cfg.output else ""))
+    return 0
+
+
+def main(argv=None) -> int:
+    try:  # everything before the first image: a problem here is the command's, the weights' or the files'
+        cfg = load_eval_config(argv, prog=PROG, extra=INFER_KEYS)
+        prepared = prepare(cfg)
+    except (ConfigError, CheckpointError, OSError, ValueError) as e:
+        _err(f"{PROG}: error: {e}")
+        return 2
+    try:
+        return run(cfg, prepared)
+    except OSError as e:  # e.g. the disk filled up under --output
+        _err(f"{PROG}: error: {e}")
+        return 1
+
+
+if __name__ == "__main__":
+    try:
+        code = main()
+    except SystemExit as e:  # --help
+        code = e.code if isinstance(e.code, int) else 0
+    _common.quiet_exit(code)  # skip MindSpore 2.10's noisy Cell.__del__ tracebacks at interpreter shutdown
