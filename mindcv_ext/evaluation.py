@@ -121,7 +121,13 @@ def build_eval_model(cfg, log: Callable[[str], None] = print):
                                          "from the file."))
     for note in w.notes:
         log(f"note: {note}")
-    net, w = build_model(cfg.model, w, num_classes=cfg.num_classes, gelu_approximate=cfg.gelu_approximate,
+    # The file's head decides; a recipe's num_classes (e.g. ImageNet's 1000 in a fine-tuned run's recipe) only
+    # gets a note, while one given on the command line must agree with the file.
+    num_classes = cfg.num_classes if "num_classes" in getattr(cfg, "_given", ()) else None
+    if num_classes is None and cfg.num_classes and w.num_classes and cfg.num_classes != w.num_classes:
+        log(f"note: the recipe says num_classes {cfg.num_classes}; {cfg.ckpt_path} has a {w.num_classes}-class head, "
+            f"which is used")
+    net, w = build_model(cfg.model, w, num_classes=num_classes, gelu_approximate=cfg.gelu_approximate,
                          in_channels=w.in_channels or cfg.in_channels)
     net.set_train(False)
     image_size = cfg.image_resize or native_image_size(cfg.model, net)

@@ -218,7 +218,7 @@ def load_into(net, w: Weights, *, new_head: bool = False, log: Callable[[str], N
     """Load `w` into `net` strictly; raise CheckpointError naming every missing, unexpected, unmapped and
     mis-shaped key. With new_head=True a classifier of another class count is left as the network initialized
     it (one log line says so); everything else stays strict. Returns `w`."""
-    log = log or _log.info
+    log = log or _log.warning  # a replaced classifier must not go unnoticed, even without logging set up
     net_params = {p.name: p for p in net.get_parameters()}  # Parameter.name is what MindSpore saves and loads
     params = dict(w.params)
     ignored = set()

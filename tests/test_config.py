@@ -134,7 +134,6 @@ def test_unknown_cli_key_names_closest(flag, suggestion):
     (["--ema", "maybe"], r"ema must be True or False"),
     (["--opt", "adamx"], r"opt must be one of"),
     (["--weight_decay_filter", "bias"], r"weight_decay_filter must be one of"),
-    (["--warmup_epochs", "20", "--epoch_size", "10"], r"warmup_epochs \(20\) is longer"),
     (["--dataset", "cifar10"], r"dataset must be one of imagenet, demo"),
     (["--gradient_accumulation_steps", "4"], r"gradient_accumulation_steps.*not supported"),
     (["--ema", "True", "--ema_decay", "1.5"], r"ema_decay must be in \(0, 1\)"),
@@ -144,6 +143,17 @@ def test_unknown_cli_key_names_closest(flag, suggestion):
 def test_bad_values_are_refused_with_the_fix(args, message):
     with pytest.raises(ConfigError, match=message):
         load_config(args)
+
+
+def test_shortened_runs_of_a_recipe_run_with_a_note_on_the_schedule():
+    """mindcv's train.py runs its t224 recipe with --epoch_size 1 (a smoke test); so do we, saying what the lr does."""
+    t224 = os.path.join(ROOT, "configs", "repmlp", "repmlp_t224_ascend.yaml")
+    cfg = load_config(["--config", t224, "--epoch_size", "1"])
+    assert len(cfg.notes) == 1 and "warmup_epochs (10) is longer than the run" in cfg.notes[0]
+    assert f"{cfg.lr * 0.1:.3g}" in cfg.notes[0] and "never decays" in cfg.notes[0]
+    cfg = load_config(["--config", t224, "--epoch_size", "20"])
+    assert len(cfg.notes) == 1 and "cosine decay is cut off" in cfg.notes[0]
+    assert load_config(["--config", t224]).notes == []
 
 
 def test_missing_config_file():
@@ -164,6 +174,8 @@ def test_shipped_recipes_validate(recipe):
         assert cfg.image_resize == int(cfg.model[-3:])
         text = open(recipe).read()
         assert f"8 devices x {cfg.batch_size} = {cfg.batch_size * 8}" in text and "global_batch / 1024" in text
+    elif "finetune" in recipe:  # starts from weights the user names; the head follows the data's classes
+        assert cfg.ckpt_path and not cfg.pretrained and cfg.num_classes is None and cfg.warmup_epochs < cfg.epoch_size
     else:
         assert cfg.device_target == "CPU" and cfg.dataset == "demo" and cfg.mode == 0
 
@@ -194,3 +206,32 @@ def test_ascend_recipe_on_a_cpu_only_build_is_a_clear_error(tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "device_target Ascend is not available here" in proc.stderr and "--device_target CPU" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_recipe_with_a_model_is_required(tmp_path):
+    # Without one, mindcv's defaults would train mobilenet_v2 on Ascend; say what is needed instead.
+    with pytest.raises(ConfigError, match=r"train\.py needs a recipe: python train\.py --config "
+                                          r"configs/repmlp/<recipe>\.yaml.*repmlp_demo_cpu\.yaml"):
+        load_config([])
+    recipe = tmp_path / "no_model.yaml"
+    recipe.write_text("epoch_size: 3\n")
+    with pytest.raises(ConfigError, match=r"no_model\.yaml sets no model; add a line such as `model: repmlp_t224`"):
+        load_config(["--config", str(recipe)])
+    assert load_config(["--config", str(recipe), "--model", "demo_repmlp"]).model == "demo_repmlp"
+
+
+@pytest.mark.parametrize("text, flag", [("lr: .nan\n", None), ("min_lr: -.inf\n", None), ("", ["--lr", "nan"]),
+                                        ("", ["--clip_value", "inf"]), ("", ["--mean", "[1, .nan, 2]"])])
+def test_non_finite_numbers_are_refused(tmp_path, text, flag):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: demo_repmlp\n" + text)
+    with pytest.raises(ConfigError, match=r"must be (a finite number|a list of numbers)"):
+        load_config(["--config", str(recipe), *(flag or [])])
+
+
+def test_a_non_utf8_recipe_is_one_line(tmp_path):
+    recipe = tmp_path / "latin1.yaml"
+    recipe.write_bytes("model: demo_repmlp  # caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1\.yaml is not UTF-8 text \(byte 0xe9 at offset 25\); save it as "
+                                          r"UTF-8"):
+        load_config(["--config", str(recipe)])
