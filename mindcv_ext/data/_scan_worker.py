@@ -14,9 +14,11 @@ read only when its end is not where it should be. No pixel is decoded unless the
 import errno
 import json
 import os
+import re
 import signal
 import stat
 import sys
+import threading
 
 HEAD = 8 * 1024  # covers JFIF/EXIF headers of typical photos; larger headers are read on demand
 TAIL = 64
@@ -100,51 +102,155 @@ def _jpeg_eoi_after_scan(data: bytes, pos: int) -> bool:
         pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")  # DHT/DQT/SOS... between progressive scans
 
 
-def _check_segment(m: int, seg: bytes, pos: int, frame_ids=()):
-    """Consistency of the segments libjpeg builds its tables from: sizes, counts and table ids. Returns the
-    component ids of a frame header (SOS must refer to those)."""
-    what = {0xC4: "Huffman table", 0xDB: "quantization table", 0xDA: "scan header"}.get(m, "frame header")
-    bad = Bad(f"corrupt JPEG {what} at byte {pos}")
-    if m == 0xC4:  # DHT: one or more (class/id, 16 code counts, symbols)
-        i = 0
-        while i < len(seg):
-            if i + 17 > len(seg) or seg[i] >> 4 > 1 or seg[i] & 15 > 3:
-                raise bad
-            n = sum(seg[i + 1:i + 17])
-            if n > 256 or i + 17 + n > len(seg):
-                raise bad
-            i += 17 + n
-    elif m == 0xDB:  # DQT: one or more (precision/id, 64 or 128 bytes)
-        i = 0
-        while i < len(seg):
-            step = 65 if seg[i] >> 4 == 0 else 129
-            if seg[i] >> 4 > 1 or seg[i] & 15 > 3 or i + step > len(seg):
-                raise bad
-            i += step
-    elif m == 0xDA:  # SOS: component count, 2 bytes per component, 3 spectral/approximation bytes
-        if not seg or not 1 <= seg[0] <= 4 or len(seg) != 4 + 2 * seg[0]:
+def _check_dht(seg: bytes, pos: int, tables: dict):
+    """Record the Huffman tables a DHT segment defines in `tables` ((class, id) -> whether a DC table holds a symbol
+    above 15, which libjpeg refuses when a scan uses it); Bad on what libjpeg calls a "Bogus Huffman table"."""
+    bad = Bad(f"corrupt JPEG Huffman table at byte {pos}")
+    i = 0
+    while i < len(seg):
+        if i + 17 > len(seg) or seg[i] >> 4 > 1 or seg[i] & 15 > 3:
             raise bad
-        for c in range(seg[0]):
-            if seg[1 + 2 * c] not in frame_ids or seg[2 + 2 * c] >> 4 > 3 or seg[2 + 2 * c] & 15 > 3:
-                raise bad
-    else:  # SOFn: precision, height, width, components, 3 bytes per component
-        if len(seg) < 6:
+        counts = seg[i + 1:i + 17]
+        n = sum(counts)
+        if n > 256 or i + 17 + n > len(seg):
             raise bad
-        height, width, ncomp = int.from_bytes(seg[1:3], "big"), int.from_bytes(seg[3:5], "big"), seg[5]
-        if width == 0 or height == 0:
-            raise Bad(f"corrupt JPEG (frame size {width}x{height})")
-        if ncomp not in (1, 3, 4) or len(seg) != 6 + 3 * ncomp:
-            raise Bad(f"corrupt JPEG frame header ({ncomp} colour components)")
-        for c in range(ncomp):
-            h, v = seg[7 + 3 * c] >> 4, seg[7 + 3 * c] & 15
-            if not (1 <= h <= 4 and 1 <= v <= 4) or seg[8 + 3 * c] > 3:
+        code = 0  # canonical code assignment: the codes of each length must fit in that many bits (not all ones)
+        for bits, count in enumerate(counts, 1):
+            code += count
+            if code >= 1 << bits:
                 raise bad
-        return tuple(seg[6 + 3 * c] for c in range(ncomp))
-    return ()
+            code <<= 1
+        tables[(seg[i] >> 4, seg[i] & 15)] = seg[i] >> 4 == 0 and n > 0 and max(seg[i + 17:i + 17 + n]) > 15
+        i += 17 + n
+
+
+def _check_dqt(seg: bytes, pos: int) -> set:
+    """The table ids a DQT segment defines; Bad when its layout is not what libjpeg reads."""
+    i, ids = 0, set()
+    while i < len(seg):
+        step = 65 if seg[i] >> 4 == 0 else 129
+        if seg[i] >> 4 > 1 or seg[i] & 15 > 3 or i + step > len(seg):
+            raise Bad(f"corrupt JPEG quantization table at byte {pos}")
+        ids.add(seg[i] & 15)
+        i += step
+    return ids
+
+
+def _check_sof(m: int, seg: bytes, pos: int):
+    """(marker, precision, {component id: (h, v, quant table)}) of a frame header, or Bad."""
+    bad = Bad(f"corrupt JPEG frame header at byte {pos}")
+    if len(seg) < 6:
+        raise bad
+    height, width, ncomp = int.from_bytes(seg[1:3], "big"), int.from_bytes(seg[3:5], "big"), seg[5]
+    if width == 0 or height == 0:
+        raise Bad(f"corrupt JPEG (frame size {width}x{height})")
+    if width > 65500 or height > 65500:  # libjpeg's JPEG_MAX_DIMENSION
+        raise Bad(f"JPEG too large for libjpeg ({width}x{height}, the limit is 65500 pixels a side)")
+    if ncomp not in (1, 3, 4) or len(seg) != 6 + 3 * ncomp:
+        raise Bad(f"corrupt JPEG frame header ({ncomp} colour components)")
+    comps = {}
+    for c in range(ncomp):
+        h, v = seg[7 + 3 * c] >> 4, seg[7 + 3 * c] & 15
+        if not (1 <= h <= 4 and 1 <= v <= 4) or seg[8 + 3 * c] > 3:
+            raise bad
+        comps[seg[6 + 3 * c]] = (h, v, seg[8 + 3 * c])
+    if len(comps) != ncomp:  # libjpeg renames duplicate ids; only a real decode tells how that ends
+        raise NeedsDecode("JPEG with duplicate component ids")
+    max_h, max_v = max(h for h, _, _ in comps.values()), max(v for _, v, _ in comps.values())
+    if any(max_h % h or max_v % v for h, v, _ in comps.values()):  # libjpeg: "Fractional sampling not implemented"
+        raise Bad(f"corrupt JPEG frame header (sampling factors {[(h, v) for h, v, _ in comps.values()]})")
+    return m, seg[0], comps
+
+
+def _check_sos(seg: bytes, pos: int, frame, quant_ids: set, tables: dict) -> int:
+    """Validate a scan header against the frame and the tables defined so far; return its number of components."""
+    bad = Bad(f"corrupt JPEG scan header at byte {pos}")
+    if not seg or not 1 <= seg[0] <= 4 or len(seg) != 4 + 2 * seg[0]:
+        raise bad
+    n, comps = seg[0], frame[2]
+    ids = [seg[1 + 2 * c] for c in range(n)]
+    if len(set(ids)) != n or any(i not in comps for i in ids):
+        raise bad
+    for i in ids:
+        if comps[i][2] not in quant_ids:
+            raise Bad(f"corrupt JPEG (quantization table {comps[i][2]} is used but never defined)")
+    if n > 1 and sum(comps[i][0] * comps[i][1] for i in ids) > 10:  # libjpeg's D_MAX_BLOCKS_IN_MCU
+        raise bad
+    ss, se, ah, al = seg[-3], seg[-2], seg[-1] >> 4, seg[-1] & 15
+    progressive = frame[0] == 0xC2
+    if progressive:  # libjpeg refuses an invalid progression outright
+        if (se != 0 if ss == 0 else (ss > se or se > 63 or n != 1)) or (ah and al != ah - 1) or al > 13:
+            raise Bad(f"corrupt JPEG scan header at byte {pos} (invalid progression Ss={ss} Se={se} Ah={ah} "
+                      f"Al={al})")
+    # Huffman-coded frames: the tables this scan decodes with (libjpeg looks only at those: an out-of-range id of
+    # an unused one is harmless)
+    if frame[0] in (0xC0, 0xC1, 0xC2):
+        used = []
+        for c in range(n):
+            dc, ac = (0, seg[2 + 2 * c] >> 4), (1, seg[2 + 2 * c] & 15)
+            if not progressive:
+                used += [dc, ac]
+            elif ss == 0:
+                used += [dc] if ah == 0 else []  # a DC refinement scan reads raw bits
+            else:
+                used.append(ac)
+        for t in used:
+            if t[1] > 3:
+                raise Bad(f"corrupt JPEG scan header at byte {pos} (Huffman table {t[1]}; there are 4)")
+            if t not in tables:
+                # sequential libjpeg falls back to the standard tables (motion-JPEG frames); progressive crashes
+                if progressive:
+                    raise Bad(f"corrupt JPEG (the scan at byte {pos} uses {('DC', 'AC')[t[0]]} Huffman table "
+                              f"{t[1]}, which is never defined)")
+                raise NeedsDecode("JPEG without Huffman tables")
+            if tables[t]:
+                raise Bad(f"corrupt JPEG Huffman table (DC table {t[1]} holds a symbol above 15)")
+    return n
+
+
+# Segment markers libjpeg reads between (or after) scans. Anything else there (SOI, SOF, an undefined marker)
+# stops the decoder with "Unsupported marker" or "Invalid JPEG file structure".
+_BETWEEN_SCANS = {0xC4, 0xCC, 0xDA, 0xDB, 0xDC, 0xDD, 0xFE} | set(range(0xE0, 0xF0))
+_HEADER = _BETWEEN_SCANS | _SOF_COMMON | _SOF_OTHER
+_SCAN_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")  # in entropy-coded data: not stuffing, fill or RSTn
+
+
+def _check_later_scans(data: bytes, pos: int, frame, quant_ids: set, tables: dict):
+    """A multi-scan (progressive) JPEG: MindSpore's decoder reads every marker through EOI before the first pixel
+    comes out, so each must be one libjpeg accepts, with sound tables and scan headers."""
+    n = len(data)
+    while True:
+        found = _SCAN_MARKER.search(data, pos)
+        if found is None:
+            raise Bad("truncated JPEG (no end-of-image marker: the file was cut short)")
+        at = found.start()
+        m = data[at + 1]
+        if m == 0xD9:
+            return
+        if m == 0x01:  # TEM: no length
+            pos = at + 2
+            continue
+        if m not in _BETWEEN_SCANS:
+            raise Bad(f"corrupt JPEG data (marker 0x{m:02X} at byte {at}, between or inside the scans: MindSpore's "
+                      f"decoder refuses it)")
+        length = int.from_bytes(data[at + 2:at + 4], "big")
+        end = at + 2 + length
+        if at + 4 > n or length < 2 or end > n:
+            raise Bad(f"truncated JPEG (a segment at byte {at} runs past the end of the file)")
+        seg = data[at + 4:end]
+        if m == 0xC4:
+            _check_dht(seg, at, tables)
+        elif m == 0xDB:
+            quant_ids |= _check_dqt(seg, at)
+        elif m == 0xDD and length != 4:
+            raise Bad(f"corrupt JPEG restart interval segment at byte {at}")
+        elif m == 0xDA:
+            _check_sos(seg, at, frame, quant_ids, tables)
+        pos = end
 
 
 def check_jpeg(f, head: bytes, size: int):
-    pos, frame = 2, None
+    pos, frame, quant_ids, tables = 2, None, set(), {}
     while True:  # header segments up to the first start-of-scan
         if pos + 4 > len(head):
             if len(head) >= size:
@@ -163,36 +269,56 @@ def check_jpeg(f, head: bytes, size: int):
         if m in _STANDALONE:
             pos += 2
             continue
+        if m not in _HEADER:  # libjpeg stops ("Unsupported marker"), or skips on and crashes (0x00, a second SOI)
+            raise Bad(f"corrupt JPEG header (marker 0x{m:02X} at byte {pos} is not a JPEG header marker)")
         length = int.from_bytes(head[pos + 2:pos + 4], "big")
         if length < 2:
             raise Bad(f"corrupt JPEG header (segment length {length} at byte {pos})")
-        if m in _SOF_COMMON or m in _SOF_OTHER or m in (0xC4, 0xDB, 0xDA):
+        if m in _SOF_COMMON or m in _SOF_OTHER or m in (0xC4, 0xDB, 0xDA, 0xDD):
             end = pos + 2 + length
             if end > len(head):
                 if end > size:
                     raise Bad("truncated JPEG (the file ends inside its header)")
                 f.seek(0)
                 head = f.read(end + HEAD)
-            # libjpeg trusts these tables: garbage in them made MindSpore's decoder crash (SIGSEGV) in our tests
-            ids = _check_segment(m, head[pos + 4:end], pos, frame[2] if frame else ())
-            if m not in (0xC4, 0xDB, 0xDA):
-                frame = (m, head[pos + 4], ids)
-        if m == 0xDA:
-            if frame is None:
-                raise Bad("corrupt JPEG (image data before any frame header)")
-            scan_start = pos + 2 + length
-            break
+            # libjpeg trusts these tables: garbage in them made MindSpore's decoder crash (SIGSEGV) or refuse the
+            # file ("Bogus Huffman table definition") in our tests
+            seg = head[pos + 4:end]
+            if m == 0xC4:
+                _check_dht(seg, pos, tables)
+            elif m == 0xDB:
+                quant_ids |= _check_dqt(seg, pos)
+            elif m == 0xDD:
+                if length != 4:
+                    raise Bad(f"corrupt JPEG restart interval segment at byte {pos}")
+            elif m == 0xDA:
+                if frame is None:
+                    raise Bad("corrupt JPEG (image data before any frame header)")
+                scan_comps = _check_sos(seg, pos, frame, quant_ids, tables)
+                scan_start = end
+                break
+            elif frame is not None:
+                raise Bad(f"corrupt JPEG header (a second frame header at byte {pos})")
+            else:
+                frame = _check_sof(m, seg, pos)
         pos += 2 + length
     if scan_start >= size:
         raise Bad("truncated JPEG (the file ends before its image data)")
-    f.seek(max(size - TAIL, 0))
-    tail = f.read(TAIL).rstrip(b"\x00")  # some writers pad after EOI
-    if not tail.endswith(b"\xff\xd9"):
-        # Either truncated or followed by trailing data (camera / phone makers append some): walk the whole scan.
+    if frame[0] not in (0xC0, 0xC1) or scan_comps < len(frame[2]):
+        # Several scans: libjpeg reads the whole file, every marker and table in it, before the first pixel.
         f.seek(0)
-        data = f.read()
-        if not _jpeg_eoi_after_scan(data, scan_start):
-            raise Bad("truncated JPEG (no end-of-image marker: the file was cut short)")
+        _check_later_scans(f.read(), scan_start, frame, quant_ids, tables)
+    else:
+        # One scan: the decoder stops at the first marker in the data (the rest of the image is left blank), so
+        # only a missing end matters: it would run past the end of the file.
+        f.seek(max(size - TAIL, 0))
+        tail = f.read(TAIL).rstrip(b"\x00")  # some writers pad after EOI
+        if not tail.endswith(b"\xff\xd9"):
+            # Either truncated or followed by trailing data (camera / phone makers append some): walk the scan.
+            f.seek(0)
+            data = f.read()
+            if not _jpeg_eoi_after_scan(data, scan_start):
+                raise Bad("truncated JPEG (no end-of-image marker: the file was cut short)")
     if frame[0] not in _SOF_COMMON or frame[1] != 8:
         raise NeedsDecode(f"JPEG with SOF{frame[0] - 0xC0} / {frame[1]}-bit samples")
 
@@ -268,16 +394,29 @@ class Decoder:
             import mindspore.dataset.vision as vision
             self.np, self.op = np, vision.Decode()
         data = self.np.fromfile(path, dtype=self.np.uint8)
+        error = []
+
+        def decode():
+            try:
+                self.op(data)
+            except Exception as e:  # MindSpore wraps libjpeg/OpenCV errors in RuntimeError
+                error.append(e)
+
         # A hung decoder never returns to Python, so a Python-level timeout cannot fire; the default SIGALRM
         # action kills the process instead and the parent reports the file as hanging.
         signal.alarm(self.timeout)
         try:
-            self.op(data)
-        except Exception as e:  # MindSpore wraps libjpeg/OpenCV errors in RuntimeError
-            lines = [ln.strip() for ln in str(e).splitlines() if "[ERROR]" in ln or "rror raised" in ln]
-            raise Bad("MindSpore cannot decode it: " + (lines[0] if lines else type(e).__name__)[:300])
+            # A fresh thread per file: MindSpore keeps some libjpeg errors in a thread-local list and reports
+            # them on the next decode of that thread, which would blame the next (good) file.
+            worker = threading.Thread(target=decode)
+            worker.start()
+            worker.join()
         finally:
             signal.alarm(0)
+        if error:
+            lines = [ln.strip() for ln in str(error[0]).splitlines() if "[ERROR]" in ln or "rror raised" in ln]
+            reason = (lines[0] if lines else type(error[0]).__name__).split(" Dump the abnormal image")[0]
+            raise Bad("MindSpore cannot decode it: " + reason[:300])
 
 
 def check(path: str, mode: str, decoder: Decoder):
