@@ -326,22 +326,31 @@ class RepMLPBlock(nn.Cell):
 
 
 class GELU(nn.GELU):
-    """nn.GELU whose exact (erf) form multiplies by 1/sqrt(2) instead of dividing by sqrt(2).
+    """Exact (erf) GELU, x * (1 + erf(x / sqrt 2)) / 2, lean in memory under MindSpore's CPU graph mode.
 
-    Why: ops.gelu(approximate='none') is composed of RealDiv, Erf, Add and Mul, and MindSpore's CPU graph runtime
-    (2.10) does not reuse the buffers around that RealDiv: measured, a stack of 8 exact GELUs on (N, 64, 56, 56)
-    kept ~26 MiB per image alive, the multiply form ~2 (scripts/memory_probe.py). At the FFN's 4x-wide activations
-    this was about half of RepMLPNet's inference memory. Same function up to fp32 rounding of x/sqrt(2) (1 ulp).
-    Still an nn.GELU with the same `approximate`, so export.py's ONNX swap finds it."""
+    Why not nn.GELU(approximate=False): ops.gelu's exact form is composed of RealDiv, Erf, Add and Mul.
+    - The CPU graph runtime (2.10) does not reuse the buffers around that RealDiv by a 0-d tensor (like other
+      implicitly broadcasting binary ops): measured on 8 stacked GELUs at (N, 64, 56, 56), ~26 MiB per image kept
+      alive, ~2 with x * (1/sqrt 2) (scripts/memory_probe.py). This was half of RepMLPNet's inference memory.
+    - Autodiff of the composite keeps x/sqrt 2, erf and 1 + erf for the backward: two extra FFN-wide (4C)
+      activations per block. The backward below keeps only x and recomputes the rest (one Erf, one Exp).
+    Same forward up to the rounding of x/sqrt 2 (1 ulp); gradient dout * (Phi(x) + x * phi(x)), the exact
+    derivative. Still an nn.GELU with approximate 'none', so export.py's ONNX swap finds it."""
 
-    def __init__(self, approximate: bool = False):
-        super().__init__(approximate=approximate)
-        self.exact = not approximate
+    def __init__(self):
+        super().__init__(approximate=False)
 
     def construct(self, x):
-        if self.exact:
-            return x * (ops.erf(x * 0.7071067811865476) + 1.0) * 0.5
-        return ops.gelu(x, approximate="tanh")
+        return x * (ops.erf(x * _INV_SQRT2) + 1.0) * 0.5
+
+    def bprop(self, x, out, dout):
+        cdf = (ops.erf(x * _INV_SQRT2) + 1.0) * 0.5
+        pdf = ops.exp(x * x * -0.5) * _INV_SQRT_2PI
+        return (dout * (cdf + x * pdf),)
+
+
+_INV_SQRT2 = 0.7071067811865476
+_INV_SQRT_2PI = 0.3989422804014327
 
 
 class FFNBlock(nn.Cell):
@@ -349,7 +358,8 @@ class FFNBlock(nn.Cell):
         super().__init__()
         self.ffn_fc1 = ConvBN(channels, channels * expand, 1)
         self.ffn_fc2 = ConvBN(channels * expand, channels, 1)
-        self.act = GELU(approximate=gelu_approximate)
+        # tanh: MindSpore's fused GeLU kernel (mindcv's published t224 weights); exact: the lean cell above.
+        self.act = nn.GELU(approximate=True) if gelu_approximate else GELU()
 
     def construct(self, x):
         return self.ffn_fc2(self.act(self.ffn_fc1(x)))
