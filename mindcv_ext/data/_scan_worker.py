@@ -102,11 +102,18 @@ def _jpeg_eoi_after_scan(data: bytes, pos: int) -> bool:
         pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")  # DHT/DQT/SOS... between progressive scans
 
 
+_DHT_SEEN = {}  # segment bytes -> the tables it defines: most datasets repeat a handful of tables
+
+
 def _check_dht(seg: bytes, pos: int, tables: dict):
     """Record the Huffman tables a DHT segment defines in `tables` ((class, id) -> whether a DC table holds a symbol
     above 15, which libjpeg refuses when a scan uses it); Bad on what libjpeg calls a "Bogus Huffman table"."""
+    known = _DHT_SEEN.get(seg)
+    if known is not None:
+        tables.update(known)
+        return
     bad = Bad(f"corrupt JPEG Huffman table at byte {pos}")
-    i = 0
+    i, defined = 0, {}
     while i < len(seg):
         if i + 17 > len(seg) or seg[i] >> 4 > 1 or seg[i] & 15 > 3:
             raise bad
@@ -120,8 +127,12 @@ def _check_dht(seg: bytes, pos: int, tables: dict):
             if code >= 1 << bits:
                 raise bad
             code <<= 1
-        tables[(seg[i] >> 4, seg[i] & 15)] = seg[i] >> 4 == 0 and n > 0 and max(seg[i + 17:i + 17 + n]) > 15
+        defined[(seg[i] >> 4, seg[i] & 15)] = seg[i] >> 4 == 0 and n > 0 and max(seg[i + 17:i + 17 + n]) > 15
         i += 17 + n
+    if len(_DHT_SEEN) > 4096:
+        _DHT_SEEN.clear()
+    _DHT_SEEN[bytes(seg)] = defined
+    tables.update(defined)
 
 
 def _check_dqt(seg: bytes, pos: int) -> set:
