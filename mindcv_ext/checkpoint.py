@@ -4,11 +4,18 @@ mindcv's loaders are lenient in ways that lose work silently: `create_model(chec
 that does not exist and `load_param_into_net` only warns about missing keys. Every loader in this project goes
 through `load_checkpoint` + `load_params_strict`, which raise and name what is wrong.
 """
+import contextlib
+import errno
+import glob
+import logging
 import os
+import re
+import shutil
 import tempfile
 from typing import Callable, Dict, Iterable, Optional
 
 import mindspore as ms
+import numpy as np
 from mindspore import Parameter, Tensor
 
 __all__ = [
@@ -16,6 +23,11 @@ __all__ = [
     "checkpoint_format",
     "load_checkpoint",
     "save_checkpoint",
+    "NonFiniteWeightsError",
+    "CheckpointWriteError",
+    "nonfinite_tensors",
+    "describe_nonfinite",
+    "remove_temp_files",
     "load_params_strict",
     "split_training_state",
     "TRAINING_STATE_SCALARS",
@@ -25,7 +37,7 @@ __all__ = [
 TRAINING_STATE_SCALARS = frozenset({
     "global_step", "learning_rate", "scale_sense", "loss_scale", "epoch_num", "step_num", "epoch", "step",
     "cur_epoch_num", "cur_step_num", "current_iterator_step", "last_overflow_iterator_step", "best_acc",
-    "beta1_power", "beta2_power",
+    "beta1_power", "beta2_power", "steps_per_epoch",
 })
 
 
@@ -68,25 +80,156 @@ def _as_save_list(obj):
         return [{"name": p.name, "data": p} for p in obj.get_parameters()]
     if isinstance(obj, dict):
         return [{"name": k, "data": v if isinstance(v, (Tensor, Parameter)) else Tensor(v)} for k, v in obj.items()]
-    return obj
+    return [item if isinstance(item, dict) else {"name": item.name, "data": item} for item in obj]
+
+
+class NonFiniteWeightsError(CheckpointError):
+    """save_checkpoint refused to write NaN/inf values; `bad` lists (name, count of non-finite values)."""
+
+    def __init__(self, message: str, bad=()):
+        super().__init__(message)
+        self.bad = list(bad)
+
+
+class CheckpointWriteError(CheckpointError):
+    """The file system refused the write (full disk, read-only, ...); the previous file is unchanged."""
+
+    def __init__(self, message: str, directory: str = ""):
+        super().__init__(message)
+        self.directory = directory
+
+
+def _host_array(data) -> np.ndarray:
+    if isinstance(data, np.ndarray):
+        return data
+    if getattr(data, "dtype", None) == getattr(ms, "bfloat16", object()):  # NumPy has no bfloat16
+        data = data.astype(ms.float32)
+    return data.asnumpy() if hasattr(data, "asnumpy") else np.asarray(data)
+
+
+def _scan(save_list):
+    """([(name, number of NaN/inf values)] of the float tensors, total bytes)."""
+    bad, nbytes = [], 0
+    for item in save_list:
+        value = _host_array(item["data"])
+        nbytes += value.nbytes + 64 + len(item["name"])  # + MindSpore's per-tensor record header, roughly
+        if value.dtype.kind in "fc":
+            count = int(value.size - np.count_nonzero(np.isfinite(value)))
+            if count:
+                bad.append((item["name"], count))
+    return bad, nbytes
+
+
+def nonfinite_tensors(items) -> list:
+    """[(name, number of NaN/inf values)] of the float tensors among `items` (a Cell, a name -> Tensor dict or
+    MindSpore's list form), in order."""
+    return _scan(_as_save_list(items))[0]
+
+
+def describe_nonfinite(bad, limit: int = 6) -> str:
+    shown = ", ".join(f"{name} ({count})" for name, count in bad[:limit])
+    more = f" and {len(bad) - limit} more" if len(bad) > limit else ""
+    return f"{sum(c for _, c in bad)} NaN/inf value(s) in {len(bad)} tensor(s): {shown}{more}"
+
+
+# `.<file name>.<8 random characters>.tmp...`: our temporary files (tempfile.mkstemp below) and MindSpore's own
+# `<ours minus extension>.tmp` next to them.
+_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp(\.(ckpt|safetensors|tmp))*$")
+
+
+def remove_temp_files(directory: str, name: Optional[str] = None) -> list:
+    """Delete the temporary files killed saves left in `directory` (only those of file `name` if given).
+    Returns the removed paths. Never touches finished checkpoints."""
+    removed = []
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return removed
+    for entry in entries:
+        m = _TEMP_RE.match(entry)
+        if m and (name is None or m.group("name") == name):
+            try:
+                os.remove(os.path.join(directory, entry))
+                removed.append(os.path.join(directory, entry))
+            except OSError:
+                pass
+    return removed
+
+
+def _format_bytes(n: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024.0
+    return f"{n:.1f} TB"
+
+
+def _write_error(error: OSError, path: str, directory: str, need: int) -> CheckpointWriteError:
+    if error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        try:
+            free = _format_bytes(shutil.disk_usage(directory).free)
+        except OSError:
+            free = "unknown"
+        text = (f"Cannot write {path}: no space left on the device of {directory} ({free} free; this checkpoint "
+                f"needs about {_format_bytes(need)}, and replacing a file needs that much on top of the old one). "
+                f"The previous {os.path.basename(path)} (if any) is unchanged; free some space there.")
+    else:
+        reason = error.strerror or str(error)
+        text = (f"Cannot write {path}: {reason}. The previous {os.path.basename(path)} (if any) is unchanged; make "
+                f"{directory} writable or choose another directory.")
+    return CheckpointWriteError(text, directory)
+
+
+class _DropSaveFailureLog(logging.Filter):
+    # MindSpore logs a CRITICAL line before re-raising a failed write; our error already says it, in one line.
+    def filter(self, record):
+        return "Failed to save the checkpoint file" not in str(record.msg)
+
+
+def _mindspore_logger():
+    try:
+        from mindspore import log as ms_log
+        return ms_log._get_logger()  # noqa: SLF001  (no public handle to MindSpore's logger)
+    except Exception:  # noqa: BLE001  (another MindSpore version: its line just shows)
+        return None
 
 
 def save_checkpoint(obj, path: str, append_dict: Optional[dict] = None) -> str:
     """Save a Cell, a name -> Tensor dict or MindSpore's list form atomically: a temporary file in the same
-    directory, then os.replace, so a crash never leaves a half-written file under the final name."""
+    directory, then os.replace, so a crash never leaves a half-written file under the final name.
+
+    Refuses (NonFiniteWeightsError) to write NaN/inf float values, so nothing saved is silently broken; a
+    failing write (full disk, read-only, ...) raises CheckpointWriteError in one line, and in every case the
+    previous file stays as it was and no temporary file is left behind (also none of earlier killed saves)."""
     path = os.fspath(path)
     fmt = checkpoint_format(path)
+    save_list = _as_save_list(obj)
+    bad, need = _scan(save_list)
+    if bad:
+        raise NonFiniteWeightsError(f"Refusing to write {path}: {describe_nonfinite(bad)}. The previous "
+                                    f"{os.path.basename(path)} (if any) is unchanged.", bad)
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
     suffix = ".safetensors" if fmt == "safetensors" else ".ckpt"  # MindSpore appends .ckpt to other names
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp" + suffix, dir=directory)
-    os.close(fd)
+    tmp = None
+    ms_logger, quiet = _mindspore_logger(), _DropSaveFailureLog()
+    if ms_logger is not None:
+        ms_logger.addFilter(quiet)
     try:
-        ms.save_checkpoint(_as_save_list(obj), tmp, append_dict=append_dict, format=fmt)
+        os.makedirs(directory, exist_ok=True)
+        remove_temp_files(directory, os.path.basename(path))  # leftovers of a killed save of this file
+        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp" + suffix, dir=directory)
+        os.close(fd)
+        ms.save_checkpoint(save_list, tmp, append_dict=append_dict, format=fmt)
         os.replace(tmp, path)
+    except OSError as e:
+        raise _write_error(e, path, directory, need) from None
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        if ms_logger is not None:
+            ms_logger.removeFilter(quiet)
+        if tmp is not None:  # ours and MindSpore's own (<ours>.tmp), whatever stage the write stopped at
+            for leftover in glob.glob(glob.escape(tmp[:-len(suffix)]) + "*"):
+                with contextlib.suppress(OSError):
+                    os.remove(leftover)
     return path
 
 

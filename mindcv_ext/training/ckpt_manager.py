@@ -6,20 +6,22 @@ leaves the previous version intact.
 
 - latest / periodic: the full training state: model weights under their own names (what validate.py and the
   re-parameterization load), optimizer state (adam_m.*, global_step, ...), `ema.*` averages, `scale_sense`, and the
-  scalars `epoch` (epochs finished) and `best_acc`. The lr schedule itself is not stored: it is rebuilt from the
-  config and indexed by global_step.
+  scalars `epoch` (epochs finished), `steps_per_epoch` and `best_acc`. The lr schedule itself is not stored: it
+  is rebuilt from the config and indexed by global_step. A resume with another number of steps per epoch (another
+  batch_size, dataset size or device count) moves global_step to the same point of the schedule, counted in
+  epochs (restore_training_state).
 - best: only the evaluated weights (the EMA averages when EMA is on), so evaluating or re-parameterizing it gives
   the logged top-1.
 """
 import os
 import re
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
-from mindspore import Parameter, nn
+from mindspore import Parameter, Tensor, nn
 
-from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from ..strict_loading import load_weights as load_params_into
+from ..checkpoint import CheckpointError, save_checkpoint
+from ..weights import CLASS_NAMES_KEY, encode_class_names, load_into, read_weights
 
 __all__ = ["CheckpointManager", "training_state", "restore_training_state", "load_weights", "scalar"]
 
@@ -38,8 +40,9 @@ def training_state(train_step: nn.Cell) -> Dict[str, Parameter]:
 
 class CheckpointManager:
     def __init__(self, save_dir: str, model_name: str, steps_per_epoch: int, keep_max: int,
-                 policy: str = "latest_k", enabled: bool = True):
+                 policy: str = "latest_k", enabled: bool = True, class_names=None):
         self.save_dir = save_dir
+        self.class_names = class_names  # recorded in every file, so predictions and validation can name classes
         self.model_name = model_name
         self.steps_per_epoch = steps_per_epoch
         self.keep_max = keep_max
@@ -56,15 +59,23 @@ class CheckpointManager:
         """After epoch `epoch` (1-based) finished: overwrite latest.ckpt; add a periodic checkpoint if due."""
         if not self.enabled:
             return
-        save_checkpoint(training_state(train_step), self.latest_path,
-                        append_dict={"epoch": int(epoch), "best_acc": float(best_acc)})
+        save_checkpoint(training_state(train_step), self.latest_path, append_dict=self._scalars(epoch, best_acc))
         if periodic:
-            _link_or_copy(self.latest_path, self.periodic_path(epoch), train_step, epoch, best_acc)
+            _link_or_copy(self.latest_path, self.periodic_path(epoch), train_step, self._scalars(epoch, best_acc))
             self._prune()
+
+    def _scalars(self, epoch: int, best_acc: float) -> dict:
+        entries = {"epoch": int(epoch), "best_acc": float(best_acc), "steps_per_epoch": int(self.steps_per_epoch)}
+        if self.class_names:
+            entries[CLASS_NAMES_KEY] = encode_class_names(self.class_names)
+        return entries
 
     def save_best(self, network: nn.Cell, epoch: int, acc: float) -> None:
         if self.enabled:
-            save_checkpoint(network, self.best_path, append_dict={"epoch": int(epoch), "best_acc": float(acc)})
+            entries = {"epoch": int(epoch), "best_acc": float(acc)}
+            if self.class_names:
+                entries[CLASS_NAMES_KEY] = encode_class_names(self.class_names)
+            save_checkpoint(network, self.best_path, append_dict=entries)
 
     def _periodic_files(self) -> Dict[int, str]:
         pattern = re.compile(re.escape(self.model_name) + r"-(\d+)_\d+\.ckpt$")
@@ -87,7 +98,7 @@ class CheckpointManager:
             os.remove(files[epoch])
 
 
-def _link_or_copy(src: str, dst: str, train_step, epoch, best_acc) -> None:
+def _link_or_copy(src: str, dst: str, train_step, scalars: dict) -> None:
     # A hard link shares the finished file (no second multi-GB write); it becomes visible under `dst` atomically.
     tmp = dst + ".link.tmp"
     try:
@@ -96,22 +107,27 @@ def _link_or_copy(src: str, dst: str, train_step, epoch, best_acc) -> None:
         os.link(src, tmp)
         os.replace(tmp, dst)
     except OSError:  # filesystems without hard links
-        save_checkpoint(training_state(train_step), dst, append_dict={"epoch": int(epoch),
-                                                                      "best_acc": float(best_acc)})
+        save_checkpoint(training_state(train_step), dst, append_dict=scalars)
 
 
-def load_weights(path: str, network: nn.Cell) -> Dict[str, Parameter]:
-    """Load the model weights of one of our checkpoints (its training state is left out); raises on anything
-    missing, unexpected or of the wrong shape, and on a deploy-form RepMLPNet checkpoint."""
-    params = load_checkpoint(path)
-    load_params_into(network, params, source=path)
-    return params
+def load_weights(path: str, network: nn.Cell) -> Dict[str, Tensor]:
+    """Load the model weights of one of our checkpoints strictly (mindcv_ext.weights) and return every entry of
+    the file, weights and training state, as Tensors by name."""
+    w = read_weights(path)
+    load_into(network, w)
+    return {k: Tensor(np.asarray(v)) for k, v in {**w.params, **w.state}.items() if hasattr(v, "dtype")}
 
 
 def restore_training_state(path: str, train_step: nn.Cell, network: nn.Cell, ema=None,
-                           restore_loss_scale: bool = True) -> Dict[str, float]:
+                           restore_loss_scale: bool = True, steps_per_epoch: Optional[int] = None) -> Dict:
     """Resume: weights, optimizer state (incl. global_step = lr position), EMA averages and the loss scale.
-    Returns {'epoch': epochs finished, 'best_acc': ...}. Raises CheckpointError naming what is missing."""
+    Returns {'epoch': epochs finished, 'best_acc': ..., 'ema_restarted': ..., 'moved_step': None or
+    (old global_step, old steps per epoch or None, new global_step)}. Raises CheckpointError naming what is
+    missing.
+
+    With `steps_per_epoch` (this run's), a checkpoint written with another number of steps per epoch has its
+    global_step moved to the same point of the lr schedule in epochs: the optimizer indexes the rebuilt per-step
+    lr table with it, so an unmoved step would train at another lr and run past the table's end."""
     params = load_weights(path, network)
     if "epoch" not in params or "global_step" not in params:
         raise CheckpointError(f"{path} holds weights only (no optimizer state), so there is nothing to "
@@ -139,6 +155,31 @@ def restore_training_state(path: str, train_step: nn.Cell, network: nn.Cell, ema
         p.set_data(value.astype(p.dtype) if value.dtype != p.dtype else value)
     if ema is not None and missing_ema:
         ema.reset_to_weights()  # the checkpoint was trained without EMA: start the averages here
-    return {"epoch": int(scalar(params["epoch"])),
+    epoch = int(scalar(params["epoch"]))
+    moved = None
+    if steps_per_epoch:
+        saved_spe = int(scalar(params["steps_per_epoch"])) if "steps_per_epoch" in params else None
+        moved = _move_global_step(train_step, epoch, saved_spe, int(steps_per_epoch))
+    return {"epoch": epoch,
             "best_acc": scalar(params["best_acc"]) if "best_acc" in params else -1.0,
-            "ema_restarted": bool(ema is not None and missing_ema)}
+            "ema_restarted": bool(ema is not None and missing_ema), "moved_step": moved}
+
+
+def _move_global_step(train_step: nn.Cell, epoch: int, saved_spe: Optional[int], spe: int):
+    """Put global_step where `epoch` finished epochs end at `spe` steps per epoch. Returns (old step, old steps per
+    epoch or None if unknown, new step), or None when nothing changes."""
+    step_param = training_state(train_step).get("global_step")
+    if step_param is None:
+        return None
+    old = int(scalar(step_param))
+    if saved_spe:
+        if saved_spe == spe:
+            return None  # unchanged (global_step may trail epoch x spe by steps skipped on overflow: keep that)
+        new = int(round(old * spe / saved_spe))  # the same fraction of the schedule, skipped steps included
+    else:  # older checkpoints do not store steps_per_epoch: the epochs they finished are what is known
+        if old == epoch * spe:
+            return None
+        new = epoch * spe
+    value = step_param.asnumpy()
+    step_param.set_data(Tensor(np.full(value.shape, new, value.dtype)))
+    return old, saved_spe, new

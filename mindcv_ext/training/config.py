@@ -6,6 +6,7 @@ unchanged; a few keys of older mindcv recipes are accepted too, and a few of our
 `--ema True`, `--scale "[0.08, 1.0]"`). A key nobody knows is an error naming the closest valid keys.
 """
 import difflib
+import math
 import os
 import sys
 from types import SimpleNamespace
@@ -70,7 +71,8 @@ KEYS: Dict[str, Tuple[Any, str, str]] = {
     "cutmix_prob": (1.0, "float", "probability of applying mixup/cutmix to a batch"),
     "aug_repeats": (0, "int", "repeated augmentation; not supported here, keep 0"),
     # model
-    "model": ("mobilenet_v2_035_224", "str", "registered model name (import mindcv_ext adds repmlp_*, demo_repmlp)"),
+    # Required (mindcv's default, mobilenet_v2_035_224, would train another network without a word).
+    "model": ("", "str", "registered model name, required (import mindcv_ext adds repmlp_*, demo_repmlp)"),
     "num_classes": (None, "int", "classes (None: the number of class folders in the train split)"),
     "in_channels": (3, "int", "input channels"),
     "drop_rate": (None, "float", "dropout before the classifier"),
@@ -153,8 +155,8 @@ def _suggest(key: str) -> str:
     return f" Did you mean {', '.join(close)}?" if close else ""
 
 
-def _coerce(key: str, value: Any, where: str) -> Any:
-    default, kind, _ = KEYS[key]
+def _coerce(key: str, value: Any, where: str, table=None) -> Any:
+    default, kind, _ = (table or KEYS)[key]
     if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "~")):
         if default is None or kind == "any":
             return None
@@ -186,9 +188,10 @@ def _coerce(key: str, value: Any, where: str) -> Any:
         if isinstance(value, bool):
             raise bad
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise bad from None
+        return _finite(key, number, value, where)
     if kind == "str":
         return str(value)
     if kind in ("pair", "floats", "ints"):
@@ -197,13 +200,20 @@ def _coerce(key: str, value: Any, where: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise bad
         try:
-            items = [int(v) if kind == "ints" else float(v) for v in value]
+            items = [int(v) if kind == "ints" else _finite(key, float(v), value, where) for v in value]
         except (TypeError, ValueError):
             raise bad from None
         if kind == "pair" and len(items) != 2:
             raise bad
         return tuple(items) if kind == "pair" else items
     return value
+
+
+def _finite(key: str, number: float, value: Any, where: str) -> float:
+    # YAML reads .nan / .inf (and the command line nan / inf) as floats; no key means anything by them.
+    if not math.isfinite(number):
+        raise ConfigError(f"{key} must be a finite number; got {value!r} ({where}).")
+    return number
 
 
 _KIND_TEXT = {"bool": "True or False", "int": "an integer", "float": "a number", "str": "a string",
@@ -214,11 +224,16 @@ _KIND_TEXT = {"bool": "True or False", "int": "an integer", "float": "a number",
 def _read_yaml(path: str) -> Dict[str, Any]:
     if not os.path.isfile(path):
         raise ConfigError(f"Config file not found: {path!r}. Recipes live in configs/repmlp/.")
-    with open(path, encoding="utf-8") as f:
-        try:
+    try:
+        with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); save it "
+                          f"as UTF-8.") from None
+    except OSError as e:
+        raise ConfigError(f"Cannot read {path}: {e.strerror or e}.") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -263,26 +278,34 @@ def _is_number(text: str) -> bool:
         return False
 
 
-def parse_config(argv: Optional[Sequence[str]] = None) -> SimpleNamespace:
-    """Defaults < YAML (--config) < command line. Raises ConfigError; does not validate values across keys."""
+def parse_config(argv: Optional[Sequence[str]] = None, table: Optional[Dict[str, Tuple[Any, str, str]]] = None,
+                 aliases: Optional[Dict[str, str]] = None, prog: str = "train.py") -> SimpleNamespace:
+    """Defaults < YAML (--config) < command line. Raises ConfigError; does not validate values across keys.
+
+    `table` replaces KEYS (validate.py and infer.py add their own keys to the training ones, so a training recipe
+    reads unchanged there); `aliases` maps other option names to keys (e.g. validate.py's old --split)."""
+    table = table or KEYS
+    aliases = aliases or {}
     argv = sys.argv[1:] if argv is None else argv
     config_path, pairs, wants_help = _split_cli(argv)
     if wants_help:
-        print(format_help())
+        print(format_help(table, prog))
         raise SystemExit(0)
-    values = {k: v[0] for k, v in KEYS.items()}
+    values = {k: v[0] for k, v in table.items()}
     if config_path:
         for key, value in _read_yaml(config_path).items():
-            if key not in KEYS:
+            if key not in table:
                 raise ConfigError(f"Unknown key {key!r} in {config_path}.{_suggest(key)} "
-                                  f"(`python train.py --help` lists the keys.)")
-            values[key] = _coerce(key, value, f"in {config_path}")
+                                  f"(`python {prog} --help` lists the keys.)")
+            values[key] = _coerce(key, value, f"in {config_path}", table)
     for key, raw in pairs:
-        if key not in KEYS:
-            raise ConfigError(f"Unknown option --{key}.{_suggest(key)} (`python train.py --help` lists the keys.)")
-        value = raw if KEYS[key][1] == "str" or not isinstance(raw, str) else yaml.safe_load(raw)
-        values[key] = _coerce(key, raw if isinstance(value, str) else value, f"--{key} on the command line")
+        key = aliases.get(key, key)
+        if key not in table:
+            raise ConfigError(f"Unknown option --{key}.{_suggest(key)} (`python {prog} --help` lists the keys.)")
+        value = raw if table[key][1] == "str" or not isinstance(raw, str) else yaml.safe_load(raw)
+        values[key] = _coerce(key, raw if isinstance(value, str) else value, f"--{key} on the command line", table)
     values["config"] = config_path or ""
+    values["_given"] = sorted({aliases.get(k, k) for k, _ in pairs})  # what the command line set explicitly
     _apply_legacy_keys(values)
     return SimpleNamespace(**values)
 
@@ -311,6 +334,20 @@ def _in_unit(cfg, key, closed_top=True):
     value = getattr(cfg, key)
     if value is not None and not (0.0 <= value <= 1.0 if closed_top else 0.0 <= value < 1.0):
         raise ConfigError(f"{key} must be in [0, 1{']' if closed_top else ')'}; got {value!r}.")
+
+
+def _schedule_notes(cfg) -> List[str]:
+    """What the lr schedule does when a recipe's warmup or decay is longer than the run (mindcv only warns)."""
+    notes, e, w, d = [], cfg.epoch_size, cfg.warmup_epochs, cfg.decay_epochs
+    if w > e:
+        reached = cfg.lr * (cfg.warmup_factor + (1 - cfg.warmup_factor) * e / w)
+        notes.append(f"warmup_epochs ({w}) is longer than the run (epoch_size {e}): the lr rises linearly for the "
+                     f"whole run and ends at {reached:.3g} ({e}/{w} of the way to lr {cfg.lr}); it never decays.")
+    elif cfg.scheduler in ("cosine_decay", "warmup_cosine_decay") and d > e - w and cfg.num_cycles == 1:
+        end = cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * (e - w) / d))
+        notes.append(f"decay_epochs ({d}) is longer than the {e - w} epoch(s) after warmup: the cosine decay is cut "
+                     f"off and the lr ends at {end:.3g}, not at min_lr {cfg.min_lr}.")
+    return notes
 
 
 def validate(cfg: SimpleNamespace) -> SimpleNamespace:
@@ -361,9 +398,7 @@ def validate(cfg: SimpleNamespace) -> SimpleNamespace:
         _at_least(cfg, key, low)
     if cfg.lr <= 0 or cfg.min_lr < 0 or cfg.min_lr > cfg.lr:
         raise ConfigError(f"Need 0 <= min_lr <= lr and lr > 0; got lr={cfg.lr}, min_lr={cfg.min_lr}.")
-    if cfg.warmup_epochs > cfg.epoch_size:
-        raise ConfigError(f"warmup_epochs ({cfg.warmup_epochs}) is longer than the run (epoch_size "
-                          f"{cfg.epoch_size}); lower warmup_epochs.")
+    cfg.notes = _schedule_notes(cfg)  # a shortened run of a recipe (e.g. a smoke test) runs, as in mindcv
     if cfg.num_classes is not None and cfg.num_classes < 2:
         raise ConfigError(f"num_classes must be >= 2 (or None to count the class folders); got {cfg.num_classes}.")
     for key in ("label_smoothing", "drop_rate", "drop_path_rate"):
@@ -396,16 +431,101 @@ def validate(cfg: SimpleNamespace) -> SimpleNamespace:
     for key, ok, why in unsupported:
         if getattr(cfg, key) not in (ok, None) and not (key == "aug_repeats" and getattr(cfg, key) == 1):
             raise ConfigError(f"{key}: {getattr(cfg, key)!r} is not supported here ({why}); set {key}: {ok!r}.")
+    if not cfg.model:
+        recipes = ", ".join(recipe_names()) or "none found"
+        if not cfg.config:
+            raise ConfigError(f"train.py needs a recipe: python train.py --config configs/repmlp/<recipe>.yaml "
+                              f"[--key value ...]. Recipes in configs/repmlp/: {recipes}.")
+        raise ConfigError(f"{cfg.config} sets no model; add a line such as `model: repmlp_t224` (or pass --model). "
+                          f"The recipes in configs/repmlp/ ({recipes}) show the full set of keys.")
     return cfg
+
+
+def recipe_names() -> List[str]:
+    """The shipped recipes (configs/repmlp/*.yaml next to the package, else under the working directory)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for root in (os.path.join(here, "..", "..", "configs", "repmlp"), os.path.join("configs", "repmlp")):
+        if os.path.isdir(root):
+            return sorted(n for n in os.listdir(root) if n.endswith((".yaml", ".yml")))
+    return []
 
 
 def load_config(argv: Optional[Sequence[str]] = None) -> SimpleNamespace:
     return validate(parse_config(argv))
 
 
-def format_help() -> str:
-    lines = ["usage: python train.py --config RECIPE.yaml [--key value ...]", "",
+def format_help(table: Optional[Dict[str, Tuple[Any, str, str]]] = None, prog: str = "train.py") -> str:
+    lines = [f"usage: python {prog} --config RECIPE.yaml [--key value ...]", "",
              "Keys (mindcv's names; YAML values, the command line wins):"]
-    for key, (default, kind, text) in KEYS.items():
+    for key, (default, kind, text) in (table or KEYS).items():
         lines.append(f"  --{key:<28} {text} [default: {default!r}]")
     return "\n".join(lines)
+
+
+# ---- validate.py and scripts/infer.py: the same keys and parser, so `-c <training recipe>` reads unchanged ----------
+
+# Keys of the evaluation tools beyond the training ones, and training keys whose default differs there.
+EVAL_KEYS: Dict[str, Tuple[Any, str, str]] = {
+    "model": ("", "str", "registered model name, e.g. repmlp_t224 (required, from the recipe or --model)"),
+    "data_dir": ("", "str", "dataset root holding <val_split>/<class>/<images>"),
+    "ckpt_path": ("", "str", "train- or deploy-form weights (.ckpt / .safetensors / .pth / .npz); the form is read "
+                             "from the file"),
+    "device_target": ("CPU", "str", "Ascend, GPU or CPU"),
+    "batch_size": (64, "int", "images per batch"),
+    "num_parallel_workers": (min(8, os.cpu_count() or 1), "int", "data pipeline workers"),
+    "image_resize": (None, "int", "crop size (default: the model's native input size; multiples of it work too)"),
+    "log_interval": (50, "int", "print running accuracy every N batches (0: off)"),
+    "ema": (False, "bool", "evaluate the EMA weights (ema.* keys) of a training checkpoint; a recipe's ema: True "
+                           "means: the EMA ones when the file has them"),
+    "deploy": (None, "bool", "expect a deploy-form (True) or train-form (False) checkpoint; default: read from it"),
+    "gelu_approximate": (False, "bool", "tanh GELU: True for mindcv's published t224 weights, False (exact erf) "
+                                        "for the authors' and this project's"),
+}
+EVAL_ALIASES = {"split": "val_split", "image_size": "image_resize"}
+
+
+def eval_keys(extra: Optional[Dict[str, Tuple[Any, str, str]]] = None) -> Dict[str, Tuple[Any, str, str]]:
+    return {**KEYS, **EVAL_KEYS, **(extra or {})}
+
+
+def load_eval_config(argv: Optional[Sequence[str]] = None, prog: str = "validate.py",
+                     extra: Optional[Dict[str, Tuple[Any, str, str]]] = None) -> SimpleNamespace:
+    """validate.py / infer.py configuration: every training key is accepted (a recipe reads unchanged; keys that
+    only matter for training are not used), the evaluation ones are checked. The recipe's `ema: True` means the
+    run kept EMA weights: they are evaluated when the file has them; an explicit --ema True insists on them."""
+    cfg = parse_config(argv, eval_keys(extra), EVAL_ALIASES, prog)
+    if cfg.ema and "ema" not in cfg._given:
+        cfg.ema = None  # from the recipe: prefer EMA weights, but best.ckpt already holds them as plain weights
+    for key, what in (("model", "a model: --model repmlp_t224 (or a recipe with -c)"),
+                      ("ckpt_path", "weights to evaluate: --ckpt_path best.ckpt")):
+        if not getattr(cfg, key):
+            raise ConfigError(f"{prog} needs {what}.")
+    _choice(cfg, "mode", (0, 1), " Use 0 for graph mode or 1 for PyNative.")
+    cfg.device_target = {"ascend": "Ascend", "gpu": "GPU", "cpu": "CPU"}.get(str(cfg.device_target).lower(),
+                                                                               cfg.device_target)
+    _choice(cfg, "device_target", ("Ascend", "GPU", "CPU"))
+    cfg.jit_level = (cfg.jit_level or "").upper()
+    if cfg.jit_level == "O2" and cfg.device_target != "Ascend":
+        cfg.jit_level = ""  # a training recipe's Ascend-only compile level: evaluating elsewhere ignores it
+    for key, low in (("batch_size", 1), ("num_parallel_workers", 1), ("log_interval", 0), ("in_channels", 1)):
+        _at_least(cfg, key, low)
+    if cfg.image_resize is not None and cfg.image_resize < 1:
+        raise ConfigError(f"image_resize must be positive; got {cfg.image_resize}.")
+    if cfg.num_classes is not None and cfg.num_classes < 1:
+        raise ConfigError(f"num_classes must be positive; got {cfg.num_classes}.")
+    if not 0.0 < cfg.crop_pct <= 1.0:
+        raise ConfigError(f"crop_pct must be in (0, 1]; got {cfg.crop_pct} (authors: 1.0, mindcv: 0.875).")
+    from mindspore.dataset.vision import Inter  # the filters MindSpore knows (mindcv would fall back silently)
+
+    if not hasattr(Inter, str(cfg.interpolation).upper()):
+        raise ConfigError(f"Unknown interpolation {cfg.interpolation!r}; use one of "
+                          f"{', '.join(n.lower() for n in Inter.__members__)}.")
+    cfg.interpolation = cfg.interpolation.lower()
+    cfg.dataset = str(cfg.dataset).lower()
+    _choice(cfg, "dataset", ("imagenet", "demo", ""), " Evaluation reads ImageFolder data (imagenet).")
+    if cfg.ckpt_path and not os.path.isfile(cfg.ckpt_path):
+        raise ConfigError(f"--ckpt_path {cfg.ckpt_path!r} is not a file; pass the checkpoint file itself."
+                          if os.path.exists(cfg.ckpt_path) else f"checkpoint not found: {cfg.ckpt_path!r}. Without "
+                          f"weights the result would be chance level; pass the .ckpt written by train.py (or "
+                          f"scripts/reparameterize.py / convert_weights.py).")
+    return cfg

@@ -74,9 +74,11 @@ def plot_curves(rows: List[Dict], path: str) -> Optional[str]:
         return None
     steps = [r for r in rows if r.get("kind") == "step" and _finite(r.get("loss"))]
     epochs = [r for r in rows if r.get("kind") == "epoch"]
-    spe = max((r["step"] for r in steps), default=1)
+    spe = {}  # steps per epoch, per epoch: a resumed run may have another batch size or data size
+    for r in steps:
+        spe[r["epoch"]] = max(spe.get(r["epoch"], 1), r["step"])
     loss_series = {
-        "train loss": [(r["epoch"] - 1 + r["step"] / spe, r["loss"]) for r in steps]
+        "train loss": [(r["epoch"] - 1 + r["step"] / spe[r["epoch"]], r["loss"]) for r in steps]
         or [(r["epoch"], r["train_loss"]) for r in epochs if _finite(r.get("train_loss"))],
         "val loss": [(r["epoch"], r["val_loss"]) for r in epochs if _finite(r.get("val_loss"))],
     }
