@@ -17,6 +17,7 @@ import difflib
 import logging
 import math
 import os
+import signal
 import sys
 import time
 import traceback
@@ -24,15 +25,18 @@ import traceback
 import mindcv_ext  # noqa: F401  (registers repmlp_* and demo_repmlp with mindcv)
 from mindcv.models import create_model, is_model, list_models
 from mindcv.utils import AllReduceSum
-from mindcv_ext.checkpoint import CheckpointError, save_checkpoint
-from mindcv_ext.training.ckpt_manager import CheckpointManager, restore_training_state
+from mindcv_ext.checkpoint import (CheckpointError, CheckpointWriteError, NonFiniteWeightsError, describe_nonfinite,
+                                   nonfinite_tensors, save_checkpoint)
+from mindcv_ext.training.ckpt_manager import CheckpointManager, restore_training_state, training_state
 from mindcv_ext.training.config import ConfigError, load_config
 from mindcv_ext.training.console import Progress, format_duration, setup_logging
-from mindcv_ext.training.evaluate import evaluate
-from mindcv_ext.training.loaders import (build_eval_loader, build_train_loader, check_images, count_classes,
-                                         prepare_data_dir)
+from mindcv_ext.evaluation import evaluate
+from mindcv_ext.training.loaders import (build_eval_loader, build_train_loader, check_images, prepare_data_dir,
+                                         train_class_names)
+from mindcv_ext.weights import build_model
 from mindcv_ext.training.metrics import MetricsLog, plot_curves
 from mindcv_ext.training.optim import build_loss, build_loss_scale, build_lr_schedule, build_optimizer
+from mindcv_ext.training.run_lock import check_output_dir, claim_run_dir
 from mindcv_ext.training.runtime import average_across_ranks, init_context
 from mindcv_ext.training.step import NonFiniteLossError, build_train_step
 
@@ -50,12 +54,19 @@ def main(argv=None) -> int:
         raise ConfigError(f"ckpt_path {cfg.ckpt_path!r} is not a file (relative paths start at {os.getcwd()}). "
                           f"To resume a run, pass <ckpt_save_dir>/latest.ckpt.")
     latest_path = os.path.join(cfg.ckpt_save_dir, "latest.ckpt")
-    if not resuming and os.path.exists(latest_path):
-        raise ConfigError(f"{cfg.ckpt_save_dir} already holds a run ({latest_path}). Continue it with "
-                          f"--ckpt_path {latest_path} --resume_opt True, or pick another --ckpt_save_dir.")
+    _RUN["latest"] = latest_path
+    _refuse_a_finished_run(resuming, latest_path, cfg)
+    check_output_dir(cfg.ckpt_save_dir)
     rank, group_size = init_context(cfg)
     is_main = rank == 0
+    # One live run per ckpt_save_dir (rank 0 holds a lock until it exits); checked again under the lock, since
+    # another run may have finished its first epoch in the meantime.
+    _RUN["dir"] = claim_run_dir(cfg.ckpt_save_dir, rank, group_size,
+                                agree=_agree_across_ranks if group_size > 1 else None)
+    _refuse_a_finished_run(resuming, latest_path, cfg)
     log = setup_logging(cfg.ckpt_save_dir, rank, group_size)
+    for note in cfg.notes:
+        log.warning(note)
 
     # ---- data ---------------------------------------------------------------------------------------------------
     data_dir = prepare_data_dir(cfg)
@@ -64,11 +75,11 @@ def main(argv=None) -> int:
         # Every rank checks (they must agree on stopping); with several ranks each gets a share of the CPUs.
         check_images(data_dir, workers=None if group_size == 1 else max(1, (os.cpu_count() or 1) // group_size))
         log.info(f"check_data: every image under {data_dir} decodes ({time.time() - t0:.1f} s)")
-    found_classes = count_classes(os.path.join(data_dir, cfg.train_split))
-    num_classes = cfg.num_classes or found_classes
-    if num_classes < found_classes:
-        raise ConfigError(f"num_classes is {num_classes} but {data_dir}/{cfg.train_split} has {found_classes} "
-                          f"class folders; set num_classes: {found_classes} (or None to count them).")
+    class_names = train_class_names(cfg, data_dir)  # label order; val must name the same classes
+    num_classes = cfg.num_classes or len(class_names)
+    if num_classes < len(class_names):
+        raise ConfigError(f"num_classes is {num_classes} but {data_dir}/{cfg.train_split} has {len(class_names)} "
+                          f"class folders; set num_classes: {len(class_names)} (or None to count them).")
     train_loader, train_samples = build_train_loader(cfg, data_dir, num_classes, rank, group_size)
     steps_per_epoch = train_loader.get_dataset_size()
     if steps_per_epoch == 0:
@@ -82,11 +93,18 @@ def main(argv=None) -> int:
     # ---- model, loss, optimizer, train step ---------------------------------------------------------------------
     # `import mindcv_ext` made create_model's checkpoint loading strict (mindcv's skips a missing file and only
     # warns about missing keys). A resumed run loads its checkpoint below, with the training state.
-    network = create_model(cfg.model, num_classes=num_classes, in_channels=cfg.in_channels,
-                           drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path_rate, pretrained=cfg.pretrained,
-                           checkpoint_path="" if resuming else cfg.ckpt_path, ema=False)
+    # Fine-tuning: --ckpt_path is any weight file scripts/convert_weights.py reads (train form); a classifier of
+    # another class count is replaced by a fresh one, everything else must fit. pretrained does the same.
+    model_kwargs = dict(in_channels=cfg.in_channels, drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path_rate)
     if cfg.ckpt_path and not resuming:
-        log.info(f"initial weights from {cfg.ckpt_path}")
+        network, init = build_model(cfg.model, cfg.ckpt_path, num_classes=num_classes, new_head=True, form="train",
+                                    log=log.info, **model_kwargs)
+        log.info("initial weights: " + init.describe().replace("\n", "\n    "))
+        if init.class_names and len(init.class_names) == num_classes and init.class_names != class_names:
+            log.warning(f"{cfg.ckpt_path} was trained on classes {init.class_names[:5]}... and its head is kept, but "
+                        f"this data's folders are {class_names[:5]}...: labels follow the folder order.")
+    else:  # a resumed run loads its checkpoint below, with the training state
+        network = create_model(cfg.model, num_classes=num_classes, pretrained=cfg.pretrained, **model_kwargs)
     lr_schedule = build_lr_schedule(cfg, steps_per_epoch)
     optimizer = build_optimizer(cfg, network, lr_schedule)
     train_step = build_train_step(cfg, network, build_loss(cfg), optimizer, build_loss_scale(cfg), group_size)
@@ -95,13 +113,20 @@ def main(argv=None) -> int:
     start_epoch, best_acc = 0, -1.0
     if resuming:
         state = restore_training_state(cfg.ckpt_path, train_step, network, ema=train_step.ema,
-                                       restore_loss_scale=cfg.loss_scale_type == "dynamic")
+                                       restore_loss_scale=cfg.loss_scale_type == "dynamic",
+                                       steps_per_epoch=steps_per_epoch)
         start_epoch, best_acc = state["epoch"], state["best_acc"]
+        if state["moved_step"]:
+            old_step, old_spe, new_step = state["moved_step"]
+            log.info(f"{cfg.ckpt_path} was trained with {old_spe or 'another number of'} steps per epoch, this run "
+                     f"has {steps_per_epoch} (batch_size, data or device count changed): the lr schedule continues "
+                     f"after epoch {start_epoch}, optimizer step {old_step} -> {new_step}")
+        _check_schedule_room(optimizer, lr_schedule, start_epoch, steps_per_epoch, cfg)
         log.info(f"resumed from {cfg.ckpt_path}: {start_epoch} epochs done, optimizer step "
                  f"{int(optimizer.global_step.asnumpy().reshape(-1)[0])}, best top-1 {best_acc:.2f}"
                  + (" (EMA restarted from the weights: the checkpoint has none)" if state["ema_restarted"] else ""))
     ckpts = CheckpointManager(cfg.ckpt_save_dir, cfg.model, steps_per_epoch, cfg.keep_checkpoint_max,
-                              cfg.ckpt_save_policy, enabled=is_main)
+                              cfg.ckpt_save_policy, enabled=is_main, class_names=class_names)
     metrics = MetricsLog(os.path.join(cfg.ckpt_save_dir, "metrics.jsonl"), enabled=is_main)
     for row in metrics.start(start_epoch if resuming else None):
         if row.get("kind") == "epoch" and row.get("val_top1") is not None:
@@ -130,10 +155,16 @@ def main(argv=None) -> int:
     for epoch in range(start_epoch + 1, cfg.epoch_size + 1):
         epoch_start, loss_sum, window, step = time.time(), 0.0, [], 0
         for step, (images, labels) in enumerate(batches, 1):
+            if first_step and cfg.mode == 0:
+                log.info("compiling the training graph (first step; ~20-40 s for the demo on CPU, minutes for the "
+                         "large models)...")
+            _RUN["training"] = True
             progress.start_step()
             loss, overflow = train_step(images, labels)
             loss = float(loss.asnumpy())  # waits for the step: the time below is real
-            progress.end_step(first_step)
+            seconds = progress.end_step(first_step)
+            if first_step and cfg.mode == 0:
+                log.info(f"compiled; the first step took {seconds:.1f} s")
             first_step = False
             if not math.isfinite(loss):
                 raise NonFiniteLossError(_nonfinite_message(loss, epoch, step, cfg, ckpts))
@@ -141,7 +172,8 @@ def main(argv=None) -> int:
                 skipped_steps += int(bool(overflow.asnumpy()))
             loss_sum += loss
             window.append(loss)
-            lr = lr_schedule[min((epoch - 1) * steps_per_epoch + step - 1, len(lr_schedule) - 1)]
+            # The lr this step used: the optimizer read lr_schedule[global_step] and then counted the step.
+            lr = lr_schedule[min(max(_optimizer_step(optimizer) - 1, 0), len(lr_schedule) - 1)]
             evals_left = _evals_left(cfg, epoch) if val_loader is not None else 0
             progress.draw(epoch, step, loss, lr, evals_left)
             if step % cfg.log_interval == 0 or step == steps_per_epoch:
@@ -160,10 +192,16 @@ def main(argv=None) -> int:
                                f"stopped early (see the MindSpore messages above).")
 
         average_across_ranks(rank_local_params, all_reduce, group_size)  # BN statistics differ per rank
+        # The loss can stay finite while weights or BatchNorm statistics are already NaN/inf (train mode uses
+        # batch statistics): stop before validating or saving them. Every rank sees the same values.
+        bad = nonfinite_tensors(training_state(train_step))
+        if bad:
+            raise NonFiniteLossError(_nonfinite_message(None, epoch, step, cfg, ckpts, bad))
         row = {"kind": "epoch", "epoch": epoch, "train_loss": loss_sum / steps_per_epoch, "lr": lr,
                "time_s": time.time() - epoch_start, "img_s": progress.img_per_s()}
         if val_loader is not None and (epoch % cfg.val_interval == 0 or epoch == cfg.epoch_size):
             eval_start = time.time()
+            log.info(f"validating on {_sample_count(val_loader, group_size)} images...")
             with (train_step.ema.swapped_in() if train_step.ema is not None else contextlib.nullcontext()):
                 result = evaluate(network, val_loader, all_reduce)
                 if result["top1"] > best_acc:
@@ -200,15 +238,76 @@ def _evals_left(cfg, epoch: int) -> int:
     return len(later)
 
 
-def _nonfinite_message(loss, epoch, step, cfg, ckpts) -> str:
+def _nonfinite_message(loss, epoch, step, cfg, ckpts, bad=None) -> str:
+    # latest.ckpt is replaced only at the end of an epoch, after this check, and never with non-finite values.
     if os.path.exists(ckpts.latest_path):
         kept = (f"The last good checkpoint is {ckpts.latest_path} (end of epoch {epoch - 1}); nothing was written "
                 f"after it.")
     else:
         kept = "No checkpoint was written (it happened in the first epoch of this run)."
-    return (f"Loss became {loss} at epoch {epoch}, step {step}: training stopped. {kept} Usual fixes: a lower lr "
+    what = (f"Loss became {loss} at epoch {epoch}, step {step}" if bad is None else
+            f"The weights became non-finite during epoch {epoch} while the loss stayed finite "
+            f"({describe_nonfinite(bad)})")
+    return (f"{what}: training stopped. {kept} Usual fixes: a lower lr "
             f"(now {cfg.lr}), a longer warmup (warmup_epochs {cfg.warmup_epochs}), clip_grad: True, or amp_level O0 / "
             f"loss_scale_type dynamic if fp16 overflowed.")
+
+
+_RUN = {}  # what the error handlers below need to know about the run: latest path, claimed dir, training started
+
+
+def _refuse_a_finished_run(resuming: bool, latest_path: str, cfg) -> None:
+    if not resuming and os.path.exists(latest_path):
+        raise ConfigError(f"{cfg.ckpt_save_dir} already holds a run ({latest_path}). Continue it with "
+                          f"--ckpt_path {latest_path} --resume_opt True, or pick another --ckpt_save_dir.")
+
+
+def _agree_across_ranks(flag: int) -> int:
+    import mindspore as ms
+    import numpy as np
+
+    return int(round(float(AllReduceSum()(ms.Tensor(np.array([flag], np.float32))).asnumpy()[0])))
+
+
+def _optimizer_step(optimizer) -> int:
+    return int(optimizer.global_step.asnumpy().reshape(-1)[0])
+
+
+def _check_schedule_room(optimizer, lr_schedule, start_epoch: int, steps_per_epoch: int, cfg) -> None:
+    """Refuse before any work if the optimizer would index past the per-step lr table (MindSpore would stop with
+    a C++ Gather error mid-epoch)."""
+    position, left = _optimizer_step(optimizer), (cfg.epoch_size - start_epoch) * steps_per_epoch
+    if position + left > len(lr_schedule):
+        raise CheckpointError(f"{cfg.ckpt_path} is at optimizer step {position}, but the lr schedule of this run has "
+                              f"{len(lr_schedule)} steps ({cfg.epoch_size} epochs x {steps_per_epoch}) and "
+                              f"{left} are still to run. The checkpoint does not belong to this recipe; resume it "
+                              f"with the recipe it was trained with.")
+
+
+def _sample_count(loader, group_size: int) -> int:
+    """Images in an eval loader over all ranks (its source dataset's size; batches x batch size if unknown)."""
+    source = loader
+    while getattr(source, "children", None):
+        source = source.children[0]
+    try:
+        return source.get_dataset_size() * group_size
+    except Exception:  # noqa: BLE001  (only for a log line)
+        return loader.get_dataset_size() * loader.get_batch_size() * group_size
+
+
+class _Terminated(Exception):
+    """SIGTERM (a scheduler, msrun, kill): stop like Ctrl-C, with the command to continue."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
+def _resume_hint() -> str:
+    latest = _RUN.get("latest") or "<ckpt_save_dir>/latest.ckpt"
+    if os.path.exists(latest):
+        return f"continue with --ckpt_path {latest} --resume_opt True"
+    return "no epoch was finished, so there is no checkpoint yet; start again"
 
 
 def _report_error(error) -> None:
@@ -222,10 +321,17 @@ def _report_error(error) -> None:
 
 if __name__ == "__main__":
     exit_code = 1
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         exit_code = main()
     except SystemExit as e:  # --help
         exit_code = e.code if isinstance(e.code, int) else 0
+    except CheckpointWriteError as e:  # full disk, read-only: after space is freed the run continues
+        _report_error(f"{e} Then {_resume_hint()}.")
+        exit_code = 2
+    except NonFiniteWeightsError as e:  # a save refused NaN/inf (train.py checks first; this is the safety net)
+        _report_error(f"{e} Training stopped; {_resume_hint()} with a lower lr.")
+        exit_code = 3
     except (ConfigError, CheckpointError, FileNotFoundError) as e:
         _report_error(e)
         exit_code = 2
@@ -233,11 +339,17 @@ if __name__ == "__main__":
         _report_error(e)
         exit_code = 3
     except KeyboardInterrupt:
-        _report_error("interrupted; continue with --ckpt_path <ckpt_save_dir>/latest.ckpt --resume_opt True")
+        _report_error(f"interrupted; {_resume_hint()}")
         exit_code = 130
+    except _Terminated:
+        _report_error(f"terminated (SIGTERM); {_resume_hint()}")
+        exit_code = 143
     except BaseException:  # noqa: B902  (print it, then still skip the teardown below)
         traceback.print_exc()
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if exit_code != 0 and not _RUN.get("training") and _RUN.get("dir") is not None:
+            _RUN["dir"].remove_if_unused()  # a run stopped by its checks leaves no empty ckpt_save_dir behind
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()

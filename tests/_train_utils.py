@@ -1,4 +1,5 @@
 """Helpers for the train.py tests: a tiny ImageFolder set, the command line, and reading run outputs."""
+import contextlib
 import json
 import os
 import socket
@@ -49,7 +50,7 @@ def metrics(out_dir, kind=None) -> list:
 def load_np(path) -> dict:
     import mindspore as ms
 
-    return {k: v.asnumpy() for k, v in ms.load_checkpoint(str(path)).items()}
+    return {k: v.asnumpy() for k, v in ms.load_checkpoint(str(path)).items() if not isinstance(v, str)}
 
 
 def free_port() -> int:
@@ -61,7 +62,8 @@ def free_port() -> int:
 def model_keys(params: dict) -> list:
     """Names of model parameters in a training checkpoint (not optimizer/EMA state or scalars)."""
     state_prefixes = ("adam_m.", "adam_v.", "ema.", "moments.")
-    scalars = {"global_step", "beta1_power", "beta2_power", "scale_sense", "epoch", "best_acc", "learning_rate"}
+    scalars = {"global_step", "beta1_power", "beta2_power", "scale_sense", "epoch", "best_acc", "learning_rate",
+               "steps_per_epoch"}
     return sorted(k for k in params if not k.startswith(state_prefixes) and k not in scalars)
 
 
@@ -69,5 +71,49 @@ def explain(proc: subprocess.CompletedProcess) -> str:
     return f"exit {proc.returncode}\n--- stdout ---\n{proc.stdout[-3000:]}\n--- stderr ---\n{proc.stderr[-3000:]}"
 
 
+def popen_train(data_dir, out_dir, *extra, log_path) -> subprocess.Popen:
+    """train.py in the background, stdout and stderr into log_path (read it with read_log)."""
+    log = open(log_path, "w")
+    try:
+        return subprocess.Popen(train_cmd(data_dir, out_dir, *extra), stdout=log, stderr=subprocess.STDOUT,
+                                cwd=os.path.dirname(os.path.abspath(str(out_dir))))
+    finally:
+        log.close()  # the child has its own copy
+
+
+def wait_for(predicate, proc=None, timeout=300, what="the condition"):
+    """Poll until predicate() is true; fail if `proc` ends first or the timeout passes."""
+    import time
+
+    deadline = time.time() + timeout
+    while not predicate():
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the process ended (exit {proc.returncode}) before {what}")
+        if time.time() > deadline:
+            raise AssertionError(f"no {what} within {timeout} s")
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def tmpfs(path, size: str):
+    """A small tmpfs mounted at `path` (a real full disk); yields False (nothing mounted) without the rights."""
+    os.makedirs(str(path), exist_ok=True)
+    mounted = False
+    if getattr(os, "geteuid", lambda: 1)() == 0:
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                                 capture_output=True).returncode == 0
+    try:
+        yield mounted
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def temp_leftovers(out_dir) -> list:
+    """Temporary files of interrupted writes in a run directory (there should never be any)."""
+    return sorted(f for f in os.listdir(str(out_dir)) if ".tmp" in f)
+
+
 __all__ = ["ROOT", "TRAIN", "make_data", "train_args", "train_cmd", "run_train", "metrics", "load_np", "free_port",
-           "model_keys", "explain", "STEPS_PER_EPOCH", "CLASSES", "BATCH"]
+           "model_keys", "explain", "STEPS_PER_EPOCH", "CLASSES", "BATCH", "popen_train", "wait_for", "tmpfs",
+           "temp_leftovers"]
