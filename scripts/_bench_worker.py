@@ -19,6 +19,16 @@ TORCH_LABEL = "PyTorch reimplementation of the official RepMLPNet (not the autho
 NUM_CLASSES = 1000
 
 
+def reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux clear_refs 5), so the next peak is that of what follows."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def proc_status_mib(field: str):
     with open("/proc/self/status") as f:
         for line in f:
@@ -156,6 +166,7 @@ def run_mindspore(cfg):
 
     if cfg["task"] == "inference":
         net.set_train(False)
+        compile_args = (net, x)
         fn = lambda: net(x).asnumpy()  # noqa: E731  (.asnumpy() waits for the device)
     else:
         from mindcv.optim import create_optimizer
@@ -169,8 +180,18 @@ def run_mindspore(cfg):
             step = nn.TrainOneStepCell(with_loss, opt)
             fn = lambda: step(x, y).asnumpy()  # noqa: E731
         step.set_train(True)
+        compile_args = (step, x, y)
+    rss_before_call = proc_status_mib("VmRSS")
+    # Compile first, on its own: graph compilation's memory is then told apart from the memory running takes.
+    t0 = time.perf_counter()
+    compile_args[0].compile(*compile_args[1:])
+    compile_only = time.perf_counter() - t0
+    mem = dict(rss_before_first_call_mib=rss_before_call, rss_after_compile_mib=proc_status_mib("VmRSS"),
+               peak_rss_compile_mib=proc_status_mib("VmHWM"))
+    mem["peak_reset"] = reset_peak_rss()
     first, lat, cpu = timed_loop(fn, cfg["warmup"], cfg["iters"])
-    res = summarize(first, lat, cfg["batch_size"], cpu)
+    res = summarize(first + compile_only, lat, cfg["batch_size"], cpu)
+    res.update(mem, peak_rss_run_mib=proc_status_mib("VmHWM"))
     res.update(params=params, rss_after_import_mib=rss_import, mode="graph",
                amp_level="O2" if cfg["dtype"] == "fp16" else "O0")
     return res
@@ -240,9 +261,13 @@ def run_torch(cfg):
             loss.backward()
             opt.step()
             return loss.item()
+    rss_before_call, peak_before = proc_status_mib("VmRSS"), proc_status_mib("VmHWM")
+    peak_reset = reset_peak_rss()
     first, lat, cpu = timed_loop(fn, cfg["warmup"], cfg["iters"])
     res = summarize(first, lat, cfg["batch_size"], cpu, eager=True)
-    res.update(params=params, rss_after_import_mib=rss_import, mode="eager", impl_label=TORCH_LABEL)
+    res.update(params=params, rss_after_import_mib=rss_import, rss_before_first_call_mib=rss_before_call,
+               rss_after_compile_mib=rss_before_call, peak_reset=peak_reset, peak_rss_before_mib=peak_before,
+               peak_rss_run_mib=proc_status_mib("VmHWM"), mode="eager", impl_label=TORCH_LABEL)
     return res
 
 
@@ -252,6 +277,23 @@ def run_gemm_numpy(cfg):
     a = rng.standard_normal((n, n)).astype(np.float32)
     b = rng.standard_normal((n, n)).astype(np.float32)
     return gemm_result(lambda: a @ b, cfg, mode="numpy")
+
+
+def forward_flops(channels, num_blocks, sharesets, image_size, num_classes=NUM_CLASSES, patch=4, ffn_expand=4,
+                  gp_reduce=4):
+    """FLOPs (2 x multiply-adds) of one image through the deploy form at its native size: the convs, fc3 and
+    the head; element-wise ops, BN and pooling are left out (they are not GEMM work). repmlp_t224: 5.6 GFLOP."""
+    macs = (image_size // patch) ** 2 * channels[0] * 3 * patch * patch  # stem
+    for i, (c, n) in enumerate(zip(channels, num_blocks)):
+        hw = (image_size // (patch * 2 ** i)) ** 2
+        fc3 = c * hw * hw  # C rows (the partitions of S sharesets) of an (hw x hw) FC each
+        ffn = 2 * c * c * ffn_expand * hw
+        gp = 2 * c * (c // gp_reduce)
+        macs += n * (fc3 + ffn + gp)
+        if i + 1 < len(channels):
+            macs += (hw // 4) * channels[i + 1] * c * 4  # 2x2/2 downsampling
+    macs += channels[-1] * num_classes
+    return 2 * macs
 
 
 def run_info(cfg):
@@ -267,7 +309,9 @@ def run_info(cfg):
             continue
         a = ARCHS[name]
         models[name] = dict(arch=[list(a["channels"]), list(a["num_blocks"]), list(a["sharesets"]),
-                                  a["image_size"]], image_size=a["image_size"])
+                                  a["image_size"]], image_size=a["image_size"],
+                            flops_per_image=forward_flops(a["channels"], a["num_blocks"], a["sharesets"],
+                                                          a["image_size"]))
     import mindcv.models.repmlp as theirs
     return dict(models=models, mindcv_own=sorted(n for n in dir(theirs) if n.startswith("repmlp_")))
 
@@ -279,7 +323,9 @@ RUNNERS = {"ours": run_mindspore, "mindcv": run_mindspore, "torch": run_torch, "
 def main():
     cfg = json.loads(sys.argv[1])
     result = RUNNERS[cfg["impl"]](cfg)
-    result["vm_hwm_mib"] = proc_status_mib("VmHWM")
+    # The process's high-water mark, compilation included (VmHWM may have been reset after compiling).
+    result["vm_hwm_mib"] = max(proc_status_mib("VmHWM"), result.get("peak_rss_compile_mib") or 0.0,
+                               result.get("peak_rss_before_mib") or 0.0)
     print(MARK + json.dumps(result), flush=True)
 
 

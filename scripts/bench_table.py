@@ -10,9 +10,13 @@ import sys
 CONTENDED_CORES = 0.2  # other processes' average CPU during a timed loop above which a row is flagged
 
 
-def load(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+def load(*paths):
+    """Records of one or more benchmark files (each run carries its own GEMM rows)."""
+    out = []
+    for path in paths:
+        with open(path) as f:
+            out += [json.loads(line) for line in f if line.strip()]
+    return out
 
 
 def _fmt(v, digits=2):
@@ -29,16 +33,38 @@ def _key(r):
     return r.get("model"), r.get("batch_size"), r.get("task"), r.get("form"), r.get("dtype")
 
 
+def gemm_bound_fraction(r, gemm):
+    """img/s over the same run's GEMM bound: (GEMM FLOP/s) / (FLOPs per image), with 3x the deploy forward's FLOPs
+    for a training step (forward + backward). Each framework against its own GEMM; MindSpore's for mindcv too."""
+    fw = "torch" if r["impl"] == "torch" else "mindspore"
+    g = gemm.get((r["run_id"], fw))
+    if not g or not r.get("flops_per_image"):
+        return None
+    flops = r["flops_per_image"] * (3 if r["task"] == "train_step" else 1)
+    return _ips(r) * flops / (g["gflops"] * 1e9)
+
+
+def mib_per_image(r):
+    """(peak RSS while running - RSS after graph compilation) / batch: what running added per image, gradients
+    and optimizer state included (so a training step's figure falls as the batch grows)."""
+    if r.get("peak_rss_run_mib") is None or r.get("rss_after_compile_mib") is None or not r.get("peak_reset"):
+        return None
+    return (r["peak_rss_run_mib"] - r["rss_after_compile_mib"]) / r["batch_size"]
+
+
 def header(records):
     m = records[0]["machine"]
     fw = f"MindSpore {m['mindspore']} (device_target {m['device_target']}, graph mode), mindcv {m['mindcv']}"
     if m.get("torch"):
         fw += f", torch {m['torch']} (eager)"
     loads = [r["loadavg_1m_before"] for r in records if "loadavg_1m_before" in r]
+    runs = {}
+    for r in records:
+        runs.setdefault(r["run_id"], r["command"])
     return (f"Measured on {m['cpu_model']} ({m['cores']} cores, {m['mem_gib']} GiB; no GPU/NPU: every figure is "
             f"{m['device_target']}), {fw}; {m['threads']} threads per framework; 1-minute load average "
             f"{m['loadavg_1m_at_start']} at start, {min(loads, default=0):.2f}-{max(loads, default=0):.2f} before "
-            f"each configuration. Run {records[0]['run_id']}:\n\n`{records[0]['command']}`\n")
+            f"each configuration. " + "; ".join(f"run {rid}: `{cmd}`" for rid, cmd in runs.items()) + "\n")
 
 
 def render(records):
@@ -46,10 +72,11 @@ def render(records):
         return "(no measurements)"
     ok = [r for r in records if r["status"] == "ok" and r["task"] != "gemm"]
     torch = {_key(r): r for r in ok if r["impl"] == "torch"}
+    gemm = {(r["run_id"], r["framework"]): r for r in records if r["task"] == "gemm" and r["status"] == "ok"}
     lines = [header(records),
-             "| implementation | model | form | task | dtype | batch | img/s | latency p50 / p90 (ms) | "
-             "compile (s) | peak RSS (MiB) | vs PyTorch |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| implementation | model | form | task | dtype | batch | img/s | fraction of GEMM bound | "
+             "latency p50 / p90 (ms) | compile (s) | peak RSS (MiB) | MiB per image | vs PyTorch |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     flagged = []
     for r in ok:
         ref = torch.get(_key(r)) if r["impl"] != "torch" else None
@@ -64,8 +91,9 @@ def render(records):
         lat = r["latency_ms"]
         name = {"ours": "this project", "mindcv": "mindcv 0.3.0", "torch": "PyTorch reimpl.*"}.get(r["impl"], r["impl"])
         lines.append(f"| {name} | {r['model']} | {r['form']} | {r['task'].replace('_', ' ')} | {r['dtype']} | "
-                     f"{r['batch_size']} | {_ips(r):.2f}{mark} | {lat['p50']:.0f} / {lat['p90']:.0f} | "
-                     f"{_fmt(r.get('compile_s'), 1)} | {r.get('peak_rss_mib') or '-'} | {ratio} |")
+                     f"{r['batch_size']} | {_ips(r):.2f}{mark} | {_fmt(gemm_bound_fraction(r, gemm))} | "
+                     f"{lat['p50']:.0f} / {lat['p90']:.0f} | {_fmt(r.get('compile_s'), 1)} | "
+                     f"{r.get('peak_rss_mib') or '-'} | {_fmt(mib_per_image(r), 0)} | {ratio} |")
     notes = []
     if any(r["impl"] == "torch" for r in records):
         notes.append("\\* PyTorch reimplementation of the official RepMLPNet (not the authors' file): "
@@ -75,15 +103,21 @@ def render(records):
                  "the JSON also has total images / total time. Training step = forward, backward and AdamW update "
                  "of the train form, fp32, batch as shown. "
                  "Compile = first call minus the median call (graph compilation; n/a for eager PyTorch). Peak RSS "
-                 "= high-water mark of the fresh process that ran the configuration (framework import included).")
+                 "= high-water mark of the fresh process that ran the configuration (framework import included). "
+                 "MiB per image = (peak RSS while running - RSS after graph compilation) / batch, gradients "
+                 "and optimizer state included. Compile includes the explicit compile call. Fraction of GEMM bound = img/s x FLOPs per image / the same run's "
+                 "2048^3 fp32 GEMM FLOP/s (each framework's own GEMM), with the deploy forward's FLOPs (t224: "
+                 "5.6 GFLOP, l256: 23.2) for inference and 3x that for a training step.")
     if flagged:
         notes.append(f"(!) other processes used up to {max(flagged):.2f} cores during that row's timed loop: "
                      f"the figure is pessimistic.")
-    gemm = [r for r in records if r["task"] == "gemm" and r["status"] == "ok"]
-    if gemm:
-        n = gemm[0]["gemm_shape"][0]
-        notes.append(f"Plain fp32 GEMM {n}x{n}x{n} on the same machine: " + ", ".join(
-            f"{r['framework']} {r['gflops']:.0f} GFLOP/s" for r in gemm) + ".")
+    runs = sorted({run for run, _ in gemm})
+    for run in runs:
+        rows = [r for (rid, _), r in gemm.items() if rid == run]
+        n = rows[0]["gemm_shape"][0]
+        models = sorted({r["model"] for r in ok if r["run_id"] == run})
+        notes.append(f"Plain fp32 GEMM {n}x{n}x{n} in the same run as {', '.join(models) or 'no model'}: "
+                     + ", ".join(f"{r['framework']} {r['gflops']:.0f} GFLOP/s" for r in rows) + ".")
     not_run = {}
     for r in records:
         if r["status"] != "ok":
@@ -100,12 +134,13 @@ def render(records):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("jsonl", help="output of scripts/benchmark.py")
+    p.add_argument("jsonl", nargs="+", help="output(s) of scripts/benchmark.py")
     p.add_argument("--output", default="", help="write the Markdown here instead of printing it")
     args = p.parse_args(argv)
-    if not os.path.isfile(args.jsonl):
-        raise SystemExit(f"error: {args.jsonl} not found")
-    text = render(load(args.jsonl))
+    missing = [p for p in args.jsonl if not os.path.isfile(p)]
+    if missing:
+        raise SystemExit(f"error: {', '.join(missing)} not found")
+    text = render(load(*args.jsonl))
     if args.output:
         with open(args.output, "w") as f:
             f.write(text)

@@ -140,7 +140,8 @@ def configs(args, info):
                     for form in forms:
                         for dtype in args.dtypes:
                             cfg = dict(impl=impl, model=model, form=form, task=task, dtype=dtype, batch_size=bs,
-                                       image_size=m["image_size"], arch=m["arch"], warmup=args.warmup,
+                                       image_size=m["image_size"], arch=m["arch"],
+                                       flops_per_image=m.get("flops_per_image"), warmup=args.warmup,
                                        iters=args.iters, threads=args.threads, device_target=args.device_target)
                             yield cfg, skip_reason(cfg, info)
     if "gemm" in args.baselines:
@@ -172,7 +173,8 @@ def record(cfg, args, machine, run_id):
                device_target="CPU" if cfg["impl"] in ("torch", "gemm-torch", "gemm-numpy") else cfg["device_target"],
                threads=args.threads, warmup=args.warmup, iters=args.iters)
     if cfg["task"] != "gemm":
-        rec.update(form=cfg["form"], batch_size=cfg["batch_size"], image_size=cfg["image_size"])
+        rec.update(form=cfg["form"], batch_size=cfg["batch_size"], image_size=cfg["image_size"],
+                   flops_per_image=cfg.get("flops_per_image"))
     rec["machine"] = machine
     rec["command"] = " ".join(["python", "scripts/benchmark.py"] + sys.argv[1:])
     return rec
