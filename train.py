@@ -350,6 +350,8 @@ if __name__ == "__main__":
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         if exit_code != 0 and not _RUN.get("training") and _RUN.get("dir") is not None:
             _RUN["dir"].remove_if_unused()  # a run stopped by its checks leaves no empty ckpt_save_dir behind
+        if _RUN.get("dir") is not None:
+            _RUN["dir"].release()
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()

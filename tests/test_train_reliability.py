@@ -169,6 +169,8 @@ def test_run_lock_refuses_a_live_holder_and_not_a_killed_one(tmp_path):
     assert claimed.lock_fd is not None and temp_leftovers(run) == []
     assert f"pid {os.getpid()}" in (run / LOCK_NAME).read_text()
     assert not claimed.remove_if_unused()  # it existed before this run
+    claimed.release()  # a run that ends deletes its lock file
+    assert not (run / LOCK_NAME).exists()
 
     fresh = claim_run_dir(str(tmp_path / "new" / "run"))
     (tmp_path / "new" / "run" / "train.log").write_text("error: ...\n")

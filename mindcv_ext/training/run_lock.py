@@ -1,9 +1,10 @@
 """One live training run per ckpt_save_dir.
 
 Two runs writing one directory overwrite each other's latest.ckpt and metrics.jsonl. Rank 0 of a run holds a
-POSIX lock (fcntl.lockf) on `<ckpt_save_dir>/.train.lock` for the run's whole life. The kernel drops the lock when
-the process ends in any way (SIGKILL included), so a killed run never leaves the directory locked; a POSIX lock is
-also not inherited by forked data-pipeline workers, which may outlive a killed run for a moment.
+POSIX lock (fcntl.lockf) on `<ckpt_save_dir>/.train.lock` for the run's whole life and deletes the file when it
+ends. The kernel drops the lock when the process ends in any way (SIGKILL included), so a killed run leaves at most
+an unlocked file and never a locked directory; a POSIX lock is also not inherited by forked data-pipeline workers,
+which may outlive a killed run for a moment.
 
 Under msrun every rank shares the directory, but only rank 0 writes there, so only rank 0 takes the lock; the
 other ranks learn its outcome through one all-reduce and stop with it instead of hanging in their first
@@ -51,6 +52,17 @@ class RunDir:
         self.lock_fd = lock_fd
         self.created = created  # this run made the directory: it may remove it again if it never trained
 
+    def release(self) -> None:
+        """At the end of the run: delete the lock file (while still holding it), then let go of the lock."""
+        if self.lock_fd is None:
+            return
+        try:
+            os.remove(os.path.join(self.directory, LOCK_NAME))
+        except OSError:
+            pass
+        os.close(self.lock_fd)
+        self.lock_fd = None
+
     def remove_if_unused(self) -> bool:
         """For a run that stops before training: delete the directory again if this run created it and it holds
         nothing but this run's lock file, log and empty metrics. Returns True if it was removed."""
@@ -75,15 +87,27 @@ def _lock(directory: str):
     import fcntl
 
     path = os.path.join(directory, LOCK_NAME)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    for _ in range(10):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            holder = os.pread(fd, 400, 0).decode("utf-8", "replace").strip() or "holder unknown"
-        finally:
-            os.close(fd)
-        return None, holder
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                holder = os.pread(fd, 400, 0).decode("utf-8", "replace").strip() or "holder unknown"
+            finally:
+                os.close(fd)
+            return None, holder
+        # A finishing run deletes its lock file while still holding the lock: a lock won on that deleted file
+        # protects nothing, so check that the name still leads to the locked file, else start over.
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except OSError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    else:
+        return None, "its lock file keeps being replaced"
     info = f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}"
     os.ftruncate(fd, 0)
     os.pwrite(fd, info.encode("utf-8"), 0)
