@@ -269,13 +269,23 @@ def test_resume_with_another_batch_size_full_disk_and_nonfinite_weights(data_dir
     assert "validating" not in d.stdout and [r["epoch"] for r in metrics(nan_run, "epoch")] == [1]
 
 
+def _step_rows(out):
+    try:
+        return metrics(out, "step")
+    except (FileNotFoundError, ValueError):  # not written yet, or a line being written
+        return []
+
+
 def test_one_live_run_per_directory_and_sigterm(data_dir, tmp_path):
     out = tmp_path / "run"
     first = popen_train(data_dir, out, "--epoch_size", "50", "--decay_epochs", "50", log_path=tmp_path / "first.log")
     try:
-        wait_for(lambda: (out / "metrics.jsonl").exists() and metrics(out, "step"), first, what="a first step")
+        wait_for(lambda: _step_rows(out), first, what="a first step")
         rows = len(metrics(out))
-        second = run_train(data_dir, out)  # started before latest.ckpt exists: only the lock stops it
+        # Another run into the same directory. As a resume it passes the "already holds a run" check whether or not
+        # the first run has written latest.ckpt yet, so only the lock can stop it (its checkpoint is read later).
+        (tmp_path / "other.ckpt").write_bytes(b"\0")
+        second = run_train(data_dir, out, "--ckpt_path", tmp_path / "other.ckpt", "--resume_opt", "True")
         assert second.returncode == 2, explain(second)
         line = _one_error_line(second.stderr)
         assert f"is in use by another training run (pid {first.pid} on " in line
