@@ -1,5 +1,6 @@
-"""Real data-parallel training on CPU: msrun starts 2 workers (MCCL backend); each reads its own half of the data,
-gradients are averaged, so both ranks must end with bit-identical weights. Only rank 0 writes the run's files."""
+"""Real data-parallel training on CPU: scripts/run_distribute_8p.sh with WORKERS=2 has msrun start 2 workers (MCCL
+backend); each reads its own half of the data, gradients are averaged, so both ranks must end with bit-identical
+weights. Only rank 0 writes the run's files."""
 import os
 import shutil
 import subprocess
@@ -12,6 +13,7 @@ from _train_utils import (BATCH, CLASSES, TRAIN, explain, free_port, load_np, ma
                           train_args)
 
 TRAIN_PER_CLASS = 12  # as in make_data
+LAUNCHER = os.path.join(os.path.dirname(TRAIN), "scripts", "run_distribute_8p.sh")
 
 
 @pytest.mark.slow
@@ -19,13 +21,15 @@ TRAIN_PER_CLASS = 12  # as in make_data
 def test_two_worker_msrun_keeps_ranks_identical(tmp_path):
     data_dir = make_data(tmp_path / "data")  # generated before launch, so the workers only read it
     out, logs = tmp_path / "run", tmp_path / "msrun_logs"
-    cmd = ["msrun", "--worker_num", "2", "--local_worker_num", "2", "--master_port", str(free_port()),
-           "--join", "True", "--log_dir", str(logs), "--cluster_time_out", "300",
-           "python", TRAIN] + train_args(data_dir, out, "--distribute", "True", "--save_rank_weights", "True",
-                                               "--epoch_size", "1", "--ema", "True")
+    # Through the launcher (preflight, msrun, the guard that propagates worker failures): it must not get in the
+    # way of a healthy run. It runs msrun with --join True and `python train.py --distribute True`.
+    args = train_args(data_dir, out, "--save_rank_weights", "True", "--epoch_size", "1", "--ema", "True")
+    assert args[0] == "--config"
+    cmd = ["bash", LAUNCHER, args[1]] + args[2:]
     # msrun starts workers as `python <script>` (any other binary name is treated as a script), so put this
     # interpreter first on PATH.
-    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+               WORKERS="2", MASTER_PORT=str(free_port()), LOG_DIR=str(logs), TIMEOUT="500")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=str(tmp_path), env=env)
     worker_logs = {r: (logs / f"worker_{r}.log").read_text(errors="replace") if (logs / f"worker_{r}.log").exists()
                    else "" for r in (0, 1)}
