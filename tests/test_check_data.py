@@ -248,3 +248,11 @@ def test_train_log_takes_a_non_utf8_file_name(tmp_path):
     assert proc.returncode == 0 and b"Logging error" not in proc.stderr, proc.stderr.decode(errors="replace")
     assert proc.stdout.decode().endswith("bad image: /data/caf\\xe9.jpg\n")
     assert (tmp_path / "train.log").read_text(encoding="utf-8").endswith("bad image: /data/caf\\xe9.jpg\n")
+
+
+def test_splits_limits_the_check(planted):
+    # validate.py checks only the split it reads
+    root, good_dir, bad_dir = planted
+    assert find_bad_images(root, workers=1, splits=["val"]) == []
+    assert list_image_entries(root, splits=["val"]) == [os.path.join(root, "val", "a_good", "ok.jpg")]
+    assert len(find_bad_images(root, workers=1, splits=["train", "val"])) == len(BAD) + 1

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from typing import Iterable, List, Optional, Tuple
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 __all__ = ["find_bad_images", "list_image_entries", "SPLIT_NAMES"]
 
@@ -22,17 +22,21 @@ _WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_scan_worker
 _CHUNK = 256  # paths per request: amortises the pipe round trip, small enough to balance the workers
 
 
-def _split_dirs(root: str) -> List[str]:
-    """The ImageFolder split directories under root: its train/val/... if it has any, else root itself."""
-    splits = [os.path.join(root, s) for s in SPLIT_NAMES if os.path.isdir(os.path.join(root, s))]
-    return splits or [root]
+def _split_dirs(root: str, splits: Optional[Sequence[str]] = None) -> List[str]:
+    """The ImageFolder split directories under root: the named `splits`, else its train/val/... if it has any,
+    else root itself."""
+    if splits is not None:
+        return [os.path.join(root, s) for s in splits]
+    found = [os.path.join(root, s) for s in SPLIT_NAMES if os.path.isdir(os.path.join(root, s))]
+    return found or [root]
 
 
-def list_image_entries(root: str) -> List[str]:
+def list_image_entries(root: str, splits: Optional[Sequence[str]] = None) -> List[str]:
     """Every entry ImageFolderDataset would read as a sample: all entries of every class directory (hidden files
-    and subdirectories included: MindSpore reads those too). Files directly in a split directory are not samples."""
+    and subdirectories included: MindSpore reads those too). Files directly in a split directory are not samples.
+    `splits` (e.g. ['val']) limits the listing to those directories under root."""
     entries = []
-    for split in _split_dirs(root):
+    for split in _split_dirs(root, splits):
         classes = []
         with os.scandir(split) as it:
             for e in it:
@@ -125,23 +129,25 @@ def _serve(jobs: "queue.Queue", results: dict, errors: list, mode: str, timeout:
 
 
 def find_bad_images(root: str, workers: Optional[int] = None, *, full_decode: bool = False,
-                    decode_timeout: int = 60, paths: Optional[Iterable[str]] = None) -> List[Tuple[str, str]]:
+                    decode_timeout: int = 60, paths: Optional[Iterable[str]] = None,
+                    splits: Optional[Sequence[str]] = None) -> List[Tuple[str, str]]:
     """List (path, reason) for every sample under `root` that is not a readable image, sorted by path.
 
     `root` is a dataset root with train/ and val/ (or test/, validation/) split directories, or one split
-    directory holding class directories. Found: empty, truncated and corrupt files, text or other non-image files,
-    formats MindSpore cannot decode, wrong extensions, directories inside class directories, and files on which
-    MindSpore's decoder crashes or hangs.
+    directory holding class directories; `splits` (e.g. ['val']) checks only those directories under root. Found:
+    empty, truncated and corrupt files, text or other non-image files, formats MindSpore cannot decode, wrong
+    extensions, directories inside class directories, and files on which MindSpore's decoder crashes or hangs.
 
-    Default mode checks the file structure (JPEG markers through the end-of-image marker, PNG IEND, BMP size)
-    and runs MindSpore's decoder only on unusual files; `full_decode=True` decodes every file with it (thorough,
+    Default mode checks the file structure as MindSpore's decoder reads it (JPEG markers, tables, frame and scan
+    headers, every marker through the end of progressive files, the end-of-image marker; PNG IEND; BMP size) and
+    runs MindSpore's decoder only on unusual files; `full_decode=True` decodes every file with it (thorough,
     much slower). `workers` processes run in parallel (default: CPU count).
     """
     root = os.path.abspath(os.fspath(root))
     if not os.path.isdir(root):
         raise FileNotFoundError(f"Dataset directory not found: {root!r}. Expected an ImageFolder tree "
                                 f"root/train/<class>/<image> and root/val/<class>/<image>.")
-    entries = list(paths) if paths is not None else list_image_entries(root)
+    entries = list(paths) if paths is not None else list_image_entries(root, splits)
     if not entries:
         return []
     # The workers run in a scratch cwd: give them absolute paths, report the caller's spelling.
