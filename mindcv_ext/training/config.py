@@ -201,6 +201,8 @@ def _coerce(key: str, value: Any, where: str, table=None) -> Any:
             raise bad
         try:
             items = [int(v) if kind == "ints" else _finite(key, float(v), value, where) for v in value]
+        except ConfigError:  # a nan/inf item: its own message
+            raise
         except (TypeError, ValueError):
             raise bad from None
         if kind == "pair" and len(items) != 2:
