@@ -322,3 +322,8 @@ def test_refused_runs_leave_no_directory(data_dir, tmp_path):
     assert "needs a recipe" in line and "repmlp_demo_cpu.yaml" in line and "Ascend" not in line
     assert not (tmp_path / "ckpt").exists()
     assert os.path.isdir(os.path.join(ROOT, "configs", "repmlp"))
+
+    (tmp_path / "a_file").write_text("x")
+    file_dir = run_train(data_dir, tmp_path / "a_file")
+    assert file_dir.returncode == 2, explain(file_dir)
+    assert "a_file is a file, not a directory" in _one_error_line(file_dir.stderr)
