@@ -45,11 +45,13 @@ def gemm_bound_fraction(r, gemm):
 
 
 def mib_per_image(r):
-    """(peak RSS while running - RSS after graph compilation) / batch: what running added per image, gradients
-    and optimizer state included (so a training step's figure falls as the batch grows)."""
-    if r.get("peak_rss_run_mib") is None or r.get("rss_after_compile_mib") is None or not r.get("peak_reset"):
+    """(peak RSS - RSS before the first call) / batch: what compiling and running the batch added, per image.
+    Compilation counts because MindSpore's CPU runtime plans part of the activation memory while compiling (it
+    grows with the batch); gradients and optimizer state count too, so a training step's figure falls as the
+    batch grows. scripts/memory_probe.py gives the pure per-image slope over two batch sizes."""
+    if r.get("peak_rss_mib") is None or r.get("rss_before_first_call_mib") is None:
         return None
-    return (r["peak_rss_run_mib"] - r["rss_after_compile_mib"]) / r["batch_size"]
+    return (r["peak_rss_mib"] - r["rss_before_first_call_mib"]) / r["batch_size"]
 
 
 def header(records):
@@ -104,8 +106,8 @@ def render(records):
                  "of the train form, fp32, batch as shown. "
                  "Compile = first call minus the median call (graph compilation; n/a for eager PyTorch). Peak RSS "
                  "= high-water mark of the fresh process that ran the configuration (framework import included). "
-                 "MiB per image = (peak RSS while running - RSS after graph compilation) / batch, gradients "
-                 "and optimizer state included. Compile includes the explicit compile call. Fraction of GEMM bound = img/s x FLOPs per image / the same run's "
+                 "MiB per image = (peak RSS - RSS before the first call) / batch: graph compilation (which "
+                 "plans activation memory on CPU), gradients and optimizer state included. Fraction of GEMM bound = img/s x FLOPs per image / the same run's "
                  "2048^3 fp32 GEMM FLOP/s (each framework's own GEMM), with the deploy forward's FLOPs (t224: "
                  "5.6 GFLOP, l256: 23.2) for inference and 3x that for a training step.")
     if flagged:
