@@ -31,9 +31,10 @@ from mindcv_ext.training.ckpt_manager import CheckpointManager, restore_training
 from mindcv_ext.training.config import ConfigError, load_config
 from mindcv_ext.training.console import Progress, format_duration, setup_logging
 from mindcv_ext.evaluation import evaluate
-from mindcv_ext.training.loaders import (build_eval_loader, build_train_loader, check_images, prepare_data_dir,
+from mindcv_ext.data import check_images
+from mindcv_ext.training.loaders import (build_eval_loader, build_train_loader, prepare_data_dir,
                                          train_class_names)
-from mindcv_ext.weights import build_model
+from mindcv_ext.weights import build_model, check_class_names, recorded_class_names
 from mindcv_ext.training.metrics import MetricsLog, plot_curves
 from mindcv_ext.training.optim import build_loss, build_loss_scale, build_lr_schedule, build_optimizer
 from mindcv_ext.training.run_lock import check_output_dir, claim_run_dir
@@ -73,9 +74,18 @@ def main(argv=None) -> int:
     if cfg.check_data:
         t0 = time.time()
         # Every rank checks (they must agree on stopping); with several ranks each gets a share of the CPUs.
-        check_images(data_dir, workers=None if group_size == 1 else max(1, (os.cpu_count() or 1) // group_size))
-        log.info(f"check_data: every image under {data_dir} decodes ({time.time() - t0:.1f} s)")
+        try:
+            n = check_images(data_dir, workers=None if group_size == 1 else max(1, (os.cpu_count() or 1) // group_size))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        log.info(f"check_data: {n} files under {data_dir} checked, none that MindSpore's decoder would refuse "
+                 f"({time.time() - t0:.1f} s)")
     class_names = train_class_names(cfg, data_dir)  # label order; val must name the same classes
+    if resuming:  # the run's labels must mean what they meant before the interruption
+        check_class_names(recorded_class_names(cfg.ckpt_path), class_names,
+                          f"{os.path.join(data_dir, cfg.train_split)} against {cfg.ckpt_path}",
+                          "A resumed run must read the classes it was trained on; to train on these, fine-tune "
+                          "instead: --ckpt_path <its best.ckpt> without --resume_opt.")
     num_classes = cfg.num_classes or len(class_names)
     if num_classes < len(class_names):
         raise ConfigError(f"num_classes is {num_classes} but {data_dir}/{cfg.train_split} has {len(class_names)} "

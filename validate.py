@@ -20,7 +20,7 @@ from mindcv_ext.training.config import ConfigError, load_eval_config
 
 
 def run(cfg) -> dict:
-    from mindcv_ext.data import create_eval_loader
+    from mindcv_ext.data import check_images, create_eval_loader
     from mindcv_ext.data.loaders import class_folders
     from mindcv_ext.evaluation import build_eval_model, evaluate, set_eval_context
     from mindcv_ext.weights import check_class_names
@@ -29,6 +29,9 @@ def run(cfg) -> dict:
         raise ConfigError("validate.py needs the data: --data_dir with <val_split>/<class>/<images> (or a recipe "
                           "with data_dir).")
     classes = class_folders(cfg.data_dir, cfg.val_split)  # before the (possibly large) network is built
+    # mindcv's Decode copies an image it cannot read into the working directory and stops the run: find such
+    # files first (the structural check reads ImageNet's 50,000 val images in a few seconds).
+    check_images(cfg.data_dir, splits=[cfg.val_split])
     set_eval_context(cfg)
     net, w, image_size = build_eval_model(cfg)
     num_classes = net.num_classes

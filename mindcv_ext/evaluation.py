@@ -76,25 +76,9 @@ def evaluate(network, loader, all_reduce=None, log_interval: int = 0,
 
 
 def set_eval_context(cfg) -> None:
-    """Mode, device and compile level for validate.py / infer.py. The device is set only when it changes: the
-    runtime refuses a second set_device once it ran a kernel (tests call main() in one process)."""
-    import mindspore as ms
+    from .training.runtime import set_runtime
 
-    from .training.config import ConfigError
-
-    ms.set_context(mode=cfg.mode)
-    if ms.get_context("device_target") != cfg.device_target:
-        try:
-            if hasattr(ms, "set_device"):  # MindSpore >= 2.5; set_context(device_target=...) is deprecated in 2.10
-                ms.set_device(cfg.device_target)
-            else:
-                ms.set_context(device_target=cfg.device_target)
-        except (RuntimeError, ValueError) as e:  # e.g. Ascend asked of a CPU-only MindSpore build
-            raise ConfigError(f"device_target {cfg.device_target} is not available here "
-                              f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}); "
-                              f"use --device_target CPU, or install the MindSpore build for that device.") from None
-    if cfg.jit_level and cfg.mode == 0:
-        ms.set_context(jit_config={"jit_level": cfg.jit_level})
+    set_runtime(cfg, "Use --device_target CPU, or install the MindSpore build for that device.")
 
 
 def native_image_size(model: str, net=None) -> int:

@@ -28,7 +28,7 @@ from .models.repmlp import MINDCV_EXTRA_KEYS, RepMLPNet, checkpoint_form, checkp
     checkpoint_variant
 
 __all__ = ["Weights", "read_weights", "load_into", "build_model", "load_pretrained", "check_class_names",
-           "save_weights", "encode_class_names", "same_file",
+           "save_weights", "encode_class_names", "recorded_class_names", "same_file",
            "CLASS_NAMES_KEY", "HEAD_KEYS", "TRAINING_STATE_SCALARS", "install"]
 
 _log = logging.getLogger(__name__)
@@ -109,6 +109,18 @@ def _decode_class_names(value, path: str) -> Optional[List[str]]:
         raise CheckpointError(f"{path}: its '{CLASS_NAMES_KEY}' entry is not a JSON list of names; the file is "
                               f"damaged. Re-save it, or delete that entry.")
     return names
+
+
+def recorded_class_names(path: str) -> Optional[List[str]]:
+    """The class names a checkpoint records, without reading its tensors (.ckpt); None if it has none."""
+    if str(path).endswith(".ckpt"):
+        import mindspore as ms
+        try:
+            entries = ms.load_checkpoint(path, choice_func=lambda k: k == CLASS_NAMES_KEY)
+        except Exception:  # noqa: BLE001 - unreadable: the full read that follows names the problem
+            return None
+        return _decode_class_names(entries.get(CLASS_NAMES_KEY), path)
+    return read_weights(path).class_names
 
 
 def encode_class_names(names: Sequence[str], fmt: str = "ckpt"):

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The CPU demo, end to end on a fresh machine:
 #   install -> generate the demo dataset -> train demo_repmlp (graph mode) -> re-parameterize the best checkpoint
-#   -> validate the train-form and the deploy-form checkpoints (same top-1 expected).
+#   -> validate the train-form and the deploy-form checkpoints (same top-1 expected) -> predict on images.
 # Re-running continues the same run (resume) instead of starting over. OUT=dir overrides the output folder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,8 +18,12 @@ fi
 
 python scripts/reparameterize.py --model demo_repmlp --ckpt_path "$OUT/best.ckpt" --output "$OUT/best_deploy.ckpt"
 
-python validate.py --model demo_repmlp --data_dir data/demo --ckpt_path "$OUT/best.ckpt" | tee "$OUT/val_train_form.txt"
-python validate.py --model demo_repmlp --data_dir data/demo --ckpt_path "$OUT/best_deploy.ckpt" | tee "$OUT/val_deploy_form.txt"
+# validate with the training recipe (mindcv's convention): same model, image size, crop and class folders
+python validate.py -c "$CONFIG" --ckpt_path "$OUT/best.ckpt" | tee "$OUT/val_train_form.txt"
+python validate.py -c "$CONFIG" --ckpt_path "$OUT/best_deploy.ckpt" | tee "$OUT/val_deploy_form.txt"
+# predict: top-5 class names (recorded in the checkpoint) for one val image of each class
+python scripts/infer.py -c "$CONFIG" --ckpt_path "$OUT/best_deploy.ckpt" --image_path data/demo/val \
+    --output "$OUT/predictions.jsonl" --log_interval 0 | awk 'NR % 50 == 1'
 
 python - "$OUT" <<'PY'
 import json, sys

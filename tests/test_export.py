@@ -121,7 +121,7 @@ def test_export_wrong_model_names_the_right_one(train_ckpt, tmp_path):
     rc, log = run_script("export.py", "--model", "repmlp_t224", "--ckpt_path", train_ckpt, "--file_format", "MINDIR",
                          cwd=tmp_path)
     assert rc == 2, log
-    assert "is a demo_repmlp checkpoint, not repmlp_t224" in log
+    assert "holds demo_repmlp weights, not repmlp_t224: use --model demo_repmlp" in log
     assert os.listdir(tmp_path) == []
 
 

@@ -64,6 +64,11 @@ def test_finetune_onto_new_classes_beats_scratch(splits):
     assert best_ft >= best_scratch + 15, (best_ft, best_scratch)
     tuned = read_weights(str(tmp / "out_ft" / "best.ckpt"))
     assert tuned.class_names == classes[8:] and tuned.num_classes == 4
+    # Resuming that run on other class folders is refused before any work (its labels would change meaning).
+    resume = _train(tmp / "pre", tmp / "out_ft", EPOCHS_FT + 1, "--ckpt_path", tmp / "out_ft" / "latest.ckpt",
+                    "--resume_opt", "True")
+    _, err = resume.communicate(timeout=300)
+    assert resume.returncode == 2 and "class folders differ" in err and "fine-tune instead" in err, err
 
     # validate.py checks the data's class folders against the names in the checkpoint.
     renamed = tmp / "renamed"

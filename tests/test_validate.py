@@ -152,5 +152,18 @@ def test_errors_before_work(setup, capsys, tmp_path):
         os.makedirs(extra / "val" / f"c{c:02d}")
         shutil.copy(os.path.join(d, "val", "00_circle", "00_00000.jpg"), extra / "val" / f"c{c:02d}" / "0.jpg")
     assert "11 class folders" in _error(capsys, "--data_dir", str(extra), "--ckpt_path", train)
+    broken_val = tmp_path / "broken_val"  # an undecodable image: refused up front, nothing dumped into the cwd
+    shutil.copytree(os.path.join(d, "val"), broken_val / "val")
+    victim = broken_val / "val" / "00_circle" / "00_00000.jpg"
+    victim.write_bytes(victim.read_bytes()[:300])
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        assert validate.main(["--model", "demo_repmlp", "--data_dir", str(broken_val), "--ckpt_path", train]) == 1
+    finally:
+        os.chdir(cwd)
+    err = capsys.readouterr().err
+    assert "1 unreadable image(s)" in err and str(victim) in err
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(("abnormal_image", "unsupported_image"))]
     err = _error(capsys, "--data_dir", d, "--ckpt_path", train, "--model", "repmlp_t224")
     assert "holds demo_repmlp weights, not repmlp_t224" in err

@@ -15,7 +15,7 @@ import tempfile
 import threading
 from typing import Iterable, List, Optional, Sequence, Tuple
 
-__all__ = ["find_bad_images", "list_image_entries", "SPLIT_NAMES"]
+__all__ = ["find_bad_images", "check_images", "list_image_entries", "SPLIT_NAMES"]
 
 SPLIT_NAMES = ("train", "val", "validation", "test")
 _WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_scan_worker.py")
@@ -172,3 +172,17 @@ def find_bad_images(root: str, workers: Optional[int] = None, *, full_decode: bo
     if missing:  # a worker thread stopped early without an exception: never report a partial check as clean
         raise RuntimeError(f"image check incomplete: {len(missing)} files were not checked, e.g. {missing[0]}")
     return sorted((given[p], r) for p, r in results.items() if r is not None)
+
+
+def check_images(root: str, workers: Optional[int] = None, splits: Optional[Sequence[str]] = None) -> int:
+    """Refuse a dataset with files MindSpore's decoder would refuse or crash on, before a run reads them (hours
+    into training, or on an evaluation's path, where mindcv's Decode also dumps the file into the working
+    directory). Raises ValueError listing them; returns the number of files checked."""
+    entries = list_image_entries(root, splits=splits)
+    bad = find_bad_images(root, workers=workers, paths=entries)
+    if bad:
+        shown = "\n".join(f"  {path}: {reason}" for path, reason in bad[:20])
+        more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+        raise ValueError(f"{len(bad)} unreadable image(s) under {root}:\n{shown}{more}\nRemove or replace them "
+                         f"(python scripts/check_dataset.py --data_dir {root} lists them all), then start again.")
+    return len(entries)

@@ -1,11 +1,11 @@
 """From config keys to mindcv_ext.data loaders: dataset location checks, the built-in demo set, class count,
 and the keyword mapping (mindcv's key names -> the loader's arguments)."""
 import os
-from typing import List, Optional
+from typing import List
 
 from .config import ConfigError
 
-__all__ = ["prepare_data_dir", "train_class_names", "build_train_loader", "build_eval_loader", "check_images"]
+__all__ = ["prepare_data_dir", "train_class_names", "build_train_loader", "build_eval_loader"]
 
 
 def prepare_data_dir(cfg) -> str:
@@ -81,16 +81,3 @@ def _as_config_error(fn, *args, **kwargs):
         return fn(*args, **kwargs)
     except (ValueError, OSError) as e:
         raise ConfigError(str(e)) from None
-
-
-def check_images(data_dir: str, workers: Optional[int] = None) -> None:
-    """Decode-check every image under data_dir; raise listing the bad files (MindSpore's decoder can kill the
-    process on some truncated JPEGs, hours into a run)."""
-    from ..data import find_bad_images
-
-    bad = find_bad_images(data_dir, workers=workers)
-    if bad:
-        shown = "\n".join(f"  {path}: {reason}" for path, reason in bad[:20])
-        more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
-        raise ConfigError(f"{len(bad)} unreadable image(s) under {data_dir}:\n{shown}{more}\nRemove or replace "
-                          f"them (python scripts/check_dataset.py {data_dir} lists them all), then start again.")

@@ -8,30 +8,37 @@ from mindspore import Parameter
 
 from .config import ConfigError
 
-__all__ = ["init_context", "average_across_ranks"]
+__all__ = ["set_runtime", "init_context", "average_across_ranks"]
 
 # Variables a MindSpore launcher sets in every worker: msrun / the dynamic cluster (MS_ROLE, MS_WORKER_NUM) or an
 # Ascend rank table.
 _LAUNCHER_VARS = ("MS_ROLE", "MS_WORKER_NUM", "RANK_TABLE_FILE", "MINDSPORE_HCCL_CONFIG_PATH")
 
 
-def init_context(cfg) -> Tuple[int, int]:
-    """Apply mode, device, jit level, data parallelism and seeds. Returns (rank, number of ranks)."""
+def set_runtime(cfg, fix: str) -> None:
+    """Mode, device and compile level (train.py, validate.py, infer.py). The device is set only when it changes:
+    the runtime refuses a second set_device once it ran a kernel (tests call the tools' main() in one process).
+    `fix` completes the one-line error for a device this MindSpore build does not have."""
     ms.set_context(mode=cfg.mode)
-    try:
-        if hasattr(ms, "set_device"):  # MindSpore >= 2.5; set_context(device_target=...) is deprecated in 2.10
-            ms.set_device(cfg.device_target)
-        else:
-            ms.set_context(device_target=cfg.device_target)
-    except (RuntimeError, ValueError) as e:  # e.g. Ascend asked of a CPU-only MindSpore build
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"device_target {cfg.device_target} is not available here ({reason}). Install the "
-                          f"MindSpore build for that device, or try the recipe on CPU with --device_target CPU "
-                          f"--jit_level O0 --amp_level O0 --distribute False.") from e
+    if ms.get_context("device_target") != cfg.device_target:
+        try:
+            if hasattr(ms, "set_device"):  # MindSpore >= 2.5; set_context(device_target=...) is deprecated in 2.10
+                ms.set_device(cfg.device_target)
+            else:
+                ms.set_context(device_target=cfg.device_target)
+        except (RuntimeError, ValueError) as e:  # e.g. Ascend asked of a CPU-only MindSpore build
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(f"device_target {cfg.device_target} is not available here ({reason}). {fix}") from e
     if cfg.jit_level and cfg.mode == 0:
         # Deprecated in 2.10 in favour of per-function ms.jit(jit_level=...), which has no O2; the global setting
         # still works on 2.7-2.10 and is what mindcv uses for its Ascend recipes.
         ms.set_context(jit_config={"jit_level": cfg.jit_level})
+
+
+def init_context(cfg) -> Tuple[int, int]:
+    """Apply mode, device, jit level, data parallelism and seeds. Returns (rank, number of ranks)."""
+    set_runtime(cfg, "Install the MindSpore build for that device, or try the recipe on CPU with --device_target "
+                     "CPU --jit_level O0 --amp_level O0 --distribute False.")
 
     rank, group_size = 0, 1
     if cfg.distribute:
