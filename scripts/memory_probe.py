@@ -7,7 +7,8 @@
 Each (case, batch) runs in a fresh process; its peak RSS (VmHWM) minus the RSS before the first call is what the
 call took. The slope of that over the batch size is the memory kept per image: graph-mode buffers that are not
 reused show up there, while weights and compile caches do not. A "case" is the whole network or a stack of one
-piece of it (a unit, the RepMLP block, the FFN, the patch conv), so a pattern that is not reused can be bisected.
+piece of it (a unit, the RepMLP block, the FFN, the patch conv) or of one op pattern (--case mul_broadcast, ...
+at the chosen stage's shape; --depth 8), so a pattern that is not reused can be bisected.
 """
 import argparse
 import json
@@ -18,7 +19,10 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 MARK = "PROBE_RESULT "
-CASES = ("model", "unit", "repmlp_block", "ffn", "patchconv", "conv1x1", "bn", "gelu", "relu")
+CASES = ("model", "unit", "repmlp_block", "ffn", "patchconv", "conv1x1", "bn", "relu", "gelu", "gelu_lean",
+         "mul_broadcast", "mul_broadcast_to", "add_bias", "bias_add", "transpose_pair", "add_same_shape")
+# Single-op stacks on (N, C, h, w) of the chosen stage (inference): which op patterns the runtime reuses.
+PATTERNS = CASES[9:]
 
 
 def _status_mib(field):
@@ -57,8 +61,11 @@ def _build(cfg):
         make = lambda: nn.Conv2d(c, c, 1, has_bias=False)  # noqa: E731
     elif cfg["case"] == "bn":
         make = lambda: nn.BatchNorm2d(c)  # noqa: E731
-    elif cfg["case"] == "gelu":
+    elif cfg["case"] == "gelu":  # MindSpore's exact GELU (ops.gelu: RealDiv by a sqrt(2) tensor, Erf, ...)
         make = lambda: nn.GELU(approximate=False)  # noqa: E731
+    elif cfg["case"] in PATTERNS:
+        pattern = _pattern_cell()
+        make = lambda: pattern(cfg["case"], c, p)  # noqa: E731
     elif cfg["case"] == "relu":
         make = nn.ReLU
     else:  # patchconv: the stem's 4x4/4 GEMM, repeated on its input size
@@ -66,6 +73,42 @@ def _build(cfg):
         return conv, (3, 4 * p, 4 * p)
     net = nn.SequentialCell([make() for _ in range(depth)])
     return net, (c, p, p)
+
+
+def _pattern_cell():
+    import numpy as np
+    from mindspore import Parameter, Tensor, nn, ops
+
+    from mindcv_ext.models.repmlp import GELU
+
+    class Pattern(nn.Cell):
+        """One op pattern of RepMLPNet, shape-preserving so that it stacks."""
+
+        def __init__(self, kind, c, p):
+            super().__init__()
+            self.kind, self.c, self.p = kind, c, p
+            self.gate = Parameter(Tensor(np.full((1, c, 1, 1), 0.5, np.float32)), name="gate")
+            self.bias = Parameter(Tensor(np.zeros(p * p, np.float32)), name="bias")
+            self.lean = GELU()
+
+        def construct(self, x):
+            n, k = x.shape[0], self.kind
+            if k == "gelu_lean":
+                return self.lean(x)
+            if k == "mul_broadcast":  # x * gate, gate (1, C, 1, 1)
+                return x * self.gate
+            if k == "mul_broadcast_to":
+                return x * ops.broadcast_to(self.gate, x.shape)
+            if k == "add_bias":  # rows + bias (h*w,), as fc3's bias was added
+                return (x.reshape(-1, self.p * self.p) + self.bias).reshape(x.shape)
+            if k == "bias_add":
+                return ops.bias_add(x.reshape(-1, self.p * self.p), self.bias).reshape(x.shape)
+            if k == "transpose_pair":  # the (M, S, hw) <-> (S, M, hw) pair around a batched partition matmul
+                y = x.reshape(-1, 4, self.p * self.p).transpose(1, 0, 2) * 1.0
+                return y.transpose(1, 0, 2).reshape(x.shape)
+            return x + x * 0.5  # add_same_shape
+
+    return Pattern
 
 
 def worker(cfg):
