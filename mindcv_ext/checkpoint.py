@@ -17,6 +17,7 @@ from mindspore import Parameter, Tensor
 
 __all__ = [
     "CheckpointError",
+    "check_output_path",
     "checkpoint_format",
     "save_checkpoint",
     "NonFiniteWeightsError",
@@ -152,6 +153,31 @@ def _mindspore_logger():
         return ms_log._get_logger()  # noqa: SLF001  (no public handle to MindSpore's logger)
     except Exception:  # noqa: BLE001  (another MindSpore version: its line just shows)
         return None
+
+
+def check_output_path(path: str, what: str = "--output") -> str:
+    """Refuse, before any long work, an output path that cannot be written: a directory, a parent that is a file
+    or missing and not creatable, a read-only location. Returns the absolute path."""
+    path = os.path.abspath(os.fspath(path))
+    if os.path.isdir(path):
+        raise CheckpointError(f"{what} {path} is a directory; name a file in it, e.g. {os.path.join(path, 'model.ckpt')}")
+    parent = os.path.dirname(path)
+    existing = parent
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise CheckpointError(f"{what} {path}: {existing} is a file, not a directory; choose another location.")
+    if not os.access(existing, os.W_OK | os.X_OK) or _read_only_fs(existing):
+        raise CheckpointError(f"{what} {path}: cannot write in {existing} (read-only or no permission); choose "
+                              f"another location.")
+    return path
+
+
+def _read_only_fs(directory: str) -> bool:
+    try:  # root passes os.access on a read-only mount; statvfs knows
+        return bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False
 
 
 def save_checkpoint(obj, path: str, append_dict: Optional[dict] = None) -> str:

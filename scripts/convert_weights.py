@@ -36,6 +36,12 @@ def parse_args(argv=None):
 
     if same_file(args.src, args.output):
         p.error("--output is the source file; write to another name")
+    from mindcv_ext.checkpoint import CheckpointError, check_output_path
+
+    try:
+        check_output_path(args.output)
+    except CheckpointError as e:
+        p.error(str(e))
     return p, args
 
 

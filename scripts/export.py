@@ -65,9 +65,16 @@ def output_path(args) -> str:
         print(f"note: writing {path} (the {args.file_format} extension was added)")
     if args.ckpt_path and os.path.exists(args.ckpt_path) and os.path.exists(path) and \
             os.path.samefile(args.ckpt_path, path):
-        raise SystemExit(f"export.py: error: --output {path} is the checkpoint itself; write the export to another "
-                         f"file.")
-    return os.path.abspath(path)
+        print(f"export.py: error: --output {path} is the checkpoint itself; write the export to another file.",
+              file=sys.stderr)
+        raise SystemExit(2)
+    from mindcv_ext.checkpoint import CheckpointError, check_output_path
+
+    try:  # before building and exporting: a path that cannot be written is a one-line error
+        return check_output_path(path)
+    except CheckpointError as e:
+        print(f"export.py: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def build_deploy_net(args):

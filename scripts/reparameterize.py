@@ -22,7 +22,14 @@ def parse_args(argv=None):
     p.add_argument("--ema", type=_common.str2bool, default=False, help="convert the EMA weights (ema.* keys)")
     p.add_argument("--check", type=_common.str2bool, default=True,
                    help="compare train/deploy logits on a random batch before writing (default True)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    from mindcv_ext.checkpoint import CheckpointError, check_output_path
+
+    try:  # before loading anything: a path that cannot be written is a one-line error
+        check_output_path(args.output)
+    except CheckpointError as e:
+        p.error(str(e))
+    return args
 
 
 def main(argv=None):

@@ -122,3 +122,27 @@ def test_damaged_class_names_entry_is_an_error(src):
     with pytest.raises(CheckpointError, match="class_names.*not a JSON list"):
         read_weights(path)
     json.dumps(NAMES)  # (names with non-ASCII characters are stored as UTF-8 JSON)
+
+
+def test_unwritable_outputs_are_refused_before_any_work(src, tmp_path):
+    import subprocess
+    import sys
+
+    from mindcv_ext.checkpoint import check_output_path
+
+    _, path, _ = src
+    (tmp_path / "adir.ckpt").mkdir()
+    with pytest.raises(CheckpointError, match="is a directory"):
+        check_output_path(str(tmp_path / "adir.ckpt"))
+    with pytest.raises(CheckpointError, match="is a file, not a directory"):
+        check_output_path(os.path.join(path, "x.ckpt"))
+    assert check_output_path(str(tmp_path / "new" / "sub" / "x.ckpt")).endswith("x.ckpt")  # created on save
+    for script, args in (("reparameterize.py", ["--ckpt_path", path, "--output", str(tmp_path / "adir.ckpt")]),
+                         ("convert_weights.py", ["--src", path, "--output", str(tmp_path / "adir.ckpt")]),
+                         ("export.py", ["--ckpt_path", path, "--file_format", "MINDIR", "--output",
+                                        os.path.join(path, "x.mindir")])):
+        r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", script), "--model", "demo_repmlp", *args],
+                           capture_output=True, text=True, timeout=120)
+        lines = [line for line in r.stderr.splitlines() if "error" in line]
+        assert r.returncode == 2 and len(lines) == 1 and "--output" in lines[0], r.stderr
+        assert "train vs deploy" not in r.stdout  # refused before loading or converting anything
