@@ -198,3 +198,28 @@ def test_conv_branches_in_fc3_matmul_equal_grouped_convs_in_training():
     np.testing.assert_allclose(got.asnumpy(), want.asnumpy(), rtol=1e-5)
     for p, g, r in zip(weights, got_grads, want_grads):
         np.testing.assert_allclose(g.asnumpy(), r.asnumpy(), rtol=1e-4, atol=1e-5, err_msg=p.name)
+
+
+def test_lean_gelu_matches_exact_gelu_and_its_gradient(ms_mode):
+    """The FFN's exact GELU (multiply form, own backward) against MindSpore's exact nn.GELU: same values and input
+    gradients up to fp32 rounding, and still recognisable as an exact nn.GELU (export.py's ONNX swap needs that)."""
+    from mindcv_ext.models.repmlp import GELU
+
+    rng = np.random.default_rng(0)
+    x = ms.Tensor((rng.standard_normal((2, 8, 5, 5)) * 3).astype(np.float32))
+    probe = ms.Tensor(rng.standard_normal((2, 8, 5, 5)).astype(np.float32))
+    lean, ref_gelu = GELU(), ms.nn.GELU(approximate=False)
+    assert isinstance(lean, ms.nn.GELU) and lean.approximate in ("none", False)
+    np.testing.assert_allclose(lean(x).asnumpy(), ref_gelu(x).asnumpy(), rtol=1e-6, atol=1e-6)
+
+    def lean_loss(v):
+        return (lean(v) * probe).sum()
+
+    def ref_loss(v):
+        return (ref_gelu(v) * probe).sum()
+
+    got, want = ms.grad(lean_loss)(x).asnumpy(), ms.grad(ref_loss)(x).asnumpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    net = RepMLPNet(**SMALL, num_classes=5)
+    assert isinstance(net.stages[0][0].ffn_block.act, GELU)
+    assert not isinstance(RepMLPNet(**SMALL, num_classes=5, gelu_approximate=True).stages[0][0].ffn_block.act, GELU)
