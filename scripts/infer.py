@@ -79,25 +79,11 @@ def check_image_bytes(data: bytes) -> Optional[str]:
     in their header, broken tables); a full PIL decode catches damaged image data."""
     from PIL import Image
 
-    from mindcv_ext.data import _scan_worker as scan
+    from mindcv_ext.data._scan_worker import check_bytes
 
-    if not data:
-        return "empty file (0 bytes)"
-    head = data[:scan.HEAD]
-    fmt = scan.sniff(head)
-    if fmt is None:
-        return "not an image (" + ("a text file" if scan._looks_like_text(head)
-                                   else f"unknown format, starts with {head[:8]!r}") + ")"
-    if fmt in scan.UNSUPPORTED:
-        return f"unsupported format {fmt} (MindSpore decodes JPEG, PNG, BMP, TIFF): convert it to JPEG"
-    structure = {"JPEG": scan.check_jpeg, "PNG": scan.check_png, "BMP": scan.check_bmp}.get(fmt)
-    try:
-        if structure:
-            structure(io.BytesIO(data), head, len(data))
-    except scan.Bad as e:
-        return str(e)
-    except scan.NeedsDecode:
-        pass  # unusual but plausible (TIFF, lossless JPEG): the decode below decides
+    reason = check_bytes(data)
+    if reason:
+        return reason
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.verify()

@@ -12,6 +12,7 @@ Cost per file in the default mode: one open, a read of the first 8 KiB and the l
 read only when its end is not where it should be. No pixel is decoded unless the structure is unusual.
 """
 import errno
+import io
 import json
 import os
 import re
@@ -19,6 +20,7 @@ import signal
 import stat
 import sys
 import threading
+from typing import Optional
 
 HEAD = 8 * 1024  # covers JFIF/EXIF headers of typical photos; larger headers are read on demand
 TAIL = 64
@@ -352,6 +354,30 @@ def check_bmp(f, head: bytes, size: int):
         raise Bad("truncated BMP (the file ends before its pixel data)")
     if declared > size:
         raise Bad(f"truncated BMP ({size} bytes, the header says {declared})")
+
+
+def check_bytes(data: bytes) -> Optional[str]:
+    """Why MindSpore's decoder must not be given these bytes (the structure walk of check_file, without its file
+    extension test), or None: safe, or unusual but plausible (then a decode decides). For tools that hold the
+    bytes already (scripts/infer.py)."""
+    if not data:
+        return "empty file (0 bytes)"
+    head = data[:HEAD]
+    fmt = sniff(head)
+    if fmt is None:
+        return "not an image (" + ("a text file" if _looks_like_text(head)
+                                   else f"unknown format, starts with {head[:8]!r}") + ")"
+    if fmt in UNSUPPORTED:
+        return f"unsupported format {fmt} (MindSpore decodes JPEG, PNG, BMP, TIFF): convert it to JPEG"
+    structure = {"JPEG": check_jpeg, "PNG": check_png, "BMP": check_bmp}.get(fmt)
+    try:
+        if structure:
+            structure(io.BytesIO(data), head, len(data))
+    except Bad as e:
+        return str(e)
+    except NeedsDecode:
+        pass
+    return None
 
 
 def check_file(path: str):
