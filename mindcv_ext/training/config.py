@@ -457,7 +457,9 @@ def load_config(argv: Optional[Sequence[str]] = None) -> SimpleNamespace:
 
 
 def format_help(table: Optional[Dict[str, Tuple[Any, str, str]]] = None, prog: str = "train.py") -> str:
-    lines = [f"usage: python {prog} --config RECIPE.yaml [--key value ...]", "",
+    usage = ("--config RECIPE.yaml [--key value ...]" if prog == "train.py"
+             else "[-c RECIPE.yaml] --model NAME --ckpt_path FILE [--key value ...]")
+    lines = [f"usage: python {prog} {usage}", "",
              "Keys (mindcv's names; YAML values, the command line wins):"]
     for key, (default, kind, text) in (table or KEYS).items():
         lines.append(f"  --{key:<28} {text} [default: {default!r}]")
