@@ -195,9 +195,10 @@ def read_weights(path: str, ema: Optional[bool] = False) -> Weights:
         notes.append("the file also holds EMA weights (ema.*); these are the raw ones (ask for ema to get those)")
     params = {k: np.asarray(v) for k, v in params.items()}
     state = {k: v for k, v in state.items() if not (use_ema and k.startswith("ema."))}
-    if state:
-        notes.append(f"{len(state)} training-state entries (optimizer moments, EMA averages, step counters) are "
-                     f"kept apart from the weights")
+    copies = [k for k in state if k not in TRAINING_STATE_SCALARS]  # counters like epoch are not worth a note
+    if copies:
+        notes.append(f"{len(copies)} training-state tensors (optimizer moments, EMA averages) are kept apart from "
+                     f"the weights")
     _check_values(path, params, {k: np.asarray(v) for k, v in state.items() if hasattr(v, "dtype")})
     try:
         form = checkpoint_form(params)
