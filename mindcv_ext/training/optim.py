@@ -34,6 +34,11 @@ def build_lr_schedule(cfg, steps_per_epoch: int) -> List[float]:
 
 def build_optimizer(cfg, network: nn.Cell, lr_schedule: List[float]) -> nn.Optimizer:
     # loss_scale=1: the train step divides the gradients by the loss scale itself (fixed or dynamic alike).
+    if cfg.opt.lower() == "adamw":
+        # mindcv's adamw (math, state names, param groups) without its ~2.4 GB of broadcasting temporaries on CPU.
+        from mindcv_ext.training.adamw import create_adamw
+        return create_adamw(network, lr=lr_schedule, weight_decay=cfg.weight_decay,
+                            weight_decay_filter=cfg.weight_decay_filter, layer_decay=cfg.layer_decay)
     return create_optimizer(network, opt=cfg.opt, lr=lr_schedule, weight_decay=cfg.weight_decay,
                             momentum=cfg.momentum, nesterov=cfg.use_nesterov,
                             weight_decay_filter=cfg.weight_decay_filter, layer_decay=cfg.layer_decay,
