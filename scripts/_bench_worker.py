@@ -169,9 +169,13 @@ def run_mindspore(cfg):
         compile_args = (net, x)
         fn = lambda: net(x).asnumpy()  # noqa: E731  (.asnumpy() waits for the device)
     else:
-        from mindcv.optim import create_optimizer
         y = ms.Tensor(rng.integers(0, NUM_CLASSES, cfg["batch_size"]).astype(np.int32))
-        opt = create_optimizer(net.trainable_params(), opt="adamw", lr=1e-3, weight_decay=0.05)
+        if cfg["impl"] == "mindcv":  # mindcv's own stack, optimizer included
+            from mindcv.optim import create_optimizer
+            opt = create_optimizer(net.trainable_params(), opt="adamw", lr=1e-3, weight_decay=0.05)
+        else:  # what train.py uses for opt: adamw (mindcv's math on the fused kernel)
+            from mindcv_ext.training.adamw import create_adamw
+            opt = create_adamw(net, lr=1e-3, weight_decay=0.05, weight_decay_filter="disable")
         with_loss = _NetWithLoss.make(net)
         if cfg["dtype"] == "fp16":
             step = nn.TrainOneStepWithLossScaleCell(with_loss, opt, scale_sense=ms.Tensor(1024.0, ms.float32))

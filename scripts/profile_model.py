@@ -59,10 +59,10 @@ def build_step(args):
         net.set_train(False)
         fn = lambda: net(x).asnumpy()  # noqa: E731
     else:
-        from mindcv.optim import create_optimizer
+        from mindcv_ext.training.adamw import create_adamw  # train.py's optimizer for opt: adamw
         y = ms.Tensor(rng.integers(0, NUM_CLASSES, args.batch_size).astype(np.int32))
         step = nn.TrainOneStepCell(_NetWithLoss.make(net),
-                                   create_optimizer(net.trainable_params(), opt="adamw", lr=1e-3, weight_decay=0.05))
+                                   create_adamw(net, lr=1e-3, weight_decay=0.05, weight_decay_filter="disable"))
         step.set_train(True)
         fn = lambda: step(x, y).asnumpy()  # noqa: E731
     for _ in range(3):  # compile + warm-up
