@@ -18,6 +18,7 @@ from mindspore import Parameter, Tensor
 __all__ = [
     "CheckpointError",
     "check_output_path",
+    "creatable_under",
     "checkpoint_format",
     "save_checkpoint",
     "NonFiniteWeightsError",
@@ -155,29 +156,31 @@ def _mindspore_logger():
         return None
 
 
-def check_output_path(path: str, what: str = "--output") -> str:
-    """Refuse, before any long work, an output path that cannot be written: a directory, a parent that is a file
-    or missing and not creatable, a read-only location. Returns the absolute path."""
-    path = os.path.abspath(os.fspath(path))
-    if os.path.isdir(path):
-        raise CheckpointError(f"{what} {path} is a directory; name a file in it, e.g. {os.path.join(path, 'model.ckpt')}")
-    parent = os.path.dirname(path)
-    existing = parent
+def creatable_under(path: str):
+    """(nearest existing ancestor of `path`, problem): problem is None when `path` can be created there, "file"
+    when that ancestor is a file, "unwritable" when it is a directory we cannot write in (permissions, or a
+    read-only file system: access(2) says EROFS even for root). Creates nothing."""
+    existing = os.path.abspath(path)
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
+        return existing, "file"
+    return existing, None if os.access(existing, os.W_OK | os.X_OK) else "unwritable"
+
+
+def check_output_path(path: str, what: str = "--output") -> str:
+    """Refuse, before any long work, an output file path that cannot be written: a directory, a parent that is a
+    file, a read-only location. Returns the absolute path."""
+    path = os.path.abspath(os.fspath(path))
+    if os.path.isdir(path):
+        raise CheckpointError(f"{what} {path} is a directory; name a file in it, e.g. {os.path.join(path, 'model.ckpt')}")
+    existing, problem = creatable_under(os.path.dirname(path))
+    if problem == "file":
         raise CheckpointError(f"{what} {path}: {existing} is a file, not a directory; choose another location.")
-    if not os.access(existing, os.W_OK | os.X_OK) or _read_only_fs(existing):
+    if problem == "unwritable":
         raise CheckpointError(f"{what} {path}: cannot write in {existing} (read-only or no permission); choose "
                               f"another location.")
     return path
-
-
-def _read_only_fs(directory: str) -> bool:
-    try:  # root passes os.access on a read-only mount; statvfs knows
-        return bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
-    except (OSError, AttributeError):
-        return False
 
 
 def save_checkpoint(obj, path: str, append_dict: Optional[dict] = None) -> str:

@@ -63,13 +63,13 @@ def output_path(args) -> str:
     if not path.lower().endswith(ext):
         path += ext  # what mindspore.export would do; say it so nobody looks for the wrong name
         print(f"note: writing {path} (the {args.file_format} extension was added)")
-    if args.ckpt_path and os.path.exists(args.ckpt_path) and os.path.exists(path) and \
-            os.path.samefile(args.ckpt_path, path):
+    from mindcv_ext.checkpoint import CheckpointError, check_output_path
+    from mindcv_ext.weights import same_file
+
+    if args.ckpt_path and same_file(args.ckpt_path, path):
         print(f"export.py: error: --output {path} is the checkpoint itself; write the export to another file.",
               file=sys.stderr)
         raise SystemExit(2)
-    from mindcv_ext.checkpoint import CheckpointError, check_output_path
-
     try:  # before building and exporting: a path that cannot be written is a one-line error
         return check_output_path(path)
     except CheckpointError as e:

@@ -15,7 +15,7 @@ import socket
 import time
 from typing import Optional
 
-from ..checkpoint import remove_temp_files
+from ..checkpoint import creatable_under, remove_temp_files
 from .config import ConfigError
 
 __all__ = ["LOCK_NAME", "check_output_dir", "RunDir", "claim_run_dir"]
@@ -32,13 +32,11 @@ def check_output_dir(path: str) -> None:
     if os.path.exists(path) and not os.path.isdir(path):
         raise ConfigError(f"ckpt_save_dir {path} is a file, not a directory; pass a directory (it is created when "
                           f"missing), e.g. --ckpt_save_dir {path}_run.")
-    existing = path
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
+    existing, problem = creatable_under(path)
+    if problem == "file":
         raise ConfigError(f"ckpt_save_dir {path} cannot be created: {existing} is a file. Pick another "
                           f"--ckpt_save_dir.")
-    if not os.access(existing, os.W_OK | os.X_OK):  # also false on a read-only mount, even for root
+    if problem == "unwritable":
         what = "it" if existing == path else f"its parent {existing}"
         raise ConfigError(f"ckpt_save_dir {path}: {what} is not writable (permissions or a read-only file "
                           f"system). Pick another --ckpt_save_dir.")
