@@ -356,23 +356,35 @@ def check_bmp(f, head: bytes, size: int):
         raise Bad(f"truncated BMP ({size} bytes, the header says {declared})")
 
 
+def _check_content(f, head: bytes, size: int, ext: Optional[str]):
+    """Raise Bad or NeedsDecode for an open, non-empty file (or its bytes) whose first bytes are `head`; `ext`,
+    when given, must fit the format found."""
+    fmt = sniff(head)
+    if fmt is None:
+        kind = "a text file" if _looks_like_text(head) else f"unknown format, starts with {head[:8]!r}"
+        raise Bad(f"not an image ({kind})")
+    if fmt in UNSUPPORTED:
+        raise Bad(f"unsupported format {fmt} (MindSpore decodes JPEG, PNG, BMP, TIFF): convert it to JPEG")
+    if ext is not None and ext not in EXTENSIONS[fmt]:
+        raise Bad(f"wrong extension: {fmt} data in a file named '{ext or '(none)'}'")
+    if fmt == "JPEG":
+        check_jpeg(f, head, size)
+    elif fmt == "PNG":
+        check_png(f, head, size)
+    elif fmt == "BMP":
+        check_bmp(f, head, size)
+    else:
+        raise NeedsDecode(fmt)  # TIFF: too many layouts to verify without decoding
+
+
 def check_bytes(data: bytes) -> Optional[str]:
-    """Why MindSpore's decoder must not be given these bytes (the structure walk of check_file, without its file
+    """Why MindSpore's decoder must not be given these bytes (check_file's structure walk, without its file
     extension test), or None: safe, or unusual but plausible (then a decode decides). For tools that hold the
     bytes already (scripts/infer.py)."""
     if not data:
         return "empty file (0 bytes)"
-    head = data[:HEAD]
-    fmt = sniff(head)
-    if fmt is None:
-        return "not an image (" + ("a text file" if _looks_like_text(head)
-                                   else f"unknown format, starts with {head[:8]!r}") + ")"
-    if fmt in UNSUPPORTED:
-        return f"unsupported format {fmt} (MindSpore decodes JPEG, PNG, BMP, TIFF): convert it to JPEG"
-    structure = {"JPEG": check_jpeg, "PNG": check_png, "BMP": check_bmp}.get(fmt)
     try:
-        if structure:
-            structure(io.BytesIO(data), head, len(data))
+        _check_content(io.BytesIO(data), data[:HEAD], len(data), ext=None)
     except Bad as e:
         return str(e)
     except NeedsDecode:
@@ -397,24 +409,7 @@ def check_file(path: str):
     if st.st_size == 0:
         raise Bad("empty file (0 bytes)")
     with open(path, "rb") as f:
-        head = f.read(HEAD)
-        fmt = sniff(head)
-        if fmt is None:
-            kind = "a text file" if _looks_like_text(head) else f"unknown format, starts with {head[:8]!r}"
-            raise Bad(f"not an image ({kind})")
-        if fmt in UNSUPPORTED:
-            raise Bad(f"unsupported format {fmt} (MindSpore decodes JPEG, PNG, BMP, TIFF): convert it to JPEG")
-        ext = os.path.splitext(path)[1].lower()
-        if ext not in EXTENSIONS[fmt]:
-            raise Bad(f"wrong extension: {fmt} data in a file named '{ext or '(none)'}'")
-        if fmt == "JPEG":
-            check_jpeg(f, head, st.st_size)
-        elif fmt == "PNG":
-            check_png(f, head, st.st_size)
-        elif fmt == "BMP":
-            check_bmp(f, head, st.st_size)
-        else:
-            raise NeedsDecode(fmt)  # TIFF: too many layouts to verify without decoding
+        _check_content(f, f.read(HEAD), st.st_size, os.path.splitext(path)[1].lower())
 
 
 class Decoder:
