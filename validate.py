@@ -61,6 +61,8 @@ def run(cfg) -> dict:
 def main(argv=None) -> int:
     try:
         cfg = load_eval_config(argv, prog="validate.py")
+        for note in cfg.notes + cfg.machine_notes:
+            print(f"note: {note}", file=sys.stderr)
         result = run(cfg)
     except ConfigError as e:  # the command or recipe is wrong
         print(f"validate.py: error: {e}", file=sys.stderr)

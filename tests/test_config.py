@@ -156,6 +156,21 @@ def test_shortened_runs_of_a_recipe_run_with_a_note_on_the_schedule():
     assert load_config(["--config", t224]).notes == []
 
 
+def test_more_data_workers_than_cores_run_on_the_cores_with_a_note():
+    """The Ascend recipes ask for 8 workers; MindSpore refuses more than the machine's cores, so a recipe tried on a
+    laptop (train.py, validate.py -c, infer.py -c) uses the cores it has and says so."""
+    from mindcv_ext.training.config import load_eval_config
+
+    t224 = os.path.join(ROOT, "configs", "repmlp", "repmlp_t224_ascend.yaml")
+    too_many = str((os.cpu_count() or 1) + 5)
+    cfg = load_config(["--config", t224, "--num_parallel_workers", too_many])
+    assert cfg.num_parallel_workers == (os.cpu_count() or 1) and cfg.notes == []
+    assert len(cfg.machine_notes) == 1 and f"num_parallel_workers {too_many} is more than" in cfg.machine_notes[0]
+    ev = load_eval_config(["-c", t224, "--num_parallel_workers", too_many, "--ckpt_path", t224])
+    assert ev.num_parallel_workers == (os.cpu_count() or 1) and len(ev.machine_notes) == 1
+    assert load_config(["--config", t224, "--num_parallel_workers", "1"]).machine_notes == []
+
+
 def test_missing_config_file():
     with pytest.raises(ConfigError, match=r"Config file not found: 'nope\.yaml'"):
         load_config(["--config", "nope.yaml"])

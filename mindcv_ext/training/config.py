@@ -338,6 +338,17 @@ def _in_unit(cfg, key, closed_top=True):
         raise ConfigError(f"{key} must be in [0, 1{']' if closed_top else ')'}; got {value!r}.")
 
 
+def _fit_workers(cfg) -> List[str]:
+    """Recipes ask for 8 data workers (Ascend servers); MindSpore refuses more than the machine's cores
+    ("num_parallel_workers exceeds the boundary"), so a recipe tried on a laptop would stop there."""
+    cores = os.cpu_count() or 1
+    if cfg.num_parallel_workers <= cores:
+        return []
+    asked, cfg.num_parallel_workers = cfg.num_parallel_workers, cores
+    return [f"num_parallel_workers {asked} is more than this machine's {cores} cores (MindSpore refuses that); "
+            f"using {cores}."]
+
+
 def _schedule_notes(cfg) -> List[str]:
     """What the lr schedule does when a recipe's warmup or decay is longer than the run (mindcv only warns)."""
     notes, e, w, d = [], cfg.epoch_size, cfg.warmup_epochs, cfg.decay_epochs
@@ -401,6 +412,7 @@ def validate(cfg: SimpleNamespace) -> SimpleNamespace:
     if cfg.lr <= 0 or cfg.min_lr < 0 or cfg.min_lr > cfg.lr:
         raise ConfigError(f"Need 0 <= min_lr <= lr and lr > 0; got lr={cfg.lr}, min_lr={cfg.min_lr}.")
     cfg.notes = _schedule_notes(cfg)  # a shortened run of a recipe (e.g. a smoke test) runs, as in mindcv
+    cfg.machine_notes = _fit_workers(cfg)  # and so does a recipe on a smaller machine
     if cfg.num_classes is not None and cfg.num_classes < 2:
         raise ConfigError(f"num_classes must be >= 2 (or None to count the class folders); got {cfg.num_classes}.")
     for key in ("label_smoothing", "drop_rate", "drop_path_rate"):
@@ -513,6 +525,7 @@ def load_eval_config(argv: Optional[Sequence[str]] = None, prog: str = "validate
         cfg.jit_level = ""  # a training recipe's Ascend-only compile level: evaluating elsewhere ignores it
     for key, low in (("batch_size", 1), ("num_parallel_workers", 1), ("log_interval", 0), ("in_channels", 1)):
         _at_least(cfg, key, low)
+    cfg.notes, cfg.machine_notes = [], _fit_workers(cfg)
     if cfg.image_resize is not None and cfg.image_resize < 1:
         raise ConfigError(f"image_resize must be positive; got {cfg.image_resize}.")
     if cfg.num_classes is not None and cfg.num_classes < 1:
