@@ -167,16 +167,23 @@ def export_atomically(net, x, fmt: str, final_path: str, check) -> None:
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
-def onnx_exportable_gelu(net) -> int:
-    """Swap exact-erf GELUs for an ONNX-exportable equivalent; returns how many were swapped.
-
-    MindSpore 2.10's ONNX exporter has no mapping for Erf ("Can not find key Erf in convert map")."""
+def onnx_exportable(net) -> int:
+    """Rewrite what MindSpore 2.10's ONNX exporter cannot write into equivalents it can; returns how many exact
+    GELUs were swapped.
+    - Erf: no mapping ("Can not find key Erf in convert map"); exact GELUs become ErfFreeGELU.
+    - a multi-output Split (the partition FC's set shuffle) is written with dangling inputs, and Im2Col (the
+      patch convs) not at all; both go back to their Transpose forms (same values)."""
     from mindspore import nn
 
     from _onnx_ops import ErfFreeGELU
+    from mindcv_ext.models.repmlp import PartitionFC, PatchConv
 
     swapped = 0
     for _, cell in list(net.cells_and_names()):
+        if isinstance(cell, PartitionFC):
+            cell.split_sets = False
+        if isinstance(cell, PatchConv):
+            cell.im2col = False
         for name, child in list(cell.name_cells().items()):
             if isinstance(child, nn.GELU) and child.approximate in ("none", False):  # str in 2.10
                 setattr(cell, name, ErfFreeGELU())
@@ -206,7 +213,7 @@ def main(argv=None):
             reference = deploy_logits.astype(np.float64)
 
     if args.file_format == "ONNX":
-        swapped = onnx_exportable_gelu(net)
+        swapped = onnx_exportable(net)
         if swapped:
             print(f"ONNX: {swapped} exact GELUs written as 0.5*x*(1+erf(x/sqrt 2)) with a polynomial erf "
                   f"(MindSpore's ONNX exporter cannot write Erf); the check below bounds the difference")

@@ -180,7 +180,7 @@ def test_conv_branches_in_fc3_matmul_equal_grouped_convs_in_training():
     outputs and every parameter gradient must equal the plain formulation with MindSpore's grouped Conv2d."""
     s, h, w = 4, 5, 3
     block = randomize(mindcv_ext.RepMLPBlock(8, h, w, sharesets=s), seed=4)
-    assert block.matmul_branches == (("repconv3", "basis3"),)
+    assert block.matmul_branches == (("repconv3", "taps3"),)
     block.set_train(True)
     x = images(3, (2 * h, w), seed=9, channels=8)  # two partitions
     probe = ms.Tensor(np.random.default_rng(2).standard_normal((3, 8, 2 * h, w)).astype(np.float32))
@@ -223,3 +223,56 @@ def test_lean_gelu_matches_exact_gelu_and_its_gradient(ms_mode):
     net = RepMLPNet(**SMALL, num_classes=5)
     assert isinstance(net.stages[0][0].ffn_block.act, GELU)
     assert not isinstance(RepMLPNet(**SMALL, num_classes=5, gelu_approximate=True).stages[0][0].ffn_block.act, GELU)
+
+
+def _values_and_grads(cell, x, probe):
+    weights = cell.trainable_params()
+
+    def loss_fn(v):
+        return (cell(v) * probe).sum()
+
+    loss, grads = ms.value_and_grad(loss_fn, 0, weights)(x)
+    return loss.asnumpy(), [g.asnumpy() for g in grads[1]], grads[0].asnumpy()
+
+
+@pytest.mark.parametrize("c_in, c_out, k, size", [(3, 16, 4, 32), (8, 8, 2, 8), (8, 40, 2, 8)])
+def test_patch_conv_layouts_equal_a_strided_conv_with_gradients(ms_mode, c_in, c_out, k, size):
+    """Both memory-saving layouts of the stride == kernel convs (Im2Col columns while out_channels <= 2 * output
+    pixels, Transposed rows otherwise; the three cases cover both and the boundary) against MindSpore's own
+    strided Conv2d: outputs, weight and input gradients."""
+    from mindcv_ext.models.repmlp import PatchConv
+
+    rng = np.random.default_rng(k + c_out)
+    patch = PatchConv(c_in, c_out, k)
+    conv = ms.nn.Conv2d(c_in, c_out, k, stride=k, pad_mode="valid", has_bias=False)
+    conv.weight.set_data(patch.weight.value())
+    x = ms.Tensor(rng.standard_normal((2, c_in, size, size)).astype(np.float32))
+    probe = ms.Tensor(rng.standard_normal((2, c_out, size // k, size // k)).astype(np.float32))
+    got, want = _values_and_grads(patch, x, probe), _values_and_grads(conv, x, probe)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+    np.testing.assert_allclose(got[1][0], want[1][0], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got[2], want[2], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("sets", [4, 64])
+def test_partition_fc_set_shuffles_equal_per_set_matmuls_with_gradients(ms_mode, sets):
+    """fc3 with S > 1 moves the sets to the front by Split + Concat (S <= 32) or Transpose (larger S, and for
+    ONNX export): both against a NumPy loop of one matmul per set, values and gradients."""
+    from mindcv_ext.models.repmlp import PartitionFC
+
+    h = w = 3
+    rng = np.random.default_rng(sets)
+    for split in (True, False):
+        fc = PartitionFC(sets, h, w)
+        fc.split_sets = split
+        x_np = rng.standard_normal((5, sets, h, w)).astype(np.float32)
+        probe_np = rng.standard_normal((5, sets, h, w)).astype(np.float32)
+        out, (dw,), dx = _values_and_grads(fc, ms.Tensor(x_np), ms.Tensor(probe_np))
+        wm = fc.weight.asnumpy().reshape(sets, h * w, h * w).astype(np.float64)
+        xr, pr = x_np.reshape(5, sets, h * w).astype(np.float64), probe_np.reshape(5, sets, h * w)
+        want = sum((xr[:, s] @ wm[s].T * pr[:, s]).sum() for s in range(sets))
+        want_dw = np.stack([pr[:, s].T @ xr[:, s] for s in range(sets)]).reshape(fc.weight.shape)
+        want_dx = np.stack([pr[:, s] @ wm[s] for s in range(sets)], axis=1).reshape(x_np.shape)
+        np.testing.assert_allclose(out, want, rtol=1e-5)
+        np.testing.assert_allclose(dw, want_dw, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(dx, want_dx, rtol=1e-4, atol=1e-5)

@@ -71,8 +71,16 @@ class PatchConv(nn.Cell):
     as one GEMM over the unfolded patches. Keeps Conv2d's weight layout (out, in, k, k).
 
     Why: MindSpore's CPU Conv2d ran the 4x4/4 stem and the 2x2/2 downsamplings at batch 8 in 0.6-1.0 s each (most
-    of a t224 forward); this takes a few ms. One GEMM with the patches as rows, rather than a matmul broadcasting
-    the weight over the batch, avoids materializing a per-sample copy of the weight.
+    of a t224 forward); this takes a few ms. Two layouts, picked by which holds less memory on MindSpore's CPU
+    backend, whose Transpose keeps a buffer about the size of its tensor for the life of the compiled graph (see
+    PartitionFC.apply):
+    - patches as columns per image (Im2Col, `ops.unfold`), times the weight broadcast over the batch: the result
+      is NCHW already, no Transpose. Used while the weight is at most two images' worth of patch values
+      (out_channels <= 2 * output pixels: the stem and the first two downsamplings of every variant).
+    - otherwise (the last downsampling, whose weight is large): one GEMM with the patches as rows, between two
+      Transposes; broadcasting that weight over the batch would cost more than the Transposes hold.
+    Measured at batch 8, forward and backward: as fast or faster, 15-35 MiB less each where Im2Col is used.
+    export.py turns Im2Col off for ONNX (MindSpore 2.10's exporter cannot write it).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int):
@@ -83,15 +91,19 @@ class PatchConv(nn.Cell):
                                             (out_channels, in_channels, kernel_size, kernel_size), ms.float32),
                                 name="weight")
         self.matmul = ops.MatMul(transpose_b=True)
+        self.bmm = ops.BatchMatMul()
+        self.im2col = True
 
     def construct(self, x):
         n, c, h, w = x.shape
-        k = self.k
+        k, o = self.k, self.out_channels
         ho, wo = h // k, w // k
-        # Rows: one patch each, channel-major like the (out, in, k, k) weight.
+        weight = self.weight.reshape(o, c * k * k)  # channel-major patches, like the (out, in, k, k) weight
+        if self.im2col and o <= 2 * ho * wo:
+            cols = ops.unfold(x, k, stride=k)  # (n, c*k*k, ho*wo), channel-major
+            return self.bmm(ops.broadcast_to(weight, (n, o, c * k * k)), cols).reshape(n, o, ho, wo)
         rows = x.reshape(n, c, ho, k, wo, k).transpose(0, 2, 4, 1, 3, 5).reshape(n * ho * wo, c * k * k)
-        y = self.matmul(rows, self.weight.reshape(self.out_channels, -1))
-        return y.reshape(n, ho, wo, self.out_channels).transpose(0, 3, 1, 2)
+        return self.matmul(rows, weight).reshape(n, ho, wo, o).transpose(0, 3, 1, 2)
 
 
 class ConvBN(nn.Cell):
@@ -138,18 +150,19 @@ def fuse_bn(kernel: Tensor, bn: nn.BatchNorm2d) -> Tuple[Tensor, Tensor]:
     return kernel * t.reshape((-1,) + (1,) * (kernel.ndim - 1)), bias
 
 
-def conv_basis(h: int, w: int, k: int) -> np.ndarray:
-    """(k*k, (h*w)**2) 0/1 array: tap t = (a, b) of a zero-padded k x k conv over an h x w image, written as the
-    flattened (h*w out, h*w in) matrix that picks input pixel (y + a - k//2, x + b - k//2) for output pixel (y, x)."""
+def conv_tap_index(h: int, w: int, k: int) -> np.ndarray:
+    """(h*w out, h*w in) int32: which tap a*k + b of a zero-padded k x k conv over an h x w image connects output
+    pixel (y, x) to input pixel (y + a - k//2, x + b - k//2); k*k where no tap does. Gathering a kernel padded
+    with one zero through it gives the conv's (h*w, h*w) FC matrix, exactly (each entry is one tap or 0)."""
     r = k // 2
-    basis = np.zeros((k * k, h * w, h * w), np.float32)
+    index = np.full((h * w, h * w), k * k, np.int32)
     ys, xs = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
     for a in range(k):
         for b in range(k):
             iy, ix = ys + a - r, xs + b - r
             inside = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
-            basis[a * k + b, (ys * w + xs)[inside], (iy * w + ix)[inside]] = 1.0
-    return basis.reshape(k * k, -1)
+            index[(ys * w + xs)[inside], (iy * w + ix)[inside]] = a * k + b
+    return index
 
 
 class PartitionFC(nn.Cell):
@@ -166,23 +179,45 @@ class PartitionFC(nn.Cell):
         self.bias = Parameter(initializer("zeros", (sharesets * hw,), ms.float32), name="bias") if has_bias else None
         self.matmul = ops.MatMul(transpose_b=True)
         self.bmm = ops.BatchMatMul(transpose_b=True)
+        self.split_sets = sharesets <= 32  # how apply() moves the sets; export.py turns it off for ONNX
+        # The weight in matmul shape. A Reshape is a copy on MindSpore's CPU backend (a view on Ascend and GPU),
+        # and autodiff keeps that copy from the forward to the backward: 78 MB for t224's two stage-0 fc3s.
+        # Marked for recomputation, the backward makes its own copy when it needs one. Same values.
+        self.as_matrix = ops.Reshape().recompute()
+
+    def matrix(self):
+        """The weight as S (h*w, h*w) matrices (one matrix if S == 1)."""
+        hw = self.h * self.w
+        return self.as_matrix(self.weight, (hw, hw) if self.s == 1 else (self.s, hw, hw))
 
     def construct(self, x):
         m = x.shape[0]
         hw = self.h * self.w
         if self.s == 1:
-            y = self.matmul(x.reshape(m, hw), self.weight.reshape(hw, hw))
+            y = self.matmul(x.reshape(m, hw), self.matrix())
         else:
-            y = self.apply(x, self.weight.reshape(self.s, hw, hw))
+            y = self.apply(x, self.matrix())
         if self.bias is not None:
             # BiasAdd, not a broadcasting Add (see _scale for why).
             y = ops.bias_add(y.reshape(m, self.s * hw), self.bias)
         return y.reshape(m, self.s, self.h, self.w)
 
     def apply(self, x, weight):
-        """x (M, S, h, w), weight (S, n, h*w) with S > 1 -> (M, S, n): set s's rows times weight[s] transposed."""
-        rows = x.reshape(x.shape[0], self.s, self.h * self.w).transpose(1, 0, 2)  # (S, M, hw): a GEMM per set
-        return self.bmm(rows, weight).transpose(1, 0, 2)
+        """x (M, S, h, w), weight (S, n, h*w) with S > 1 -> (M, S, n): set s's rows times weight[s] transposed.
+
+        The sets go to the front and back again with Split + Concat rather than Transpose while S <= 32: MindSpore's
+        CPU Transpose keeps a buffer about the size of its tensor for the life of the compiled graph (forward and
+        backward: ~50 MiB per image of a t224 training step, all Transposes together), Split and Concat do not,
+        and they were as fast or faster (measured at S = 4, 16, 32, forward and backward). At S = 128 (the last
+        stage, small tensors) the S-way split was slower and no leaner. Both are plain copies on Ascend.
+        MindSpore 2.10's ONNX exporter cannot write a multi-output Split, so export.py uses the Transposes."""
+        m, hw = x.shape[0], self.h * self.w
+        rows = x.reshape(m, self.s, hw)
+        if not self.split_sets:
+            return self.bmm(rows.transpose(1, 0, 2), weight).transpose(1, 0, 2)
+        rows = ops.concat(ops.split(rows, 1, axis=1), axis=0).reshape(self.s, m, hw)  # (S, M, hw): a GEMM per set
+        y = self.bmm(rows, weight)  # (S, M, n)
+        return ops.concat(ops.split(y, 1, axis=0), axis=2).reshape(m, self.s, -1)
 
     def add_bias(self, value: Tensor):
         """Give a bias-free fc3 its deploy-form bias, named after the weight so checkpoint names stay right."""
@@ -200,6 +235,17 @@ def _scale(x, gate):
     return x * ops.broadcast_to(gate, x.shape)
 
 
+def spatial_mean(x):
+    """(N, C, H, W) -> (N, C, 1, 1) mean, as a matmul with a ones vector.
+
+    Why: MindSpore's CPU ReduceMean took ~3 ms on a (8, 64, 56, 56) tensor and its backward (a Tile) more; the
+    matmul takes a fraction of that both ways (t224 step: ~50 ms of ReduceMean and Tile). The sum of ones is exact
+    in any dtype; the 1/(H*W) is a Python float, so fp16 under AMP is not scaled by a rounded constant."""
+    n, c, h, w = x.shape
+    total = ops.matmul(x.reshape(n * c, h * w), ops.ones((h * w, 1), x.dtype))
+    return (total * (1.0 / (h * w))).reshape(n, c, 1, 1)
+
+
 class GlobalPerceptron(nn.Cell):
     """Channel attention from the globally pooled input (squeeze-excitation with sigmoid)."""
 
@@ -211,8 +257,7 @@ class GlobalPerceptron(nn.Cell):
         self.sigmoid = nn.Sigmoid()
 
     def construct(self, x):
-        x = ops.mean(x, (2, 3), keep_dims=True)
-        return self.sigmoid(self.fc2(self.relu(self.fc1(x))))
+        return self.sigmoid(self.fc2(self.relu(self.fc1(spatial_mean(x)))))
 
 
 class RepMLPBlock(nn.Cell):
@@ -236,15 +281,18 @@ class RepMLPBlock(nn.Cell):
         # Attribute names, not a CellList: the checkpoint names are repmlp_block.repconv{k}.*
         self.branch_names = tuple(f"repconv{k}" for k in self.reparam_conv_k)
         # Grouped k x k convs (S > 1) run at ~0.5 GFLOP/s on MindSpore's CPU kernels and are weak on Ascend's cube
-        # units too. Such a branch is computed instead inside fc3's batched matmul, with its (h*w, h*w) matrix built
-        # each step from the kernel through a constant 0/1 basis: the same function and gradients, exactly.
-        # (branch, basis attribute) pairs; the other branches run as convs.
+        # units too. Such a branch is computed instead inside fc3's batched matmul, with its (h*w, h*w) matrix
+        # gathered each step from the kernel through a constant tap index: the same function and gradients,
+        # exactly. (An index, not a (k*k, (h*w)**2) 0/1 basis to multiply: t224's bases were 53 MB of constants,
+        # its indexes are 6 MB.) (branch, index attribute) pairs; the other branches run as convs.
         self.matmul_branches = ()
         if not deploy and sharesets > 1:
             for k in self.reparam_conv_k:
                 if k > 1:
-                    setattr(self, f"basis{k}", Tensor(conv_basis(h, w, k)))
-                    self.matmul_branches += ((f"repconv{k}", f"basis{k}"),)
+                    setattr(self, f"taps{k}", Tensor(conv_tap_index(h, w, k)))
+                    self.matmul_branches += ((f"repconv{k}", f"taps{k}"),)
+        # Like fc3's weight reshape: recomputed in the backward rather than kept (t224: ~75 MB of matrices).
+        self.gather_taps, self.stack_mats = ops.Gather().recompute(), ops.Concat(axis=1).recompute()
         in_matmul = [branch for branch, _ in self.matmul_branches]
         self.conv_branches = () if deploy else tuple(n for n in self.branch_names if n not in in_matmul)
 
@@ -275,11 +323,12 @@ class RepMLPBlock(nn.Cell):
 
     def _fc3_and_matmul_branches(self, rows):
         m, hw = rows.shape[0], self.h * self.w
-        mats = (self.fc3.weight.reshape(self.s, hw, hw),)
-        for name, basis in self.matmul_branches:
-            taps = getattr(self, name).conv.weight.reshape(self.s, -1)  # (S, k*k)
-            mats = mats + (ops.matmul(taps, getattr(self, basis)).reshape(self.s, hw, hw),)
-        y = self.fc3.apply(rows, ops.concat(mats, axis=1))  # (M, S, (1 + branches) * hw)
+        mats = (self.fc3.matrix(),)
+        for name, index in self.matmul_branches:
+            kernel = getattr(self, name).conv.weight.reshape(self.s, -1)  # (S, k*k)
+            kernel = ops.concat((kernel, ops.zeros((self.s, 1), kernel.dtype)), axis=1)  # index k*k: no tap
+            mats = mats + (self.gather_taps(kernel, getattr(self, index), 1),)  # (S, hw, hw)
+        y = self.fc3.apply(rows, self.stack_mats(mats))  # (M, S, (1 + branches) * hw)
         out = self.fc3_bn(y[:, :, :hw].reshape(m, self.s, self.h, self.w))
         for i, (name, _) in enumerate(self.matmul_branches):
             part = y[:, :, (i + 1) * hw:(i + 2) * hw].reshape(m, self.s, self.h, self.w)
@@ -319,8 +368,8 @@ class RepMLPBlock(nn.Cell):
         del self.fc3_bn
         for name in self.branch_names:
             delattr(self, name)
-        for _, basis in self.matmul_branches:
-            delattr(self, basis)
+        for _, index in self.matmul_branches:
+            delattr(self, index)
         self.matmul_branches, self.conv_branches = (), ()
         self.deploy = True
 
@@ -487,8 +536,8 @@ class RepMLPNet(nn.Cell):
         return self.forward_stages(x)[-1]
 
     def forward_head(self, x):
-        x = ops.mean(self.head_norm(x), (2, 3))
-        return self.head(self.dropout(x))
+        x = spatial_mean(self.head_norm(x))
+        return self.head(self.dropout(x.reshape(x.shape[0], -1)))
 
     def construct(self, x):
         feats = self.forward_stages(x)
