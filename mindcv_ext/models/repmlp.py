@@ -180,9 +180,10 @@ class PartitionFC(nn.Cell):
         self.matmul = ops.MatMul(transpose_b=True)
         self.bmm = ops.BatchMatMul(transpose_b=True)
         self.split_sets = sharesets <= 32  # how apply() moves the sets; export.py turns it off for ONNX
-        # The weight in matmul shape. A Reshape is a copy on MindSpore's CPU backend (a view on Ascend and GPU),
-        # and autodiff keeps that copy from the forward to the backward: 78 MB for t224's two stage-0 fc3s.
-        # Marked for recomputation, the backward makes its own copy when it needs one. Same values.
+        # The weight in matmul shape. A Reshape is a copy on MindSpore's CPU backend (Ascend and GPU graphs elide
+        # it as a no-op node; not measured here), and autodiff keeps that copy from the forward to the backward:
+        # 78 MB for t224's two stage-0 fc3s. Marked for recomputation, the backward makes its own copy when it
+        # needs one. Same values.
         self.as_matrix = ops.Reshape().recompute()
 
     def matrix(self):
