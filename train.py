@@ -66,7 +66,7 @@ def main(argv=None) -> int:
                                 agree=_agree_across_ranks if group_size > 1 else None)
     _refuse_a_finished_run(resuming, latest_path, cfg)
     log = setup_logging(cfg.ckpt_save_dir, rank, group_size)
-    for note in cfg.notes + cfg.machine_notes:
+    for note in cfg.notes:
         log.warning(note)
 
     # ---- data ---------------------------------------------------------------------------------------------------

@@ -61,7 +61,7 @@ def run(cfg) -> dict:
 def main(argv=None) -> int:
     try:
         cfg = load_eval_config(argv, prog="validate.py")
-        for note in cfg.notes + cfg.machine_notes:
+        for note in cfg.notes:
             print(f"note: {note}", file=sys.stderr)
         result = run(cfg)
     except ConfigError as e:  # the command or recipe is wrong

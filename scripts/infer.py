@@ -321,7 +321,7 @@ def run(cfg, prepared) -> int:
 def main(argv=None) -> int:
     try:  # everything before the first image: a problem here is the command's, the weights' or the files'
         cfg = load_eval_config(argv, prog=PROG, extra=INFER_KEYS)
-        for note in cfg.notes + cfg.machine_notes:
+        for note in cfg.notes:
             _err(f"note: {note}")
         prepared = prepare(cfg)
     except (ConfigError, CheckpointError, OSError, ValueError) as e:

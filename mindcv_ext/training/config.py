@@ -411,8 +411,9 @@ def validate(cfg: SimpleNamespace) -> SimpleNamespace:
         _at_least(cfg, key, low)
     if cfg.lr <= 0 or cfg.min_lr < 0 or cfg.min_lr > cfg.lr:
         raise ConfigError(f"Need 0 <= min_lr <= lr and lr > 0; got lr={cfg.lr}, min_lr={cfg.min_lr}.")
-    cfg.notes = _schedule_notes(cfg)  # a shortened run of a recipe (e.g. a smoke test) runs, as in mindcv
-    cfg.machine_notes = _fit_workers(cfg)  # and so does a recipe on a smaller machine
+    # A shortened run of a recipe (e.g. a smoke test) runs, as in mindcv, and so does a recipe on a smaller
+    # machine; cfg.notes says what was adjusted.
+    cfg.notes = _schedule_notes(cfg) + _fit_workers(cfg)
     if cfg.num_classes is not None and cfg.num_classes < 2:
         raise ConfigError(f"num_classes must be >= 2 (or None to count the class folders); got {cfg.num_classes}.")
     for key in ("label_smoothing", "drop_rate", "drop_path_rate"):
@@ -525,7 +526,7 @@ def load_eval_config(argv: Optional[Sequence[str]] = None, prog: str = "validate
         cfg.jit_level = ""  # a training recipe's Ascend-only compile level: evaluating elsewhere ignores it
     for key, low in (("batch_size", 1), ("num_parallel_workers", 1), ("log_interval", 0), ("in_channels", 1)):
         _at_least(cfg, key, low)
-    cfg.notes, cfg.machine_notes = [], _fit_workers(cfg)
+    cfg.notes = _fit_workers(cfg)
     if cfg.image_resize is not None and cfg.image_resize < 1:
         raise ConfigError(f"image_resize must be positive; got {cfg.image_resize}.")
     if cfg.num_classes is not None and cfg.num_classes < 1:
