@@ -150,6 +150,16 @@ class _NetWithLoss:
         return NetWithLoss(net)
 
 
+def train_optimizer(cfg, net):
+    """The AdamW a training step of this configuration uses: mindcv's own for the mindcv baseline (its whole stack),
+    train.py's for `opt: adamw` otherwise (mindcv's math on the fused kernel)."""
+    if cfg["impl"] == "mindcv":
+        from mindcv.optim import create_optimizer
+        return create_optimizer(net.trainable_params(), opt="adamw", lr=1e-3, weight_decay=0.05)
+    from mindcv_ext.training.adamw import create_adamw
+    return create_adamw(net, lr=1e-3, weight_decay=0.05, weight_decay_filter="disable")
+
+
 def run_mindspore(cfg):
     ms = ms_setup(cfg)
     from mindspore import nn
@@ -170,12 +180,7 @@ def run_mindspore(cfg):
         fn = lambda: net(x).asnumpy()  # noqa: E731  (.asnumpy() waits for the device)
     else:
         y = ms.Tensor(rng.integers(0, NUM_CLASSES, cfg["batch_size"]).astype(np.int32))
-        if cfg["impl"] == "mindcv":  # mindcv's own stack, optimizer included
-            from mindcv.optim import create_optimizer
-            opt = create_optimizer(net.trainable_params(), opt="adamw", lr=1e-3, weight_decay=0.05)
-        else:  # what train.py uses for opt: adamw (mindcv's math on the fused kernel)
-            from mindcv_ext.training.adamw import create_adamw
-            opt = create_adamw(net, lr=1e-3, weight_decay=0.05, weight_decay_filter="disable")
+        opt = train_optimizer(cfg, net)
         with_loss = _NetWithLoss.make(net)
         if cfg["dtype"] == "fp16":
             step = nn.TrainOneStepWithLossScaleCell(with_loss, opt, scale_sense=ms.Tensor(1024.0, ms.float32))

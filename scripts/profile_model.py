@@ -45,7 +45,7 @@ def build_step(args):
     import mindspore as ms
     from mindspore import nn
 
-    from _bench_worker import NUM_CLASSES, _NetWithLoss, ms_build, ms_setup
+    from _bench_worker import NUM_CLASSES, _NetWithLoss, ms_build, ms_setup, train_optimizer
 
     cfg = dict(impl=args.impl, model=args.model, form="train" if args.task == "train_step" else args.form,
                device_target="CPU", threads=args.threads)
@@ -59,10 +59,8 @@ def build_step(args):
         net.set_train(False)
         fn = lambda: net(x).asnumpy()  # noqa: E731
     else:
-        from mindcv_ext.training.adamw import create_adamw  # train.py's optimizer for opt: adamw
         y = ms.Tensor(rng.integers(0, NUM_CLASSES, args.batch_size).astype(np.int32))
-        step = nn.TrainOneStepCell(_NetWithLoss.make(net),
-                                   create_adamw(net, lr=1e-3, weight_decay=0.05, weight_decay_filter="disable"))
+        step = nn.TrainOneStepCell(_NetWithLoss.make(net), train_optimizer(cfg, net))
         step.set_train(True)
         fn = lambda: step(x, y).asnumpy()  # noqa: E731
     for _ in range(3):  # compile + warm-up
