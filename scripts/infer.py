@@ -329,6 +329,9 @@ def main(argv=None) -> int:
         return 2
     try:
         return run(cfg, prepared)
+    except BrokenPipeError:  # the reader stopped early (`infer.py ... | head`): no error line, as other tools
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
+        return 1  # the run did not finish (an --output file stops where stdout did)
     except OSError as e:  # e.g. the disk filled up under --output
         _err(f"{PROG}: error: {e}")
         return 1

@@ -276,6 +276,15 @@ def test_command_line_with_the_recipe(setup, tmp_path):
         "images."], bad_err
     assert "64x64, crop_pct 0.875, bilinear" in good_err and "17 image(s) predicted, 2 skipped" in good_err
     graph = _rows(out)
+    # A reader that stops after the first line (`| head -1`): no error line, no traceback, a non-zero exit.
+    proc = subprocess.Popen([sys.executable, script, "-c", DEMO_RECIPE, "--ckpt_path", ckpt, "--image_path",
+                             setup["images"], "--num_parallel_workers", "1", "--batch_size", "1"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=300) == 1 and first.endswith("\n"), err[-3000:]
+    assert "error" not in err.lower() and "Traceback" not in err, err[-3000:]
     _main("--ckpt_path", ckpt, "--image_path", setup["images"], "--output", tmp_path / "pynative.jsonl")
     pynative = _rows(tmp_path / "pynative.jsonl")
     assert len(graph) == 17
