@@ -237,21 +237,24 @@ def _values_and_grads(cell, x, probe):
 
 @pytest.mark.parametrize("c_in, c_out, k, size", [(3, 16, 4, 32), (8, 8, 2, 8), (8, 40, 2, 8)])
 def test_patch_conv_layouts_equal_a_strided_conv_with_gradients(ms_mode, c_in, c_out, k, size):
-    """Both memory-saving layouts of the stride == kernel convs (Im2Col columns while out_channels <= 2 * output
-    pixels, Transposed rows otherwise; the three cases cover both and the boundary) against MindSpore's own
-    strided Conv2d: outputs, weight and input gradients."""
+    """Both layouts of the stride == kernel convs (on CPU: Im2Col columns while out_channels <= 2 * output pixels,
+    Transposed rows otherwise, the three cases cover both and the boundary; with im2col off, as on Ascend, GPU and
+    for ONNX: Transposed rows always) against MindSpore's own strided Conv2d: outputs, weight and input gradients."""
     from mindcv_ext.models.repmlp import PatchConv
 
     rng = np.random.default_rng(k + c_out)
-    patch = PatchConv(c_in, c_out, k)
     conv = ms.nn.Conv2d(c_in, c_out, k, stride=k, pad_mode="valid", has_bias=False)
-    conv.weight.set_data(patch.weight.value())
     x = ms.Tensor(rng.standard_normal((2, c_in, size, size)).astype(np.float32))
     probe = ms.Tensor(rng.standard_normal((2, c_out, size // k, size // k)).astype(np.float32))
-    got, want = _values_and_grads(patch, x, probe), _values_and_grads(conv, x, probe)
-    np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
-    np.testing.assert_allclose(got[1][0], want[1][0], rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(got[2], want[2], rtol=1e-4, atol=1e-5)
+    for im2col in (True, False):
+        patch = PatchConv(c_in, c_out, k)
+        assert patch.im2col  # the CPU backend's choice
+        patch.im2col = im2col
+        conv.weight.set_data(patch.weight.value())
+        got, want = _values_and_grads(patch, x, probe), _values_and_grads(conv, x, probe)
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+        np.testing.assert_allclose(got[1][0], want[1][0], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(got[2], want[2], rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("sets", [4, 64])

@@ -80,7 +80,7 @@ class PatchConv(nn.Cell):
     - otherwise (the last downsampling, whose weight is large): one GEMM with the patches as rows, between two
       Transposes; broadcasting that weight over the batch would cost more than the Transposes hold.
     Measured at batch 8, forward and backward: as fast or faster, 15-35 MiB less each where Im2Col is used.
-    export.py turns Im2Col off for ONNX (MindSpore 2.10's exporter cannot write it).
+    export.py turns Im2Col off for ONNX (MindSpore 2.10's exporter cannot write it); other backends never use it.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int):
@@ -92,7 +92,10 @@ class PatchConv(nn.Cell):
                                 name="weight")
         self.matmul = ops.MatMul(transpose_b=True)
         self.bmm = ops.BatchMatMul()
-        self.im2col = True
+        # Im2Col only on the CPU backend, whose Transpose it works around. On Ascend, MindSpore runs Im2Col (and its
+        # Col2Im backward) as AI CPU kernels (mindspore/ops/_op_impl/aicpu/im2col.py), while Transpose + one GEMM
+        # stay on the AI Cores; on GPU Transpose holds nothing either. export.py also turns it off for ONNX.
+        self.im2col = ms.get_context("device_target") == "CPU"
 
     def construct(self, x):
         n, c, h, w = x.shape
