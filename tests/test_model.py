@@ -175,9 +175,10 @@ def test_archs_table_matches_spec():
     assert sorted(mindcv.list_models("repmlp_*")) == sorted(PARAM_COUNTS)
 
 
-def test_conv_branches_in_fc3_matmul_equal_grouped_convs_in_training():
-    """For S > 1 the 3x3 branch runs inside fc3's batched matmul. In training mode (BN on batch statistics), the
-    outputs and every parameter gradient must equal the plain formulation with MindSpore's grouped Conv2d."""
+def test_conv_branches_in_fc3_matmul_equal_grouped_convs_in_training(ms_mode):
+    """For S > 1 the 3x3 branch runs inside fc3's batched matmul, its matrix gathered by TapMatrix (own backward).
+    In training mode (BN on batch statistics), the outputs and every parameter gradient must equal the plain
+    formulation with MindSpore's grouped Conv2d."""
     s, h, w = 4, 5, 3
     block = randomize(mindcv_ext.RepMLPBlock(8, h, w, sharesets=s), seed=4)
     assert block.matmul_branches == (("repconv3", "taps3"),)
@@ -193,8 +194,14 @@ def test_conv_branches_in_fc3_matmul_equal_grouped_convs_in_training():
         out = out.reshape(n, 2, 1, 8, h, w).transpose(0, 3, 1, 4, 2, 5).reshape(n, 8, 2 * h, w)
         return out * block.gp(v)
 
-    got, got_grads = ms.value_and_grad(lambda v: (block(v) * probe).sum(), None, weights)(x)
-    want, want_grads = ms.value_and_grad(lambda v: (via_grouped_convs(v) * probe).sum(), None, weights)(x)
+    def ours(v):
+        return (block(v) * probe).sum()
+
+    def plain(v):
+        return (via_grouped_convs(v) * probe).sum()
+
+    got, got_grads = ms.value_and_grad(ours, None, weights)(x)
+    want, want_grads = ms.value_and_grad(plain, None, weights)(x)
     np.testing.assert_allclose(got.asnumpy(), want.asnumpy(), rtol=1e-5)
     for p, g, r in zip(weights, got_grads, want_grads):
         np.testing.assert_allclose(g.asnumpy(), r.asnumpy(), rtol=1e-4, atol=1e-5, err_msg=p.name)

@@ -168,6 +168,43 @@ def conv_tap_index(h: int, w: int, k: int) -> np.ndarray:
     return index
 
 
+class TapMatrix(nn.Cell):
+    """(S, k, k) kernels of S one-channel k x k convs (zero padding) -> their (S, h*w, h*w) FC matrices, gathered
+    through conv_tap_index: exact, each entry is one tap or 0.
+
+    Own backward: d kernel[s, t] sums d matrix[s] over the positions of tap t, read through a (k*k, h*w) position
+    table (each tap sits at most once per output pixel) with a 0/1 mask for the padding. Autodiff of a Gather along
+    axis 1 transposes the (S, h*w, h*w) gradient to (h*w, h*w, S) for its UnsortedSegmentSum, and MindSpore's CPU
+    Transpose keeps a buffer of that size for the life of the graph. Measured, training step at batch 8: l256
+    6968 -> 6593 MiB peak (~20 MiB per stage-2 block), t224 2435 -> 2375, same speed. Same gradient (the sums run
+    in another order); on Ascend a small Gather and a sum instead of a Transpose and an UnsortedSegmentSum."""
+
+    def __init__(self, h: int, w: int, k: int):
+        super().__init__()
+        index = conv_tap_index(h, w, k)
+        flat = index.reshape(-1)
+        positions = np.zeros((k * k, h * w), np.int32)
+        mask = np.zeros((k * k, h * w), np.float32)
+        for tap in range(k * k):
+            where = np.flatnonzero(flat == tap)
+            positions[tap, :where.size], mask[tap, :where.size] = where, 1.0
+        self.index, self.positions, self.mask = Tensor(index), Tensor(positions), Tensor(mask)
+        # Recomputed in the backward (fc3's batched matmul needs the matrix there) rather than kept.
+        self.gather = ops.Gather().recompute()
+
+    def construct(self, kernel):
+        s = kernel.shape[0]
+        kernel = kernel.reshape(s, -1)
+        kernel = ops.concat((kernel, ops.zeros((s, 1), kernel.dtype)), axis=1)  # index k*k: no tap
+        return self.gather(kernel, self.index, 1)
+
+    def bprop(self, kernel, out, dout):
+        s = dout.shape[0]
+        picked = ops.gather(dout.reshape(s, -1), self.positions, 1)  # (S, k*k, h*w)
+        mask = ops.broadcast_to(self.mask.astype(dout.dtype), picked.shape)
+        return ((picked * mask).sum(axis=2).reshape(kernel.shape),)
+
+
 class PartitionFC(nn.Cell):
     """fc3: S independent (h*w -> h*w) FCs over rows of shape (S, h, w), as one matmul (S == 1) or a batched
     matmul over S. Keeps the grouped-1x1-conv weight shape (S*h*w, h*w, 1, 1) of the released checkpoints."""
@@ -286,17 +323,17 @@ class RepMLPBlock(nn.Cell):
         self.branch_names = tuple(f"repconv{k}" for k in self.reparam_conv_k)
         # Grouped k x k convs (S > 1) run at ~0.5 GFLOP/s on MindSpore's CPU kernels and are weak on Ascend's cube
         # units too. Such a branch is computed instead inside fc3's batched matmul, with its (h*w, h*w) matrix
-        # gathered each step from the kernel through a constant tap index: the same function and gradients,
-        # exactly. (An index, not a (k*k, (h*w)**2) 0/1 basis to multiply: t224's bases were 53 MB of constants,
-        # its indexes are 6 MB.) (branch, index attribute) pairs; the other branches run as convs.
+        # gathered each step from the kernel through a constant tap index (TapMatrix): the same function and
+        # gradients, exactly. (An index, not a (k*k, (h*w)**2) 0/1 basis to multiply: t224's bases were 53 MB of
+        # constants, its indexes are 6 MB.) (branch, TapMatrix attribute) pairs; the other branches run as convs.
         self.matmul_branches = ()
         if not deploy and sharesets > 1:
             for k in self.reparam_conv_k:
                 if k > 1:
-                    setattr(self, f"taps{k}", Tensor(conv_tap_index(h, w, k)))
+                    setattr(self, f"taps{k}", TapMatrix(h, w, k))
                     self.matmul_branches += ((f"repconv{k}", f"taps{k}"),)
-        # Like fc3's weight reshape: recomputed in the backward rather than kept (t224: ~75 MB of matrices).
-        self.gather_taps, self.stack_mats = ops.Gather().recompute(), ops.Concat(axis=1).recompute()
+        # Like fc3's weight reshape and the branch matrices: recomputed in the backward rather than kept.
+        self.stack_mats = ops.Concat(axis=1).recompute()
         in_matmul = [branch for branch, _ in self.matmul_branches]
         self.conv_branches = () if deploy else tuple(n for n in self.branch_names if n not in in_matmul)
 
@@ -328,10 +365,8 @@ class RepMLPBlock(nn.Cell):
     def _fc3_and_matmul_branches(self, rows):
         m, hw = rows.shape[0], self.h * self.w
         mats = (self.fc3.matrix(),)
-        for name, index in self.matmul_branches:
-            kernel = getattr(self, name).conv.weight.reshape(self.s, -1)  # (S, k*k)
-            kernel = ops.concat((kernel, ops.zeros((self.s, 1), kernel.dtype)), axis=1)  # index k*k: no tap
-            mats = mats + (self.gather_taps(kernel, getattr(self, index), 1),)  # (S, hw, hw)
+        for name, taps in self.matmul_branches:
+            mats = mats + (getattr(self, taps)(getattr(self, name).conv.weight),)  # (S, hw, hw)
         y = self.fc3.apply(rows, self.stack_mats(mats))  # (M, S, (1 + branches) * hw)
         out = self.fc3_bn(y[:, :, :hw].reshape(m, self.s, self.h, self.w))
         for i, (name, _) in enumerate(self.matmul_branches):
@@ -372,8 +407,8 @@ class RepMLPBlock(nn.Cell):
         del self.fc3_bn
         for name in self.branch_names:
             delattr(self, name)
-        for _, index in self.matmul_branches:
-            delattr(self, index)
+        for _, taps in self.matmul_branches:
+            delattr(self, taps)
         self.matmul_branches, self.conv_branches = (), ()
         self.deploy = True
 
