@@ -237,14 +237,15 @@ class PartitionFC(nn.Cell):
         if self.s == 1:
             y = self.matmul(x.reshape(m, hw), self.matrix())
         else:
-            y = self.apply(x, self.matrix())
+            y = self.apply(x, (self.matrix(),))[0]
         if self.bias is not None:
             # BiasAdd, not a broadcasting Add (see _scale for why).
             y = ops.bias_add(y.reshape(m, self.s * hw), self.bias)
         return y.reshape(m, self.s, self.h, self.w)
 
-    def apply(self, x, weight):
-        """x (M, S, h, w), weight (S, n, h*w) with S > 1 -> (M, S, n): set s's rows times weight[s] transposed.
+    def apply(self, x, weights):
+        """x (M, S, h, w), weights a tuple of (S, n, h*w) with S > 1 -> a tuple of (M, S, n): set s's rows times
+        each weight[s] transposed. The rows are moved once for all weights.
 
         The sets go to the front and back again with Split + Concat rather than Transpose while S <= 32: MindSpore's
         CPU Transpose keeps a buffer about the size of its tensor for the life of the compiled graph (forward and
@@ -254,11 +255,17 @@ class PartitionFC(nn.Cell):
         MindSpore 2.10's ONNX exporter cannot write a multi-output Split, so export.py uses the Transposes."""
         m, hw = x.shape[0], self.h * self.w
         rows = x.reshape(m, self.s, hw)
+        outs = ()
         if not self.split_sets:
-            return self.bmm(rows.transpose(1, 0, 2), weight).transpose(1, 0, 2)
+            rows = rows.transpose(1, 0, 2)
+            for weight in weights:
+                outs = outs + (self.bmm(rows, weight).transpose(1, 0, 2),)
+            return outs
         rows = ops.concat(ops.split(rows, 1, axis=1), axis=0).reshape(self.s, m, hw)  # (S, M, hw): a GEMM per set
-        y = self.bmm(rows, weight)  # (S, M, n)
-        return ops.concat(ops.split(y, 1, axis=0), axis=2).reshape(m, self.s, -1)
+        for weight in weights:
+            y = self.bmm(rows, weight)  # (S, M, n)
+            outs = outs + (ops.concat(ops.split(y, 1, axis=0), axis=2).reshape(m, self.s, -1),)
+        return outs
 
     def add_bias(self, value: Tensor):
         """Give a bias-free fc3 its deploy-form bias, named after the weight so checkpoint names stay right."""
@@ -332,8 +339,6 @@ class RepMLPBlock(nn.Cell):
                 if k > 1:
                     setattr(self, f"taps{k}", TapMatrix(h, w, k))
                     self.matmul_branches += ((f"repconv{k}", f"taps{k}"),)
-        # Like fc3's weight reshape and the branch matrices: recomputed in the backward rather than kept.
-        self.stack_mats = ops.Concat(axis=1).recompute()
         in_matmul = [branch for branch, _ in self.matmul_branches]
         self.conv_branches = () if deploy else tuple(n for n in self.branch_names if n not in in_matmul)
 
@@ -363,15 +368,14 @@ class RepMLPBlock(nn.Cell):
         return _scale(out, gate)
 
     def _fc3_and_matmul_branches(self, rows):
-        m, hw = rows.shape[0], self.h * self.w
+        m = rows.shape[0]
         mats = (self.fc3.matrix(),)
         for name, taps in self.matmul_branches:
             mats = mats + (getattr(self, taps)(getattr(self, name).conv.weight),)  # (S, hw, hw)
-        y = self.fc3.apply(rows, self.stack_mats(mats))  # (M, S, (1 + branches) * hw)
-        out = self.fc3_bn(y[:, :, :hw].reshape(m, self.s, self.h, self.w))
+        ys = self.fc3.apply(rows, mats)  # (M, S, hw) each
+        out = self.fc3_bn(ys[0].reshape(m, self.s, self.h, self.w))
         for i, (name, _) in enumerate(self.matmul_branches):
-            part = y[:, :, (i + 1) * hw:(i + 2) * hw].reshape(m, self.s, self.h, self.w)
-            out = out + getattr(self, name).bn(part)
+            out = out + getattr(self, name).bn(ys[i + 1].reshape(m, self.s, self.h, self.w))
         return out
 
     def get_equivalent_fc3(self) -> Tuple[Tensor, Tensor]:
