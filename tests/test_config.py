@@ -1,5 +1,6 @@
 """train.py's configuration: mindcv key names, YAML + command-line precedence, value types, and early errors."""
 import glob
+import logging
 import os
 import subprocess
 import sys
@@ -155,6 +156,24 @@ def test_shortened_runs_of_a_recipe_run_with_a_note_on_the_schedule():
     cfg = load_config(["--config", t224, "--epoch_size", "20", *one_worker])
     assert len(cfg.notes) == 1 and "cosine decay is cut off" in cfg.notes[0]
     assert load_config(["--config", t224, *one_worker]).notes == []
+
+
+def test_mindcv_schedule_warning_is_dropped_only_where_our_note_explains_it(caplog):
+    from mindcv_ext.training.optim import build_lr_schedule
+
+    t224 = os.path.join(ROOT, "configs", "repmlp", "repmlp_t224_ascend.yaml")
+    one_worker = ["--num_parallel_workers", "1"]
+    mindcv_line = "warmup_epochs + decay_epochs > num_epochs"
+    with caplog.at_level("WARNING", logger="mindcv.scheduler.scheduler_factory"):
+        lrs = build_lr_schedule(load_config(["--config", t224, "--epoch_size", "20", *one_worker]), 2)
+    assert len(lrs) == 40 and mindcv_line not in caplog.text  # the note covers it
+    # step_decay's decay_epochs means "epochs per decay": no note of ours, so mindcv's warning stays
+    cfg = load_config(["--config", t224, "--epoch_size", "20", "--scheduler", "step_decay", *one_worker])
+    assert cfg.notes == []
+    with caplog.at_level("WARNING", logger="mindcv.scheduler.scheduler_factory"):
+        build_lr_schedule(cfg, 2)
+    assert mindcv_line in caplog.text
+    assert logging.getLogger("mindcv.scheduler.scheduler_factory").filters == []
 
 
 def test_more_data_workers_than_cores_run_on_the_cores_with_a_note():

@@ -349,7 +349,7 @@ def _fit_workers(cfg) -> List[str]:
             f"using {cores}."]
 
 
-def _schedule_notes(cfg) -> List[str]:
+def schedule_notes(cfg) -> List[str]:
     """What the lr schedule does when a recipe's warmup or decay is longer than the run (mindcv only warns)."""
     notes, e, w, d = [], cfg.epoch_size, cfg.warmup_epochs, cfg.decay_epochs
     if w > e:
@@ -413,7 +413,7 @@ def validate(cfg: SimpleNamespace) -> SimpleNamespace:
         raise ConfigError(f"Need 0 <= min_lr <= lr and lr > 0; got lr={cfg.lr}, min_lr={cfg.min_lr}.")
     # A shortened run of a recipe (e.g. a smoke test) runs, as in mindcv, and so does a recipe on a smaller
     # machine; cfg.notes says what was adjusted.
-    cfg.notes = _schedule_notes(cfg) + _fit_workers(cfg)
+    cfg.notes = schedule_notes(cfg) + _fit_workers(cfg)
     if cfg.num_classes is not None and cfg.num_classes < 2:
         raise ConfigError(f"num_classes must be >= 2 (or None to count the class folders); got {cfg.num_classes}.")
     for key in ("label_smoothing", "drop_rate", "drop_path_rate"):
