@@ -286,3 +286,26 @@ def test_partition_fc_set_shuffles_equal_per_set_matmuls_with_gradients(ms_mode,
         np.testing.assert_allclose(out, want, rtol=1e-5)
         np.testing.assert_allclose(dw, want_dw, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(dx, want_dx, rtol=1e-4, atol=1e-5)
+
+
+def test_amp_o2_gradients_are_fp32_and_finite(ms_mode):
+    """The Ascend recipes train under mindcv's AMP O2 (network in fp16, BN in fp32, Parameters fp32). Every
+    Parameter's gradient must come back fp32 and finite: graph mode passes the dtype a custom backward returns
+    (TapMatrix's) to the Parameter unconverted, which once gave the S > 1 branch kernels fp16 gradients. (fp16 vs
+    fp32 values are not compared: on a randomized net they differ by fp16 rounding through every layer.)"""
+    from mindcv.utils.amp import auto_mixed_precision
+
+    x, labels = images(4, (32, 32), seed=3), ms.Tensor(np.array([0, 1, 2, 3], np.int32))
+    loss_fn = ms.nn.CrossEntropyLoss()
+    net = randomize(RepMLPNet(**SMALL, num_classes=5), seed=5)
+    net.set_train(True)
+    auto_mixed_precision(net, "O2")
+
+    def loss(v, y):
+        return loss_fn(net(v).astype(ms.float32), y)
+
+    params = net.trainable_params()
+    grads = ms.grad(loss, None, params)(x, labels)
+    assert any("stages.1" in p.name and "repconv3" in p.name for p in params)  # an S > 1 TapMatrix branch
+    for p, g in zip(params, grads):
+        assert g.dtype == ms.float32 and np.isfinite(g.asnumpy()).all(), p.name

@@ -199,10 +199,13 @@ class TapMatrix(nn.Cell):
         return self.gather(kernel, self.index, 1)
 
     def bprop(self, kernel, out, dout):
+        # Summed and returned in fp32, the dtype of the kernel Parameter (AMP keeps Parameters fp32). Under AMP
+        # (the cell cast to fp16) graph mode hands the returned dtype to the Parameter's gradient unconverted:
+        # returning kernel.dtype (fp16 there) gave fp32 Parameters fp16 gradients. PyNative casts either way.
         s = dout.shape[0]
-        picked = ops.gather(dout.reshape(s, -1), self.positions, 1)  # (S, k*k, h*w)
-        mask = ops.broadcast_to(self.mask.astype(dout.dtype), picked.shape)
-        return ((picked * mask).sum(axis=2).reshape(kernel.shape),)
+        picked = ops.gather(dout.reshape(s, -1), self.positions, 1).astype(ms.float32)  # (S, k*k, h*w)
+        summed = (picked * ops.broadcast_to(self.mask, picked.shape)).sum(axis=2)
+        return (summed.reshape(kernel.shape),)
 
 
 class PartitionFC(nn.Cell):
