@@ -55,6 +55,21 @@ def test_graph_mode_training_with_ema(data_dir, tmp_path):
     assert "val top-1" in (out / "train.log").read_text()
 
 
+def test_ascend_recipe_precision_amp_o2_with_fixed_loss_scale(data_dir, tmp_path):
+    """The Ascend recipes' precision settings (amp_level O2, fixed loss scale 1024, AdamW), run on CPU: finite
+    losses, validation, and the saved weights fp32 and finite after every step ran."""
+    out = tmp_path / "run"
+    proc = run_train(data_dir, out, "--amp_level", "O2", "--loss_scale", "1024", "--loss_scale_type", "fixed",
+                     "--opt", "adamw", "--epoch_size", "1")
+    assert proc.returncode == 0, explain(proc)
+    assert all(math.isfinite(r["loss"]) for r in metrics(out, "step"))
+    assert 0.0 <= metrics(out, "epoch")[0]["val_top1"] <= 100.0
+    latest = load_np(out / "latest.ckpt")
+    weights = {k: v for k, v in latest.items() if k in model_keys(latest)}
+    assert weights and all(v.dtype == np.float32 and np.isfinite(v).all() for v in weights.values())
+    assert int(latest["global_step"].reshape(-1)[0]) == STEPS_PER_EPOCH
+
+
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path):
     # Epoch 1 trains normally; from epoch 2 the lr is multiplied by 1e35 and the weights blow up.
     out = tmp_path / "run"
