@@ -107,7 +107,11 @@ def main(argv=None):
         with open(args.from_file) as f:
             rows = [json.loads(line) for line in f if line.strip()]
     else:
-        rows = [count(m) for m in args.models.split(",")]
+        models = args.models.split(",")
+        unknown = [m for m in models if m not in VARIANTS]
+        if unknown:
+            p.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+        rows = [count(m) for m in models]
         if args.output:
             with open(args.output, "w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in rows)

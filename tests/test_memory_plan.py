@@ -32,3 +32,9 @@ def test_ascend_recipe_takes_the_planned_batch_and_lr(variant):
     assert int(re.search(r"^batch_size: (\d+)$", text, re.M).group(1)) == expected["recipe_batch"]
     assert float(re.search(r"^lr: ([\d.e-]+)$", text, re.M).group(1)) == pytest.approx(expected["lr"])
     assert f"about {expected['largest_batch_fitting']} images fit" in text
+
+
+def test_unknown_model_is_refused_before_counting(capsys):
+    with pytest.raises(SystemExit) as stop:
+        plan.main(["--models", "repmlp_t225"])
+    assert stop.value.code == 2 and "unknown model(s) repmlp_t225; choose from repmlp_t224" in capsys.readouterr().err
