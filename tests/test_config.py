@@ -11,6 +11,8 @@ from mindcv_ext.training.config import KEYS, ConfigError, load_config, parse_con
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = sorted(glob.glob(os.path.join(ROOT, "configs", "repmlp", "*.yaml")))
+T224 = os.path.join(ROOT, "configs", "repmlp", "repmlp_t224_ascend.yaml")
+ONE_WORKER = ["--num_parallel_workers", "1"]  # the recipe's 8 would add a note on a machine with fewer cores
 
 # A recipe in the style of mindcv's own repmlp_t224_ascend.yaml (older mindcv keys included): floats like 1e-5 that
 # YAML reads as strings, quoted strings, lowercase loss name, filter_bias_and_bn instead of weight_decay_filter.
@@ -148,27 +150,23 @@ def test_bad_values_are_refused_with_the_fix(args, message):
 
 def test_shortened_runs_of_a_recipe_run_with_a_note_on_the_schedule():
     """mindcv's train.py runs its t224 recipe with --epoch_size 1 (a smoke test); so do we, saying what the lr does."""
-    t224 = os.path.join(ROOT, "configs", "repmlp", "repmlp_t224_ascend.yaml")
-    one_worker = ["--num_parallel_workers", "1"]  # the recipe's 8 would add a note on a machine with fewer cores
-    cfg = load_config(["--config", t224, "--epoch_size", "1", *one_worker])
+    cfg = load_config(["--config", T224, "--epoch_size", "1", *ONE_WORKER])
     assert len(cfg.notes) == 1 and "warmup_epochs (10) is longer than the run" in cfg.notes[0]
     assert f"{cfg.lr * 0.1:.3g}" in cfg.notes[0] and "never decays" in cfg.notes[0]
-    cfg = load_config(["--config", t224, "--epoch_size", "20", *one_worker])
+    cfg = load_config(["--config", T224, "--epoch_size", "20", *ONE_WORKER])
     assert len(cfg.notes) == 1 and "cosine decay is cut off" in cfg.notes[0]
-    assert load_config(["--config", t224, *one_worker]).notes == []
+    assert load_config(["--config", T224, *ONE_WORKER]).notes == []
 
 
 def test_mindcv_schedule_warning_is_dropped_only_where_our_note_explains_it(caplog):
     from mindcv_ext.training.optim import build_lr_schedule
 
-    t224 = os.path.join(ROOT, "configs", "repmlp", "repmlp_t224_ascend.yaml")
-    one_worker = ["--num_parallel_workers", "1"]
     mindcv_line = "warmup_epochs + decay_epochs > num_epochs"
     with caplog.at_level("WARNING", logger="mindcv.scheduler.scheduler_factory"):
-        lrs = build_lr_schedule(load_config(["--config", t224, "--epoch_size", "20", *one_worker]), 2)
+        lrs = build_lr_schedule(load_config(["--config", T224, "--epoch_size", "20", *ONE_WORKER]), 2)
     assert len(lrs) == 40 and mindcv_line not in caplog.text  # the note covers it
     # step_decay's decay_epochs means "epochs per decay": no note of ours, so mindcv's warning stays
-    cfg = load_config(["--config", t224, "--epoch_size", "20", "--scheduler", "step_decay", *one_worker])
+    cfg = load_config(["--config", T224, "--epoch_size", "20", "--scheduler", "step_decay", *ONE_WORKER])
     assert cfg.notes == []
     with caplog.at_level("WARNING", logger="mindcv.scheduler.scheduler_factory"):
         build_lr_schedule(cfg, 2)
@@ -181,14 +179,13 @@ def test_more_data_workers_than_cores_run_on_the_cores_with_a_note():
     laptop (train.py, validate.py -c, infer.py -c) uses the cores it has and says so."""
     from mindcv_ext.training.config import load_eval_config
 
-    t224 = os.path.join(ROOT, "configs", "repmlp", "repmlp_t224_ascend.yaml")
     too_many = str((os.cpu_count() or 1) + 5)
-    cfg = load_config(["--config", t224, "--num_parallel_workers", too_many])
+    cfg = load_config(["--config", T224, "--num_parallel_workers", too_many])
     assert cfg.num_parallel_workers == (os.cpu_count() or 1)
     assert len(cfg.notes) == 1 and f"num_parallel_workers {too_many} is more than" in cfg.notes[0]
-    ev = load_eval_config(["-c", t224, "--num_parallel_workers", too_many, "--ckpt_path", t224])
+    ev = load_eval_config(["-c", T224, "--num_parallel_workers", too_many, "--ckpt_path", T224])
     assert ev.num_parallel_workers == (os.cpu_count() or 1) and len(ev.notes) == 1
-    assert load_config(["--config", t224, "--num_parallel_workers", "1"]).notes == []
+    assert load_config(["--config", T224, "--num_parallel_workers", "1"]).notes == []
 
 
 def test_missing_config_file():
@@ -235,7 +232,7 @@ def test_ascend_recipe_on_a_cpu_only_build_is_a_clear_error(tmp_path):
     if "Ascend" in str(getattr(ms, "get_context")("device_target")):
         pytest.skip("an Ascend build: the recipe would run")
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--config",
-                           os.path.join(ROOT, "configs", "repmlp", "repmlp_t224_ascend.yaml"), "--data_dir",
+                           T224, "--data_dir",
                            str(tmp_path), "--ckpt_save_dir", str(tmp_path / "run")], capture_output=True, text=True,
                           timeout=120, cwd=str(tmp_path))
     assert proc.returncode == 2, proc.stderr[-2000:]
