@@ -176,7 +176,7 @@ def test_archs_table_matches_spec():
 
 
 def test_conv_branches_in_fc3_matmul_equal_grouped_convs_in_training(ms_mode):
-    """For S > 1 the 3x3 branch runs inside fc3's batched matmul, its matrix gathered by TapMatrix (own backward).
+    """For S > 1 the 3x3 branch runs as a batched matmul beside fc3's, its matrix gathered by TapMatrix (own backward).
     In training mode (BN on batch statistics), the outputs and every parameter gradient must equal the plain
     formulation with MindSpore's grouped Conv2d."""
     s, h, w = 4, 5, 3

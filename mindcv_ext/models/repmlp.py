@@ -334,8 +334,9 @@ class RepMLPBlock(nn.Cell):
         # Grouped k x k convs (S > 1) run at ~0.5 GFLOP/s on MindSpore's CPU kernels and are weak on Ascend's cube
         # units too. Such a branch is computed instead as a batched matmul beside fc3's, on the same rows, with its
         # (h*w, h*w) matrix gathered each step from the kernel through a constant tap index (TapMatrix): the same
-        # function and gradients, exactly. (An index, not a (k*k, (h*w)**2) 0/1 basis to multiply: t224's bases were 53 MB of
-        # constants, its indexes are 6 MB.) (branch, TapMatrix attribute) pairs; the other branches run as convs.
+        # function and gradients, exactly. (An index, not a (k*k, (h*w)**2) 0/1 basis to multiply: t224's bases
+        # were 53 MB of constants, its indexes are 6 MB.) (branch, TapMatrix attribute) pairs; the other branches
+        # run as convs.
         self.matmul_branches = ()
         if not deploy and sharesets > 1:
             for k in self.reparam_conv_k:
