@@ -25,8 +25,7 @@ import json
 import os
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = ("repmlp_t224", "repmlp_t256", "repmlp_b224", "repmlp_b256", "repmlp_d256", "repmlp_l256")
 CARD_GIB = 32.0          # Ascend 910 (32 GB HBM)
 USABLE_GIB = 30.0        # what MindSpore can allocate of it, roughly (the driver and runtime keep the rest)
@@ -73,7 +72,6 @@ def count(model_name):
     sys.path.insert(0, os.path.join(ROOT, "tests"))
     import torch_repmlp_ref as ref
 
-    torch.manual_seed(0)
     net = ref.build(model_name).train()
     size = ref.VARIANTS[model_name][3]
     one, two = (saved_bytes(net, torch.randn(bs, 3, size, size)) for bs in (1, 2))
