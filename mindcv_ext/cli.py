@@ -1,0 +1,138 @@
+"""How every command-line tool of the project ends: one table of exit codes, and signals that stop a run within
+seconds wherever it is blocked.
+
+Exit codes (README, "Exit codes"):
+    0    done
+    1    failed without a named cause (a traceback: a bug worth reporting), or did not finish (its output pipe closed)
+    2    bad input, found before the work: the command, recipe, data, weights or output place; one "error:" line
+         names it and the fix
+    3    training stopped on a non-finite loss or non-finite weights
+    130  interrupted (Ctrl-C)
+    143  terminated (SIGTERM)
+
+Why a watchdog thread: Python runs signal handlers only in the main thread, between bytecodes. A main thread blocked
+in native code (MindSpore's data iterator waiting on a FIFO, a graph compile) never gets there, so SIGTERM was
+ignored and the run kept its lock. The C-level handler still writes the signal number to the wakeup fd at once; the
+watchdog reads it, gives the main thread `grace` seconds to stop the ordinary way (KeyboardInterrupt / Terminated,
+so the tool prints its own line), and otherwise runs the tool's clean-up, prints one line and exits itself.
+"""
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from typing import Callable, Optional
+
+__all__ = ["OK", "FAILED", "BAD_INPUT", "DIVERGED", "INTERRUPTED", "TERMINATED", "Terminated", "install_signals",
+           "exit_at_once", "signal_line", "run_tool", "quiet_exit"]
+
+OK, FAILED, BAD_INPUT, DIVERGED = 0, 1, 2, 3
+INTERRUPTED, TERMINATED = 128 + signal.SIGINT, 128 + signal.SIGTERM
+
+GRACE_SECONDS = 5.0
+
+
+class Terminated(Exception):
+    """SIGTERM (a scheduler, msrun, kill), raised in the main thread like KeyboardInterrupt is for Ctrl-C."""
+
+
+_state = {"at_once": 0, "on_forced_exit": None, "installed": False}
+
+
+def signal_line(signum: int) -> str:
+    return "interrupted (Ctrl-C)" if signum == signal.SIGINT else "terminated (SIGTERM)"
+
+
+def _python_handler(signum, frame):
+    if _state["at_once"]:
+        return  # inside exit_at_once(): the watchdog ends the process; an exception here would only add noise
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise Terminated()
+
+
+def _force_exit(signum: int) -> None:
+    try:
+        if _state["on_forced_exit"] is not None:
+            _state["on_forced_exit"](signum)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(128 + signum)
+
+
+def _watch(reader: socket.socket) -> None:
+    while True:
+        try:
+            data = reader.recv(64)
+        except OSError:
+            return
+        for signum in data:
+            if signum not in (signal.SIGINT, signal.SIGTERM):
+                continue
+            if _state["at_once"]:
+                _force_exit(signum)
+            # The main thread normally stops within milliseconds and exits the process; if it is still here
+            # after the grace period, it is blocked in native code.
+            deadline = time.monotonic() + GRACE_SECONDS
+            while time.monotonic() < deadline:
+                time.sleep(0.05)
+                if _state["at_once"]:
+                    break
+            _force_exit(signum)
+
+
+def install_signals(on_forced_exit: Optional[Callable[[int], None]] = None) -> None:
+    """Ctrl-C raises KeyboardInterrupt and SIGTERM raises Terminated in the main thread; if the process is still
+    alive GRACE_SECONDS later, `on_forced_exit(signum)` runs (print the tool's line, release what it holds) and the
+    process exits with 128 + signum. Call from the main thread, once, before any long work."""
+    _state["on_forced_exit"] = on_forced_exit
+    if _state["installed"]:
+        return
+    reader, writer = socket.socketpair()
+    writer.setblocking(False)
+    signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    _state["sockets"] = (reader, writer)  # kept alive for the life of the process
+    signal.signal(signal.SIGINT, _python_handler)
+    signal.signal(signal.SIGTERM, _python_handler)
+    threading.Thread(target=_watch, args=(reader,), name="signal-watchdog", daemon=True).start()
+    _state["installed"] = True
+
+
+@contextmanager
+def exit_at_once():
+    """A stretch where a signal should end the process at once, with no exception in the main thread: MindSpore's
+    graph compile turns a KeyboardInterrupt into pages of analyzer dump and a rank_0/ folder."""
+    _state["at_once"] += 1
+    try:
+        yield
+    finally:
+        _state["at_once"] -= 1
+
+
+def quiet_exit(code: int) -> None:
+    """Exit without MindSpore 2.10's Cell.__del__ tracebacks at interpreter shutdown (one per live Cell)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def run_tool(main: Callable[[], int], prog: str) -> None:
+    """The __main__ block of validate.py and the scripts: run `main`, which returns an exit code from the table and
+    prints its own error lines; Ctrl-C and SIGTERM end with one line and 130 / 143 wherever they land."""
+    install_signals(lambda signum: print(f"{prog}: {signal_line(signum)}", file=sys.stderr))
+    try:
+        code = main()
+    except SystemExit as e:  # --help, argparse's usage errors (2)
+        code = e.code if isinstance(e.code, int) else (OK if e.code is None else BAD_INPUT)
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"{prog}: {signal_line(signal.SIGINT)}", file=sys.stderr)
+        code = INTERRUPTED
+    except Terminated:
+        print(f"{prog}: {signal_line(signal.SIGTERM)}", file=sys.stderr)
+        code = TERMINATED
+    quiet_exit(code)

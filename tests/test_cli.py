@@ -1,0 +1,70 @@
+"""mindcv_ext.cli: the exit-code table's signal half. A process whose main thread is blocked in native code (as in
+MindSpore's data iterator on a FIFO) still ends on SIGTERM / Ctrl-C, with one line and 143 / 130."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from mindcv_ext import cli
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# The main thread relocks a normal pthread mutex: blocked in native code, where Python never runs a handler.
+_BLOCKED = textwrap.dedent("""
+    import ctypes, sys
+    sys.path.insert(0, {root!r})
+    from mindcv_ext import cli
+    def main():
+        libc = ctypes.CDLL(None)
+        mutex = ctypes.create_string_buffer(64)  # zeroed: PTHREAD_MUTEX_INITIALIZER on Linux
+        libc.pthread_mutex_lock(mutex)
+        print("ready", flush=True)
+        {block}
+        return 0
+    cli.run_tool(main, "tool.py")
+""")
+
+
+def _run(block: str, signum: int):
+    code = _BLOCKED.format(root=ROOT, block=block.replace("\n", "\n    "))
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signum)
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("the signal did not end the process")
+    return proc.returncode, err
+
+
+@pytest.mark.parametrize("signum,code,line", [(signal.SIGTERM, cli.TERMINATED, "tool.py: terminated (SIGTERM)"),
+                                              (signal.SIGINT, cli.INTERRUPTED, "tool.py: interrupted (Ctrl-C)")])
+def test_signal_ends_a_main_thread_blocked_in_native_code(signum, code, line):
+    rc, err = _run("libc.pthread_mutex_lock(mutex)", signum)
+    assert rc == code
+    assert err.strip().splitlines() == [line]
+
+
+def test_signal_in_python_code_takes_the_ordinary_path():
+    rc, err = _run("import time\nwhile True: time.sleep(0.01)", signal.SIGINT)
+    assert rc == cli.INTERRUPTED
+    assert err.strip().splitlines() == ["tool.py: interrupted (Ctrl-C)"]
+
+
+def test_exit_at_once_raises_nothing_in_the_main_thread():
+    # Inside exit_at_once a Python loop keeps running Python code, so an exception would reach it (and be printed
+    # by the except clause); the process must end without one.
+    block = ("import time\nwith cli.exit_at_once():\n    try:\n        while True: time.sleep(0.01)\n"
+             "    except BaseException as e:\n        print('raised', type(e).__name__, file=sys.stderr, flush=True)")
+    rc, err = _run(block, signal.SIGTERM)
+    assert rc == cli.TERMINATED
+    assert err.strip().splitlines() == ["tool.py: terminated (SIGTERM)"]
+
+
+def test_exit_codes_follow_the_shell_convention():
+    assert (cli.INTERRUPTED, cli.TERMINATED) == (130, 143)
+    assert len({cli.OK, cli.FAILED, cli.BAD_INPUT, cli.DIVERGED, cli.INTERRUPTED, cli.TERMINATED}) == 6
