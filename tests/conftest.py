@@ -48,3 +48,23 @@ def rel_err(a, b):
 
 def images(n, size, seed=1, channels=3):
     return ms.Tensor(np.random.default_rng(seed).standard_normal((n, channels) + tuple(size)).astype(np.float32))
+
+
+_LARGE = 8 << 20  # bytes: weight files of full-size models; logs and small fixtures stay for a failed test's post-mortem
+
+
+@pytest.fixture(autouse=True)
+def _remove_large_artefacts(request):
+    # pytest keeps the temp folders of the last three runs: two full-size t224 tests alone left ~800 MB per run.
+    yield
+    tmp = request.node.funcargs.get("tmp_path")
+    if tmp is None or not os.path.isdir(tmp):
+        return
+    for folder, _, files in os.walk(tmp):
+        for name in files:
+            path = os.path.join(folder, name)
+            try:
+                if not os.path.islink(path) and os.path.getsize(path) > _LARGE:
+                    os.remove(path)
+            except OSError:
+                pass
