@@ -2,6 +2,7 @@
 import glob
 import logging
 import os
+import re
 import subprocess
 import sys
 
@@ -267,3 +268,56 @@ def test_a_non_utf8_recipe_is_one_line(tmp_path):
     with pytest.raises(ConfigError, match=r"latin1\.yaml is not UTF-8 text \(byte 0xe9 at offset 25\); save it as "
                                           r"UTF-8"):
         load_config(["--config", str(recipe)])
+
+
+# ---- recipe files: YAML that would read wrongly or explode is refused with the line (issue 14) --------------------
+
+def _recipe(tmp_path, text: str) -> str:
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_a_key_set_twice_names_both_lines(tmp_path):
+    # YAML keeps the last one without a word: a recipe edited to lr 30.0 further down would train with it.
+    recipe = _recipe(tmp_path, "model: demo_repmlp\nlr: 0.003\nepoch_size: 3\nlr: 30.0\n")
+    with pytest.raises(ConfigError, match=r"r\.yaml: lr is set twice, on lines 2 and 4 \(YAML would silently keep "
+                                          r"the last\); keep one of them\.$"):
+        load_config(["--config", recipe])
+
+
+@pytest.mark.parametrize("text, line", [
+    ("model: demo_repmlp\nlr: &x 0.003\nmin_lr: *x\n", 2),  # an anchor on a plain value
+    # "Billion laughs": nine levels of ten aliases inside an any-typed key; str() of a string key would expand
+    # them to gigabytes before any check.
+    ("model: demo_repmlp\nre_value:\n  - &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"
+     + "".join(f"  - &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 9)) + "data_dir: *a8\n", 3),
+], ids=["plain", "billion_laughs"])
+def test_anchors_and_aliases_are_refused_before_anything_is_expanded(tmp_path, text, line):
+    with pytest.raises(ConfigError, match=rf"r\.yaml line {line}: YAML anchors and aliases \(&name, \*name\) are not "
+                                          r"accepted in a recipe"):
+        load_config(["--config", _recipe(tmp_path, text)])
+
+
+@pytest.mark.parametrize("key, read_as", [("yes", "True"), ("1", "1"), ("null", "None"), ("~", "None"),
+                                          ("1.5", "1.5")])
+def test_a_key_that_is_not_a_name_says_what_yaml_made_of_it(tmp_path, key, read_as):
+    from mindcv_ext.training.config import load_eval_config
+
+    recipe = _recipe(tmp_path, f"model: demo_repmlp\n{key}: 3\n")
+    message = rf"r\.yaml line 2: the key {re.escape(key)} is read by YAML as {read_as}, not a key name"
+    with pytest.raises(ConfigError, match=message):
+        load_config(["--config", recipe])
+    with pytest.raises(ConfigError, match=message):  # validate.py / infer.py read recipes with the same parser
+        load_eval_config(["-c", recipe, "--ckpt_path", recipe])
+
+
+def test_a_recipe_path_that_is_a_directory_says_so(tmp_path):
+    (tmp_path / "a.yaml").write_text("model: demo_repmlp\n")
+    with pytest.raises(ConfigError, match=rf"--config {re.escape(str(tmp_path))} is a directory; pass a recipe "
+                                          rf"file, e.g\. --config {re.escape(str(tmp_path / 'a.yaml'))}\.$"):
+        load_config(["--config", str(tmp_path)])
+    (tmp_path / "a.yaml").unlink()
+    with pytest.raises(ConfigError, match=r"is a directory; pass a recipe file \(the shipped ones are in "
+                                          r"configs/repmlp/: .*repmlp_demo_cpu\.yaml"):
+        load_config(["--config", str(tmp_path)])

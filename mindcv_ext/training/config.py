@@ -223,12 +223,62 @@ _KIND_TEXT = {"bool": "True or False", "int": "an integer", "float": "a number",
               "any": "a value"}
 
 
+class _RecipeLoader(yaml.SafeLoader):
+    """safe_load for recipes, which are flat `key: value` files. Refused, with the line: a key set twice (YAML keeps
+    the last without a word), a key YAML reads as something other than a name (`yes:` is True, `1:` an int), and
+    anchors / aliases: a recipe needs none, and nested aliases ("billion laughs") expand to gigabytes when a value
+    is turned into a string. Aliases are refused while the document is composed, before anything is built."""
+
+    def __init__(self, stream, path: str):
+        super().__init__(stream)
+        self.path = path
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise ConfigError(f"{self.path} line {event.start_mark.line + 1}: YAML anchors and aliases (&name, *name) "
+                              f"are not accepted in a recipe, which is a flat file of key: value lines; write the "
+                              f"value out.")
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if not isinstance(key, str):
+                written = key_node.value if isinstance(key_node, yaml.ScalarNode) else "written as a list or mapping"
+                raise ConfigError(f"{self.path} line {line}: the key {written or '(empty)'} is read by YAML as "
+                                  f"{key!r}, not a key name; recipe keys are names such as lr or epoch_size (`--help` "
+                                  f"lists them).")
+            if key in seen:
+                raise ConfigError(f"{self.path}: {key} is set twice, on lines {seen[key]} and {line} (YAML would "
+                                  f"silently keep the last); keep one of them.")
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
 def _read_yaml(path: str) -> Dict[str, Any]:
+    if os.path.isdir(path):
+        inside = sorted(n for n in os.listdir(path) if n.endswith((".yaml", ".yml")))
+        raise ConfigError(f"--config {path} is a directory; pass a recipe file, e.g. --config "
+                          f"{os.path.join(path, inside[0])}." if inside else
+                          f"--config {path} is a directory; pass a recipe file (the shipped ones are in "
+                          f"configs/repmlp/: {', '.join(recipe_names()) or 'none found'}).")
     if not os.path.isfile(path):
         raise ConfigError(f"Config file not found: {path!r}. Recipes live in configs/repmlp/.")
     try:
         with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+            loader = _RecipeLoader(f, path)
+            try:
+                data = loader.get_single_data()
+            finally:
+                loader.dispose()
+    except yaml.MarkedYAMLError as e:  # one line: where, and what the parser says
+        mark = e.problem_mark or e.context_mark
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = "; ".join(str(t) for t in (e.context, e.problem) if t)
+        raise ConfigError(f"{path}{where} is not valid YAML: {what}.") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {e}") from None
     except UnicodeDecodeError as e:
