@@ -321,3 +321,28 @@ def test_a_recipe_path_that_is_a_directory_says_so(tmp_path):
     with pytest.raises(ConfigError, match=r"is a directory; pass a recipe file \(the shipped ones are in "
                                           r"configs/repmlp/: .*repmlp_demo_cpu\.yaml"):
         load_config(["--config", str(tmp_path)])
+
+
+def test_eval_tools_list_their_own_keys_before_the_training_ones(capsys):
+    # validate.py / infer.py --help: their flags first, then the ~100 training keys a recipe may hold.
+    from mindcv_ext.training.config import EVAL_KEYS, load_eval_config
+
+    extra = {"image_path": ("", "str", "an image or a folder"), "batch_size": (32, "int", "images per batch")}
+    with pytest.raises(SystemExit) as info:
+        load_eval_config(["--help"], prog="scripts/infer.py", extra=extra)
+    assert info.value.code == 0
+    lines = capsys.readouterr().out.splitlines()
+    heading = lines.index("training-recipe keys (read from -c, used where they apply):")
+    own = [line.split()[0] for line in lines[:heading] if line.startswith("  --")]
+    assert own == [f"--{k}" for k in {**EVAL_KEYS, **extra}]  # each once, in table order
+    rest = [line.split()[0] for line in lines[heading:] if line.startswith("  --")]
+    assert "--lr" in rest and "--epoch_size" in rest and not set(own) & set(rest)
+    assert [line for line in lines if line.startswith("  --batch_size ")] == [
+        "  --batch_size                   images per batch [default: 32]"]  # the tool's own default
+
+
+def test_train_help_is_one_table(capsys):
+    with pytest.raises(SystemExit):
+        parse_config(["--help"])
+    out = capsys.readouterr().out
+    assert "training-recipe keys" not in out and out.count("  --") == len(KEYS)

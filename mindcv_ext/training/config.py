@@ -331,17 +331,19 @@ def _is_number(text: str) -> bool:
 
 
 def parse_config(argv: Optional[Sequence[str]] = None, table: Optional[Dict[str, Tuple[Any, str, str]]] = None,
-                 aliases: Optional[Dict[str, str]] = None, prog: str = "train.py") -> SimpleNamespace:
+                 aliases: Optional[Dict[str, str]] = None, prog: str = "train.py",
+                 own: Optional[Sequence[str]] = None) -> SimpleNamespace:
     """Defaults < YAML (--config) < command line. Raises ConfigError; does not validate values across keys.
 
     `table` replaces KEYS (validate.py and infer.py add their own keys to the training ones, so a training recipe
-    reads unchanged there); `aliases` maps other option names to keys (e.g. validate.py's old --split)."""
+    reads unchanged there); `aliases` maps other option names to keys (e.g. validate.py's old --split); `own`
+    names the tool's own keys, which --help lists first."""
     table = table or KEYS
     aliases = aliases or {}
     argv = sys.argv[1:] if argv is None else argv
     config_path, pairs, wants_help = _split_cli(argv)
     if wants_help:
-        print(format_help(table, prog))
+        print(format_help(table, prog, own))
         raise SystemExit(0)
     values = {k: v[0] for k, v in table.items()}
     if config_path:
@@ -519,13 +521,25 @@ def load_config(argv: Optional[Sequence[str]] = None) -> SimpleNamespace:
     return validate(parse_config(argv))
 
 
-def format_help(table: Optional[Dict[str, Tuple[Any, str, str]]] = None, prog: str = "train.py") -> str:
+def format_help(table: Optional[Dict[str, Tuple[Any, str, str]]] = None, prog: str = "train.py",
+                own: Optional[Sequence[str]] = None) -> str:
+    """The --help text. `own`: the keys of an evaluation tool itself, listed first; the training keys it accepts
+    so that a recipe reads unchanged follow under their own heading."""
+    table = table or KEYS
     usage = ("--config RECIPE.yaml [--key value ...]" if prog == "train.py"
              else "[-c RECIPE.yaml] --model NAME --ckpt_path FILE [--key value ...]")
-    lines = [f"usage: python {prog} {usage}", "",
-             "Keys (mindcv's names; YAML values, the command line wins):"]
-    for key, (default, kind, text) in (table or KEYS).items():
-        lines.append(f"  --{key:<28} {text} [default: {default!r}]")
+    lines = [f"usage: python {prog} {usage}", ""]
+
+    def section(heading, keys):
+        lines.append(heading)
+        lines.extend(f"  --{key:<28} {table[key][2]} [default: {table[key][0]!r}]" for key in keys)
+
+    if own is None:
+        section("Keys (mindcv's names; YAML values, the command line wins):", table)
+    else:
+        section(f"{prog} keys (the command line wins over -c):", list(dict.fromkeys(own)))
+        lines.append("")
+        section("training-recipe keys (read from -c, used where they apply):", [k for k in table if k not in own])
     return "\n".join(lines)
 
 
@@ -560,7 +574,7 @@ def load_eval_config(argv: Optional[Sequence[str]] = None, prog: str = "validate
     """validate.py / infer.py configuration: every training key is accepted (a recipe reads unchanged; keys that
     only matter for training are not used), the evaluation ones are checked. The recipe's `ema: True` means the
     run kept EMA weights: they are evaluated when the file has them; an explicit --ema True insists on them."""
-    cfg = parse_config(argv, eval_keys(extra), EVAL_ALIASES, prog)
+    cfg = parse_config(argv, eval_keys(extra), EVAL_ALIASES, prog, own=[*EVAL_KEYS, *(extra or {})])
     if cfg.ema and "ema" not in cfg._given:
         cfg.ema = None  # from the recipe: prefer EMA weights, but best.ckpt already holds them as plain weights
     for key, what in (("model", "a model: --model repmlp_t224 (or a recipe with -c)"),
