@@ -21,9 +21,14 @@ _AUTO_AUGMENT_PREFIXES = ("randaug", "autoaug", "3a", "trivialaugwide", "augmix"
 
 
 def class_folders(data_dir: str, split: str, num_classes: Optional[int] = None) -> list:
-    """The class names of data_dir/split in label order (MindSpore's ImageFolderDataset numbers the class folders
-    in sorted order). Raises a clear error unless it is an ImageFolder tree, or has more classes than
-    `num_classes`. The one class-folder check of the project: train.py, validate.py and the loaders use it."""
+    """The class names of data_dir/split in label order. Raises a clear error unless it is an ImageFolder tree,
+    or has more classes than `num_classes`. The one class-folder check of the project: train.py, validate.py and
+    the loaders use it.
+
+    Label order is MindSpore's: ImageFolderDataset numbers the class folders in the sorted order of their names'
+    bytes. Names that are not valid UTF-8 are refused: Python sorts their surrogate escapes elsewhere (the recorded
+    names would be swapped against the labels), they cannot be recorded in a checkpoint as text, and MindSpore's
+    own get_class_indexing() fails on them."""
     if not data_dir:
         raise ValueError("No data_dir given. Expected the layout " + _LAYOUT.format(split=split) + ".")
     if not os.path.isdir(data_dir):
@@ -34,7 +39,14 @@ def class_folders(data_dir: str, split: str, num_classes: Optional[int] = None) 
         found = sorted(e.name for e in os.scandir(data_dir) if e.is_dir())
         raise FileNotFoundError(f"No '{split}' split in {data_dir!r} (it has: {', '.join(found) or 'nothing'}). "
                                 f"Expected the layout " + _LAYOUT.format(split=split) + ".")
-    classes = sorted(e.name for e in os.scandir(split_dir) if e.is_dir())
+    classes = sorted((e.name for e in os.scandir(split_dir) if e.is_dir()), key=os.fsencode)
+    where = os.fsencode(split_dir).decode("utf-8", "backslashreplace")
+    for name in classes:
+        shown = os.fsencode(name).decode("utf-8", "backslashreplace")
+        if shown != name:  # surrogate escapes: bytes that are not UTF-8
+            raise ValueError(f"Class folder '{shown}' in {where} has a name that is not valid UTF-8 (bytes shown as "
+                             f"\\xNN); class names are recorded in checkpoints as text. Rename it to a UTF-8 name "
+                             f"(in both splits), e.g. convmv -f latin1 -t utf8 -r --notest {where}.")
     if not classes:
         raise ValueError(f"{split_dir!r} has no class directories. Expected the layout "
                          + _LAYOUT.format(split=split) + ".")

@@ -1,0 +1,109 @@
+"""Issue 14, data side: what the data package refuses before any work, in one line with the fix."""
+import io
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from _train_utils import ROOT, TRAIN, explain, make_data, train_args
+from mindcv_ext.data.loaders import class_folders
+
+
+def _jpeg(seed=0):
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+JPEG = _jpeg()
+
+
+def _folders(root, split, names, files=("a.jpg",)):
+    """root/split/<name>/<files> with real JPEGs; names may be bytes (not UTF-8)."""
+    for name in names:
+        d = os.path.join(os.fsencode(str(root)), split.encode(), os.fsencode(name))
+        os.makedirs(d, exist_ok=True)
+        for f in files:
+            with open(os.path.join(d, f.encode()), "wb") as out:
+                out.write(JPEG)
+    return str(root)
+
+
+def _no_hang(fn, *args, timeout=60, **kwargs):
+    """fn(*args, **kwargs) in a thread; fails instead of hanging the suite if it blocks (as an open() of a FIFO
+    does), and raises what fn raised."""
+    result = []
+
+    def call():
+        try:
+            result.append((fn(*args, **kwargs), None))
+        except Exception as e:  # re-raised in the test's thread
+            result.append((None, e))
+
+    t = threading.Thread(target=call, daemon=True)
+    t.start()
+    t.join(timeout)
+    assert not t.is_alive(), f"{fn.__name__} blocked (opened a FIFO?)"
+    value, error = result[0]
+    if error is not None:
+        raise error
+    return value
+
+
+@pytest.fixture(scope="module")
+def demo_data(tmp_path_factory):
+    return make_data(tmp_path_factory.mktemp("demo"))
+
+
+def _copy(src, dst):
+    import shutil
+    shutil.copytree(src, dst)
+    return str(dst)
+
+
+def _refused(data, out, *extra, cwd):
+    """train.py's run on `data` must stop before any work: exit 2, one 'error:' line, no traceback, no out dir."""
+    proc = subprocess.run([sys.executable, TRAIN] + train_args(data, out, *extra), capture_output=True, text=True,
+                          timeout=300, cwd=cwd)
+    assert proc.returncode == 2, explain(proc)
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert not os.path.exists(os.path.join(cwd, out)) and "epoch 1/" not in proc.stdout
+    return errors[0]
+
+
+def _class_dir(data, i=1):
+    return os.path.join(data, "train", sorted(os.listdir(os.path.join(data, "train")))[i])
+
+
+# --------------------------------------------------------------------- class folders: UTF-8 names in MindSpore's order
+
+def test_class_folder_not_utf8_is_refused_in_one_line(tmp_path):
+    # MindSpore numbers b'\xe9t\xe9' (Latin-1 'ete') before '\xea\xb0\x80' (UTF-8 of U+AC00) by bytes; Python sorts
+    # the surrogate-escaped str the other way, so the recorded names were swapped against the labels.
+    root = _folders(tmp_path / "ds", "train", [b"\xe9t\xe9", "\uac00"])
+    with pytest.raises(ValueError) as e:
+        class_folders(root, "train")
+    msg = str(e.value)
+    assert "'\\xe9t\\xe9'" in msg and "not valid UTF-8" in msg and "Rename it" in msg and "\n" not in msg
+    msg.encode("utf-8")  # printable on a strict UTF-8 console: no surrogates in the message
+
+
+def test_class_order_is_imagefolderdatasets(tmp_path):
+    # the labels MindSpore gives each folder's image (decode=False: the bytes tell which folder it came from)
+    import mindspore.dataset as ds
+
+    names = ["Zebra", "apple", "\u00e9clair", "\uac00", "\U0001f600", "b_2", "b-1"]
+    split = os.path.join(_folders(tmp_path / "ds", "train", []), "train")
+    for i, name in enumerate(names):
+        os.makedirs(os.path.join(split, name))
+        with open(os.path.join(split, name, "x.bin"), "wb") as f:
+            f.write(name.encode())
+    data = ds.ImageFolderDataset(split, shuffle=False, decode=False)
+    label_of = {bytes(img).decode(): int(label) for img, label in data.create_tuple_iterator(output_numpy=True)}
+    order = class_folders(str(tmp_path / "ds"), "train")
+    assert {n: i for i, n in enumerate(order)} == label_of
