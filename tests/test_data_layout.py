@@ -1,4 +1,6 @@
-"""Issue 14, data side: what the data package refuses before any work, in one line with the fix."""
+"""Issue 14, data side: what the data package refuses before any work, in one line with the fix (class folder names
+that are not UTF-8, a train split of one class, hidden/empty/special/non-image entries in class folders,
+ckpt_save_dir inside a split), and that nothing there opens a FIFO."""
 import io
 import os
 import subprocess
@@ -10,6 +12,7 @@ import pytest
 from PIL import Image
 
 from _train_utils import ROOT, TRAIN, explain, make_data, train_args
+from mindcv_ext.data import create_train_loader
 from mindcv_ext.data.loaders import class_folders
 
 
@@ -107,3 +110,24 @@ def test_class_order_is_imagefolderdatasets(tmp_path):
     label_of = {bytes(img).decode(): int(label) for img, label in data.create_tuple_iterator(output_numpy=True)}
     order = class_folders(str(tmp_path / "ds"), "train")
     assert {n: i for i, n in enumerate(order)} == label_of
+
+
+# --------------------------------------------------------------------------------------- a train split needs 2 classes
+
+def test_train_split_needs_two_classes_eval_takes_a_subset(tmp_path):
+    root = _folders(tmp_path / "ds", "train", ["cat"])
+    _folders(root, "val", ["cat"])
+    with pytest.raises(ValueError, match=r"one class folder \('cat'\): training needs at least 2 classes"):
+        class_folders(root, "train", training=True)
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        create_train_loader(root, batch_size=1, image_size=16, num_classes=2, num_parallel_workers=1)
+    # validate.py / infer.py on a subset of the classes (here one) is legitimate
+    assert class_folders(root, "val") == ["cat"]
+    assert class_folders(root, "val", num_classes=10) == ["cat"]
+
+
+def test_train_refuses_a_one_class_split(tmp_path):
+    data = _folders(tmp_path / "one", "train", ["cat"], files=[f"{i}.jpg" for i in range(8)])
+    _folders(data, "val", ["cat"])
+    line = _refused(data, tmp_path / "run", cwd=str(tmp_path))
+    assert "training needs at least 2 classes" in line

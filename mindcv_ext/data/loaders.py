@@ -20,10 +20,10 @@ _LAYOUT = "data_dir/{split}/<class name>/<image>.jpg (ImageFolder: one directory
 _AUTO_AUGMENT_PREFIXES = ("randaug", "autoaug", "3a", "trivialaugwide", "augmix")
 
 
-def class_folders(data_dir: str, split: str, num_classes: Optional[int] = None) -> list:
+def class_folders(data_dir: str, split: str, num_classes: Optional[int] = None, training: bool = False) -> list:
     """The class names of data_dir/split in label order. Raises a clear error unless it is an ImageFolder tree,
-    or has more classes than `num_classes`. The one class-folder check of the project: train.py, validate.py and
-    the loaders use it.
+    or has more classes than `num_classes`, or (`training`) fewer than 2. The one class-folder check of the
+    project: train.py, validate.py and the loaders use it.
 
     Label order is MindSpore's: ImageFolderDataset numbers the class folders in the sorted order of their names'
     bytes. Names that are not valid UTF-8 are refused: Python sorts their surrogate escapes elsewhere (the recorded
@@ -50,6 +50,10 @@ def class_folders(data_dir: str, split: str, num_classes: Optional[int] = None) 
     if not classes:
         raise ValueError(f"{split_dir!r} has no class directories. Expected the layout "
                          + _LAYOUT.format(split=split) + ".")
+    if training and len(classes) < 2:
+        raise ValueError(f"{split_dir!r} has one class folder ({classes[0]!r}): training needs at least 2 classes "
+                         f"(with one, every label is 0, the loss is 0 and top-1 100% without learning anything). Add "
+                         f"a folder per class under {split_dir!r}.")
     if num_classes is not None:
         if len(classes) > num_classes:
             raise ValueError(f"{split_dir!r} has {len(classes)} class directories but the model has num_classes="
@@ -141,7 +145,7 @@ def create_train_loader(data_dir: str, *, batch_size: int, image_size: int, num_
                          f"'trivialaugwide', 'augmix-m3-w3'). Use None for no auto-augmentation.")
     if num_samples is not None and (not isinstance(num_samples, int) or num_samples < 1):
         raise ValueError(f"num_samples must be a positive integer or None, got {num_samples!r}.")
-    class_folders(data_dir, split, num_classes)
+    class_folders(data_dir, split, num_classes, training=True)
     if seed is not None:
         ds.config.set_seed(int(seed))
 

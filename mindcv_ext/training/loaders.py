@@ -38,7 +38,7 @@ def train_class_names(cfg, data_dir: str) -> List[str]:
 
     train_dir, val_dir = os.path.join(data_dir, cfg.train_split), os.path.join(data_dir, cfg.val_split)
     try:
-        names = class_folders(data_dir, cfg.train_split)
+        names = class_folders(data_dir, cfg.train_split, training=True)
         if cfg.val_while_train:
             check_class_names(names, class_folders(data_dir, cfg.val_split), f"{val_dir} against {train_dir}",
                               "Labels follow the sorted folder names of each split; make both splits hold the "
