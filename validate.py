@@ -10,21 +10,34 @@ is built. A missing, unreadable or non-fitting checkpoint is an error (mindcv's 
 random weights), and so are class folders that differ from the class names recorded in the checkpoint.
 Preprocessing: resize the short side to int(image_size / crop_pct), centre crop, mean/std; the authors evaluate
 with --crop_pct 1.0, mindcv with 0.875. The last line printed is one JSON object with the results.
+Exit status (mindcv_ext.cli's table): 0 done; 2 bad input found before the evaluation (an unknown model, a missing
+or corrupt checkpoint, bad data: one "validate.py: error:" line); 1 the evaluation failed; 130 / 143 Ctrl-C / SIGTERM.
 """
 import json
 import os
 import sys
 
 from mindcv_ext.checkpoint import CheckpointError
+from mindcv_ext.cli import BAD_INPUT, FAILED, OK, printable, run_tool
 from mindcv_ext.training.config import ConfigError, load_eval_config
 
+PROG = "validate.py"
 
-def run(cfg) -> dict:
+
+def prepare(cfg):
+    """Every check before the evaluation (the command, the data, the weights), then the network and the loader:
+    a problem here is bad input. Returns (net, weights, image_size, loader, num_samples)."""
+    import mindcv
+
+    import mindcv_ext  # noqa: F401  (registers the models)
     from mindcv_ext.data import check_images, create_eval_loader
     from mindcv_ext.data.loaders import class_folders
-    from mindcv_ext.evaluation import build_eval_model, evaluate, set_eval_context
+    from mindcv_ext.evaluation import build_eval_model, set_eval_context
     from mindcv_ext.weights import check_class_names
 
+    if not mindcv.is_model(cfg.model):  # before the data checks, which can take seconds
+        raise ConfigError(f"unknown model {cfg.model!r}; use one of {', '.join(mindcv.list_models('*repmlp*'))} "
+                          f"(or another registered mindcv model).")
     if not cfg.data_dir:
         raise ConfigError("validate.py needs the data: --data_dir with <val_split>/<class>/<images> (or a recipe "
                           "with data_dir).")
@@ -45,42 +58,48 @@ def run(cfg) -> dict:
         cfg.data_dir, split=cfg.val_split, batch_size=cfg.batch_size, image_size=image_size, crop_pct=cfg.crop_pct,
         interpolation=cfg.interpolation, num_parallel_workers=cfg.num_parallel_workers, num_classes=num_classes,
         mean=cfg.mean, std=cfg.std)
-    print(f"{cfg.model} ({w.form or 'plain'} form{', EMA weights' if w.ema else ''}) from {cfg.ckpt_path}: "
-          f"{num_samples} images of {os.path.join(cfg.data_dir, cfg.val_split)}, {image_size}x{image_size}, "
-          f"crop_pct {cfg.crop_pct}, {cfg.interpolation}", flush=True)
+    return net, w, image_size, loader, num_samples
+
+
+def run(cfg, prepared) -> dict:
+    from mindcv_ext.evaluation import evaluate
+
+    net, w, image_size, loader, num_samples = prepared
+    print(printable(f"{cfg.model} ({w.form or 'plain'} form{', EMA weights' if w.ema else ''}) from {cfg.ckpt_path}: "
+                    f"{num_samples} images of {os.path.join(cfg.data_dir, cfg.val_split)}, {image_size}x{image_size}, "
+                    f"crop_pct {cfg.crop_pct}, {cfg.interpolation}"), flush=True)
     result = evaluate(net, loader, log_interval=cfg.log_interval, log=lambda s: print(s, flush=True))
     if result["count"] != num_samples:
         raise CheckpointError(f"evaluated {result['count']} images but the split has {num_samples}")
     return dict(model=cfg.model, checkpoint=os.path.abspath(cfg.ckpt_path), form=w.form, ema=w.ema,
                 top1=round(result["top1"], 4), top5=round(result["top5"], 4), top5_k=result["top5_k"],
-                loss=round(result["loss"], 6), num_samples=result["count"], num_classes=num_classes,
+                loss=round(result["loss"], 6), num_samples=result["count"], num_classes=net.num_classes,
                 split=cfg.val_split, crop_pct=cfg.crop_pct, interpolation=cfg.interpolation, image_size=image_size,
                 class_names_checked=w.class_names is not None, config=cfg.config or None)
 
 
 def main(argv=None) -> int:
+    """The exit codes of mindcv_ext.cli: 2 for bad input found before the evaluation (the command, the recipe, the
+    weights, the data), 1 when the evaluation itself fails."""
     try:
-        cfg = load_eval_config(argv, prog="validate.py")
+        cfg = load_eval_config(argv, prog=PROG)
         for note in cfg.notes:
-            print(f"note: {note}", file=sys.stderr)
-        result = run(cfg)
-    except ConfigError as e:  # the command or recipe is wrong
-        print(f"validate.py: error: {e}", file=sys.stderr)
-        return 2
-    except (CheckpointError, OSError, ValueError) as e:  # the files are: weights, data
-        print(f"validate.py: error: {e}", file=sys.stderr)
-        return 1
+            print(f"note: {printable(note)}", file=sys.stderr)
+        prepared = prepare(cfg)
+    except (ConfigError, CheckpointError, OSError, ValueError) as e:
+        print(f"{PROG}: error: {printable(e)}", file=sys.stderr)
+        return BAD_INPUT
+    try:
+        result = run(cfg, prepared)
+    except (CheckpointError, OSError, ValueError, RuntimeError) as e:  # e.g. an image MindSpore refused mid-run
+        print(f"{PROG}: error: {printable(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)}",
+              file=sys.stderr)
+        return FAILED
     print(f"Top-1 {result['top1']:.2f}%  Top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}  "
           f"({result['num_samples']} images)")
     print(json.dumps(result), flush=True)
-    return 0
+    return OK
 
 
 if __name__ == "__main__":
-    try:
-        code = main()
-    except SystemExit as e:  # --help
-        code = e.code if isinstance(e.code, int) else 0
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)  # skip MindSpore 2.10's noisy Cell.__del__ tracebacks at interpreter shutdown
+    run_tool(main, PROG)  # Ctrl-C / SIGTERM: one line, 130 / 143; exits without MindSpore's shutdown noise

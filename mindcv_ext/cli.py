@@ -22,16 +22,44 @@ import socket
 import sys
 import threading
 import time
+import unicodedata
 from contextlib import contextmanager
 from typing import Callable, Optional
 
 __all__ = ["OK", "FAILED", "BAD_INPUT", "DIVERGED", "INTERRUPTED", "TERMINATED", "Terminated", "install_signals",
-           "exit_at_once", "signal_line", "run_tool", "quiet_exit"]
+           "exit_at_once", "signal_line", "run_tool", "quiet_exit", "printable", "keep_sigint"]
 
 OK, FAILED, BAD_INPUT, DIVERGED = 0, 1, 2, 3
 INTERRUPTED, TERMINATED = 128 + signal.SIGINT, 128 + signal.SIGTERM
 
 GRACE_SECONDS = 5.0
+
+# Invisible controls that reorder what a terminal shows (bidi overrides and isolates), escaped like C0/C1 controls.
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(text) -> str:
+    """`text` (a class name, a file name, a message quoting them) safe for a console line: control characters,
+    line and paragraph separators and bidi controls as backslash escapes, so a name read from a file can neither
+    start a forged output line nor send escape sequences to the terminal; a file name's undecodable bytes
+    (surrogate escapes) as \\xNN. Everything else, non-ASCII letters included, is kept. Not for JSON, which
+    json.dumps escapes itself."""
+    text = str(text)
+    if text.isascii() and text.isprintable():
+        return text
+    out = []
+    for c in text:
+        cat = unicodedata.category(c)
+        if c in _NAMED:
+            out.append(_NAMED[c])
+        elif cat == "Cs" and 0xDC80 <= ord(c) <= 0xDCFF:  # os.fsdecode's stand-in for a non-UTF-8 byte
+            out.append(f"\\x{ord(c) - 0xDC00:02x}")
+        elif cat in ("Cc", "Cs", "Zl", "Zp") or c in _BIDI:
+            out.append(f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+        else:
+            out.append(c)
+    return "".join(out)
 
 
 class Terminated(Exception):
@@ -48,7 +76,7 @@ def signal_line(signum: int) -> str:
 def _python_handler(signum, frame):
     if _state["at_once"]:
         return  # inside exit_at_once(): the watchdog ends the process; an exception here would only add noise
-    if signum == signal.SIGINT:
+    if signum == signal.SIGINT or _converted_ctrl_c(signum):
         raise KeyboardInterrupt
     raise Terminated()
 
@@ -63,15 +91,54 @@ def _force_exit(signum: int) -> None:
         os._exit(128 + signum)
 
 
+def _sigint_action():
+    """(libc, the raw `struct sigaction` of SIGINT as installed now), or None where libc cannot be asked."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None)
+        action = ctypes.create_string_buffer(512)  # more than glibc's struct sigaction (152 bytes)
+        return (libc, action) if libc.sigaction(signal.SIGINT, None, action) == 0 else None
+    except (OSError, AttributeError):
+        return None
+
+
+def _sigint_taken() -> bool:
+    """SIGINT's handler is not ours now: MindSpore's runtime replaced it (see keep_sigint)."""
+    ours, now = _state.get("sigint_action"), _sigint_action()
+    return ours is not None and now is not None and now[1].raw[:8] != ours[1].raw[:8]
+
+
+def _converted_ctrl_c(signum: int) -> bool:
+    """A SIGTERM while MindSpore's SIGINT handler is installed is taken for a Ctrl-C: that handler's only action
+    is to send the process SIGTERM. (A SIGTERM from outside in that moment is reported as Ctrl-C: the signal
+    carries no sender that Python can see.)"""
+    return signum == signal.SIGTERM and _sigint_taken()
+
+
+def keep_sigint() -> None:
+    """MindSpore's runtime installs its own SIGINT handler at its first op (in graph mode at every run), one that
+    sends the process SIGTERM: Ctrl-C ended as "terminated", 143. Put ours back whenever it was replaced; the
+    watchdog calls this ten times a second, a tool also right after each forward (in graph mode each run installs
+    MindSpore's handler again). A Ctrl-C that still meets MindSpore's handler is recognized by _converted_ctrl_c."""
+    if _sigint_taken():
+        libc, action = _state["sigint_action"]
+        libc.sigaction(signal.SIGINT, action, None)
+
+
 def _watch(reader: socket.socket) -> None:
+    reader.settimeout(0.1)
     while True:
         try:
             data = reader.recv(64)
+        except socket.timeout:
+            keep_sigint()
+            continue
         except OSError:
             return
         for signum in data:
             if signum not in (signal.SIGINT, signal.SIGTERM):
                 continue
+            signum = signal.SIGINT if _converted_ctrl_c(signum) else signum
             if _state["at_once"]:
                 _force_exit(signum)
             # The main thread normally stops within milliseconds and exits the process; if it is still here
@@ -97,6 +164,7 @@ def install_signals(on_forced_exit: Optional[Callable[[int], None]] = None) -> N
     _state["sockets"] = (reader, writer)  # kept alive for the life of the process
     signal.signal(signal.SIGINT, _python_handler)
     signal.signal(signal.SIGTERM, _python_handler)
+    _state["sigint_action"] = _sigint_action()  # to restore it after MindSpore replaces it (keep_sigint)
     threading.Thread(target=_watch, args=(reader,), name="signal-watchdog", daemon=True).start()
     _state["installed"] = True
 

@@ -6,6 +6,7 @@ from typing import Callable, Dict, Optional
 import numpy as np
 
 from .checkpoint import CheckpointError
+from .cli import keep_sigint
 
 __all__ = ["TopKMeter", "evaluate", "build_eval_model", "native_image_size", "set_eval_context"]
 
@@ -58,6 +59,7 @@ def evaluate(network, loader, all_reduce=None, log_interval: int = 0,
     try:
         for i, (images, labels) in enumerate(loader.create_tuple_iterator(num_epochs=1), 1):
             logits = network(images).asnumpy()
+            keep_sigint()  # MindSpore's forward installs a SIGINT handler that turns Ctrl-C into SIGTERM
             meter = meter or TopKMeter(logits.shape[1])
             meter.update(logits, labels.asnumpy())
             if log_interval and (i % log_interval == 0 or i == steps):

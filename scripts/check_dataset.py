@@ -15,13 +15,7 @@ import time
 
 import _common  # noqa: F401  (import path)
 
-from mindcv_ext.data.imagecheck import find_bad_images, list_image_entries
-
-
-def shown(path: str) -> str:
-    """The path for printing: bytes that are not UTF-8 (names from other systems) as \\xNN escapes; printing
-    them raw would stop the report with a UnicodeEncodeError."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
+from mindcv_ext.data.imagecheck import find_bad_images, list_image_entries, shown
 
 
 def parse_args(argv=None):
@@ -39,8 +33,12 @@ def parse_args(argv=None):
     args.data_dir = args.data_dir or args.data_dir_pos
     if not args.data_dir:
         p.error("no dataset directory given: pass --data_dir /path/to/dataset")
+    if os.path.exists(args.data_dir) and not os.path.isdir(args.data_dir):
+        p.error(f"'{shown(args.data_dir)}' is a file, not a directory: pass the dataset directory (holding "
+                f"train/<class>/<images> and val/<class>/<images>), or one split directory (<class>/<images>); "
+                f"for a single image, pass a directory holding it in a class folder")
     if not os.path.isdir(args.data_dir):
-        p.error(f"dataset directory not found: {args.data_dir!r} (expected data_dir/train/<class>/<images>, "
+        p.error(f"dataset directory not found: '{shown(args.data_dir)}' (expected data_dir/train/<class>/<images>, "
                 f"data_dir/val/<class>/<images>)")
     if args.workers is not None and args.workers < 1:
         p.error("--workers must be >= 1")
@@ -69,4 +67,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from mindcv_ext.cli import run_tool
+
+    run_tool(main, "check_dataset.py")  # Ctrl-C / SIGTERM (here or in a checker process): one line, 130 / 143

@@ -9,13 +9,17 @@ import argparse
 import os
 import sys
 
-import _common  # noqa: F401  (import path for a source checkout, quiet_exit)
+import _common  # noqa: F401  (import path for a source checkout)
+
+from mindcv_ext.cli import BAD_INPUT, FAILED, OK, printable, run_tool
+
+PROG = "convert_weights.py"
 
 OUTPUT_SUFFIXES = (".ckpt", ".safetensors")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="convert_weights.py", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="registered name, e.g. repmlp_t224, repmlp_b256")
     p.add_argument("--src", required=True,
@@ -56,21 +60,25 @@ def main(argv=None) -> int:
     if not mindcv.is_model(args.model):
         parser.error(f"--model {args.model!r} is not a registered model; RepMLPNets: "
                      f"{', '.join(mindcv.list_models('*repmlp*'))}")
-    try:
+    try:  # reading and fitting the source: a problem here is the file's (exit 2)
         w = read_weights(args.src)
         print("Found " + w.describe())
         # The source's form, class count and in_channels unless --num_classes asks for another head size.
         net, w = build_model(args.model, w, num_classes=args.num_classes, log=print)
+    except (CheckpointError, OSError, ValueError) as e:  # FileNotFoundError is an OSError
+        print(f"{PROG}: error: {printable(e)}", file=sys.stderr)
+        return BAD_INPUT
+    try:
         save_weights(net, args.output, w.class_names)
-    except (CheckpointError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except CheckpointError as e:  # a full disk, a read-only folder: the previous file is unchanged
+        print(f"{PROG}: error: {printable(e)}", file=sys.stderr)
+        return FAILED
     n = sum(1 for _ in net.get_parameters())
     print(f"Wrote {args.output}: {n} tensors, {w.form} form. Use it with mindcv.create_model({args.model!r}, "
           f"num_classes={net.num_classes}, deploy={w.form == 'deploy'}, checkpoint_path={args.output!r}) after "
           f"`import mindcv_ext`.")
-    return 0
+    return OK
 
 
 if __name__ == "__main__":
-    _common.quiet_exit(main())
+    run_tool(main, PROG)  # Ctrl-C / SIGTERM: one line, 130 / 143; exits without MindSpore's shutdown noise

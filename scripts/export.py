@@ -16,6 +16,10 @@ import tempfile
 import _common  # noqa: F401  (import path + helpers)
 import numpy as np
 
+from mindcv_ext.cli import BAD_INPUT, FAILED, OK, printable, run_tool
+
+PROG = "export.py"
+
 EXTENSIONS = {"MINDIR": ".mindir", "ONNX": ".onnx"}
 
 
@@ -24,7 +28,7 @@ class ExportError(Exception):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="registered model name, e.g. repmlp_t224")
     p.add_argument("--ckpt_path", default="", help="train- or deploy-form checkpoint (.ckpt / .safetensors)")
     p.add_argument("--random_init", type=_common.str2bool, default=False,
@@ -67,14 +71,14 @@ def output_path(args) -> str:
     from mindcv_ext.weights import same_file
 
     if args.ckpt_path and same_file(args.ckpt_path, path):
-        print(f"export.py: error: --output {path} is the checkpoint itself; write the export to another file.",
+        print(f"{PROG}: error: --output {path} is the checkpoint itself; write the export to another file.",
               file=sys.stderr)
-        raise SystemExit(2)
+        raise SystemExit(BAD_INPUT)
     try:  # before building and exporting: a path that cannot be written is a one-line error
         return check_output_path(path)
     except CheckpointError as e:
-        print(f"export.py: error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        raise SystemExit(BAD_INPUT) from None
 
 
 def build_deploy_net(args):
@@ -191,16 +195,28 @@ def onnx_exportable(net) -> int:
     return swapped
 
 
-def main(argv=None):
+def main(argv=None) -> int:
     args = parse_args(argv)
     final_path = output_path(args)
     import mindspore as ms
 
-    import mindcv_ext
+    try:  # the network and the batch: a problem here is the command's or the checkpoint's (exit 2)
+        ms.set_context(mode=ms.GRAPH_MODE, device_target=args.device_target)
+        net, form, in_channels = build_deploy_net(args)
+        x = random_batch(args, net, in_channels)
+    except (ExportError, OSError, ValueError) as e:  # CheckpointError is a ValueError
+        print(f"{PROG}: error: {printable(e)}", file=sys.stderr)
+        return BAD_INPUT
+    try:
+        export(args, net, form, x, final_path)
+    except (ExportError, OSError) as e:  # a failed check or export: nothing written
+        print(f"{PROG}: error: {printable(e)}", file=sys.stderr)
+        return FAILED
+    return OK
 
-    ms.set_context(mode=ms.GRAPH_MODE, device_target=args.device_target)
-    net, form, in_channels = build_deploy_net(args)
-    x = random_batch(args, net, in_channels)
+
+def export(args, net, form, x, final_path) -> None:
+    import mindcv_ext
 
     reference = None
     if args.check:
@@ -235,9 +251,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ExportError, FileNotFoundError, ValueError) as e:  # CheckpointError is a ValueError
-        print(f"error: {e}", file=sys.stderr)
-        _common.quiet_exit(2)
-    _common.quiet_exit(0)
+    run_tool(main, PROG)  # Ctrl-C / SIGTERM: one line, 130 / 143; exits without MindSpore's shutdown noise

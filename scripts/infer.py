@@ -20,8 +20,9 @@ replaces them; without either, classes are shown by index, and "class" is null i
 Output: one line per image on stdout (`path: name (index) prob | ...`); progress, skipped files and the summary go to
 stderr. --output F.jsonl also writes one JSON object per image:
     {"path": ..., "top5": [{"index": i, "class": name or null, "prob": p}, ...]}   (min(5, num_classes) entries)
-Exit status: 0 when at least one image was predicted (skipped files are counted in the summary), 1 when none could
-be, 2 for bad input (a one-line error naming the problem and the fix, before any long work).
+Exit status (mindcv_ext.cli's table): 0 when at least one image was predicted (skipped files are counted in the
+summary), 1 when none could be or the run did not finish, 2 for bad input (a one-line error naming the problem and
+the fix, before any long work), 130 / 143 on Ctrl-C / SIGTERM (one line).
 """
 import io
 import json
@@ -34,6 +35,7 @@ import _common  # noqa: F401  (puts the repository root on sys.path)
 import numpy as np
 
 from mindcv_ext.checkpoint import CheckpointError
+from mindcv_ext.cli import BAD_INPUT, FAILED, OK, keep_sigint, run_tool
 from mindcv_ext.training.config import ConfigError, load_eval_config
 
 PROG = "scripts/infer.py"
@@ -63,13 +65,26 @@ def _err(text: str) -> None:
 # ------------------------------------------------------------------------------------------------ the images
 
 def find_images(image_path: str) -> List[str]:
-    """The image named, or the image files under the folder (recursively, sorted, symlinked folders not followed)."""
-    if os.path.isfile(image_path):
+    """The image named, or the image files under the folder (recursively, sorted, symlinked folders not followed).
+    FIFOs, sockets, devices and broken links are told from their stat and never opened (reading a FIFO blocks
+    forever): one named is an error, one in the folder is reported and left out."""
+    from mindcv_ext.data.imagecheck import why_not_regular
+
+    if not os.path.isdir(image_path):
+        reason = why_not_regular(image_path)
+        if reason:
+            raise ConfigError(f"--image_path {_show(image_path)!r}: {reason}; pass an image file or a folder of "
+                              f"images.")
         return [image_path]  # named explicitly: checked like any other, whatever its extension
     found = []
     for root, dirs, files in os.walk(image_path):
         dirs.sort()
-        found.extend(os.path.join(root, f) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS))
+        for path in (os.path.join(root, f) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)):
+            reason = why_not_regular(path)
+            if reason:
+                _err(f"skipped {_show(path)}: {reason}")
+            else:
+                found.append(path)
     return found
 
 
@@ -156,7 +171,9 @@ def predict(net, paths: Sequence[str], transforms: list, batch_size: int, worker
                 return done + 1
             report(int(index[-1]))
             done = int(index[-1])
-            yield [int(i) for i in index], net(ms.Tensor(images)).asnumpy()
+            logits = net(ms.Tensor(images)).asnumpy()
+            keep_sigint()  # MindSpore's forward installs a SIGINT handler that turns Ctrl-C into SIGTERM
+            yield [int(i) for i in index], logits
 
     def one_by_one(start: int):
         """Eagerly, with the same transforms, up to and including the first file MindSpore refuses; returns the
@@ -176,7 +193,9 @@ def predict(net, paths: Sequence[str], transforms: list, batch_size: int, worker
                         report(i + 1)
                         return i + 1
                     report(i)
-                    yield [i], net(ms.Tensor(np.asarray(x)[None])).asnumpy()
+                    logits = net(ms.Tensor(np.asarray(x)[None])).asnumpy()
+                    keep_sigint()
+                    yield [i], logits
         return len(paths)
 
     start = 0
@@ -312,10 +331,10 @@ def run(cfg, prepared) -> int:
     if count == 0:
         _err(f"{PROG}: error: none of the {len(paths)} image file(s) could be read ({len(skipped)} skipped, reasons "
              f"above); check the files, or point --image_path at other images.")
-        return 1
+        return FAILED
     _err(f"{count} image(s) predicted, {len(skipped)} skipped (unreadable, listed above)"
          + (f"; results in {cfg.output}" if cfg.output else ""))
-    return 0
+    return OK
 
 
 def main(argv=None) -> int:
@@ -326,20 +345,16 @@ def main(argv=None) -> int:
         prepared = prepare(cfg)
     except (ConfigError, CheckpointError, OSError, ValueError) as e:
         _err(f"{PROG}: error: {e}")
-        return 2
+        return BAD_INPUT
     try:
         return run(cfg, prepared)
     except BrokenPipeError:  # the reader stopped early (`infer.py ... | head`): no error line, as other tools
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
-        return 1  # the run did not finish (an --output file stops where stdout did)
+        return FAILED  # the run did not finish (an --output file stops where stdout did)
     except OSError as e:  # e.g. the disk filled up under --output
         _err(f"{PROG}: error: {e}")
-        return 1
+        return FAILED
 
 
 if __name__ == "__main__":
-    try:
-        code = main()
-    except SystemExit as e:  # --help
-        code = e.code if isinstance(e.code, int) else 0
-    _common.quiet_exit(code)  # skip MindSpore 2.10's noisy Cell.__del__ tracebacks at interpreter shutdown
+    run_tool(main, PROG)  # Ctrl-C / SIGTERM: one line, 130 / 143; exits without MindSpore's shutdown noise

@@ -12,9 +12,13 @@ import sys
 import _common  # noqa: F401  (import path + helpers)
 import numpy as np
 
+from mindcv_ext.cli import BAD_INPUT, FAILED, OK, printable, run_tool
+
+PROG = "reparameterize.py"
+
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="registered model name, e.g. repmlp_t224")
     p.add_argument("--ckpt_path", required=True, help="train-form checkpoint (.ckpt or .safetensors)")
     p.add_argument("--output", required=True, help="deploy checkpoint to write (.ckpt, or .safetensors)")
@@ -32,24 +36,37 @@ def parse_args(argv=None):
     return args
 
 
-def main(argv=None):
+def _err(text) -> None:
+    print(f"{PROG}: error: {printable(text)}", file=sys.stderr, flush=True)
+
+
+def main(argv=None) -> int:
     args = parse_args(argv)
+    import mindcv
     import mindspore as ms
 
     import mindcv_ext
+    from mindcv_ext.checkpoint import CheckpointError
     from mindcv_ext.verify import reparam_error
     from mindcv_ext.weights import build_model, read_weights, same_file, save_weights
 
-    if same_file(args.ckpt_path, args.output):
-        raise SystemExit(f"--output {args.output} is the train-form checkpoint itself; write the deploy form to "
-                         f"another file (e.g. {os.path.splitext(args.output)[0]}_deploy.ckpt).")
-    w = read_weights(args.ckpt_path, ema=args.ema)  # read once: inspected here, loaded below
-    if w.form == "deploy":
-        raise SystemExit(f"{args.ckpt_path} is already a deploy-form checkpoint: nothing to convert. Load it with "
-                         f"mindcv.create_model('{args.model}', deploy=True, checkpoint_path=...).")
-    if w.form is None:
-        raise SystemExit(f"{args.ckpt_path} holds no RepMLPNet blocks; is it a {args.model} checkpoint?")
-    net, w = build_model(args.model, w, num_classes=args.num_classes)
+    try:  # everything before the conversion: a problem here is the command's or the file's (exit 2)
+        if not mindcv.is_model(args.model):
+            raise CheckpointError(f"unknown model {args.model!r}; registered RepMLPNets: "
+                                  f"{', '.join(mindcv.list_models('*repmlp*'))}")
+        if same_file(args.ckpt_path, args.output):
+            raise CheckpointError(f"--output {args.output} is the train-form checkpoint itself; write the deploy "
+                                  f"form to another file (e.g. {os.path.splitext(args.output)[0]}_deploy.ckpt).")
+        w = read_weights(args.ckpt_path, ema=args.ema)  # read once: inspected here, loaded below
+        if w.form == "deploy":
+            raise CheckpointError(f"{args.ckpt_path} is already a deploy-form checkpoint: nothing to convert. Load "
+                                  f"it with mindcv.create_model('{args.model}', deploy=True, checkpoint_path=...).")
+        if w.form is None:
+            raise CheckpointError(f"{args.ckpt_path} holds no RepMLPNet blocks; is it a {args.model} checkpoint?")
+        net, w = build_model(args.model, w, num_classes=args.num_classes)
+    except (CheckpointError, OSError, ValueError) as e:  # FileNotFoundError is an OSError
+        _err(e)
+        return BAD_INPUT
     net.set_train(False)
 
     if args.check:
@@ -58,21 +75,21 @@ def main(argv=None):
         err = reparam_error(net, x)
         print(f"train vs deploy logits on a random batch: max |diff| / max |logit| = {err:.2e}")
         if not err <= 1e-4:
-            raise SystemExit(f"Deploy form does not reproduce the train form (relative error {err:.2e}); "
-                             f"nothing written.")
+            _err(f"the deploy form does not reproduce the train form (relative error {err:.2e}); nothing written.")
+            return FAILED
     else:
         mindcv_ext.reparameterize(net)
-    save_weights(net, args.output, w.class_names)  # the class names travel with the weights
+    try:
+        save_weights(net, args.output, w.class_names)  # the class names travel with the weights
+    except CheckpointError as e:  # a full disk, a read-only folder: the previous file is unchanged
+        _err(e)
+        return FAILED
     n = sum(p.size for p in net.get_parameters())
     print(f"wrote deploy checkpoint {args.output} ({n:,} values) for {args.model}"
           + (f", {len(w.class_names)} class names" if w.class_names else "")
           + f"; load it with mindcv.create_model('{args.model}', deploy=True, checkpoint_path='{args.output}')")
+    return OK
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (FileNotFoundError, ValueError) as e:  # CheckpointError is a ValueError
-        print(f"error: {e}", file=sys.stderr)
-        _common.quiet_exit(2)
-    _common.quiet_exit(0)
+    run_tool(main, PROG)  # Ctrl-C / SIGTERM: one line, 130 / 143; exits without MindSpore's shutdown noise

@@ -3,15 +3,21 @@
     python scripts/verify_reparam.py                      # all six variants, PyNative and graph mode
     python scripts/verify_reparam.py --models repmlp_t224 --modes graph
 
-Prints one JSON line per (variant, mode) and exits 1 if any relative error exceeds --tol (default 1e-5).
+Prints one JSON line per (variant, mode) and exits 1 if any relative error exceeds --tol (default 1e-5), 2 for an
+unknown model name.
 Each check builds the model twice (once to compare names with create_model(deploy=True)), about 40 s per
 variant and mode on a 2-core CPU.
 """
 import argparse
 import json
+import sys
 
 import _common  # noqa: F401
 import numpy as np
+
+from mindcv_ext.cli import BAD_INPUT, FAILED, OK, run_tool
+
+PROG = "verify_reparam.py"
 
 VARIANTS = ["repmlp_t224", "repmlp_t256", "repmlp_b224", "repmlp_b256", "repmlp_d256", "repmlp_l256"]
 
@@ -32,12 +38,21 @@ def check(name: str, mode: str, batch: int = 1, seed: int = 0) -> dict:
     return {"model": name, "mode": mode, "rel_err": err, "same_layout_as_deploy": layout == deploy_layout}
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=VARIANTS)
     p.add_argument("--modes", nargs="+", default=["pynative", "graph"], choices=["pynative", "graph"])
     p.add_argument("--tol", type=float, default=1e-5)
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    import mindcv
+
+    import mindcv_ext  # noqa: F401  (registers the models)
+
+    unknown = [m for m in args.models if not mindcv.is_model(m)]
+    if unknown:  # before the first (40 s) check
+        print(f"{PROG}: error: unknown model(s) {', '.join(map(repr, unknown))}; RepMLPNets: "
+              f"{', '.join(mindcv.list_models('*repmlp*'))}", file=sys.stderr)
+        return BAD_INPUT
     ok = True
     for name in args.models:
         for mode in args.modes:
@@ -45,8 +60,8 @@ def main():
             r["ok"] = r["rel_err"] <= args.tol and r["same_layout_as_deploy"]
             ok &= r["ok"]
             print(json.dumps(r), flush=True)
-    _common.quiet_exit(0 if ok else 1)
+    return OK if ok else FAILED
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main, PROG)  # Ctrl-C / SIGTERM: one line, 130 / 143; exits without MindSpore's shutdown noise

@@ -77,7 +77,8 @@ BAD = {  # name -> (content, words the reason must contain)
     "photo.webp": (_encode("WEBP"), "unsupported format WebP"),
     "cut.png": (_encode("PNG")[:-30], "truncated PNG"),
     "cut.bmp": (_encode("BMP")[:-100], "truncated BMP"),
-    ".DS_Store": (b"\x00\x00\x00\x01Bud1" + bytes(100), "not an image"),
+    ".DS_Store": (b"\x00\x00\x00\x01Bud1" + bytes(100), "hidden file"),  # ImageFolderDataset reads it as a sample
+    "._photo.jpg": (JPEG, "hidden file"),  # macOS metadata next to a copied photo: hidden, however it decodes
 }
 
 
@@ -256,3 +257,12 @@ def test_splits_limits_the_check(planted):
     assert find_bad_images(root, workers=1, splits=["val"]) == []
     assert list_image_entries(root, splits=["val"]) == [os.path.join(root, "val", "a_good", "ok.jpg")]
     assert len(find_bad_images(root, workers=1, splits=["train", "val"])) == len(BAD) + 1
+
+
+def test_cli_fifo_is_reported_never_opened(tmp_path):
+    d = _plant(str(tmp_path / "ds"), {"a.jpg": JPEG})
+    os.mkfifo(os.path.join(d, "pipe.jpg"))
+    proc = _check_dataset_cli([str(tmp_path / "ds"), "--workers", "1"], cwd=str(tmp_path))  # timeout: no hang
+    assert proc.returncode == 1 and proc.stdout.decode() == (
+        os.path.join(d, "pipe.jpg") + ": a FIFO (named pipe), not a regular file (MindSpore's reader would block or "
+        "fail on it)\n")

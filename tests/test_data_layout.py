@@ -3,6 +3,7 @@ that are not UTF-8, a train split of one class, hidden/empty/special/non-image e
 ckpt_save_dir inside a split), and that nothing there opens a FIFO."""
 import io
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -13,6 +14,7 @@ from PIL import Image
 
 from _train_utils import ROOT, TRAIN, explain, make_data, train_args
 from mindcv_ext.data import create_train_loader
+from mindcv_ext.data.imagecheck import check_images, list_image_entries, quick_check, scan_entries
 from mindcv_ext.data.loaders import class_folders
 
 
@@ -131,3 +133,85 @@ def test_train_refuses_a_one_class_split(tmp_path):
     _folders(data, "val", ["cat"])
     line = _refused(data, tmp_path / "run", cwd=str(tmp_path))
     assert "training needs at least 2 classes" in line
+
+
+# -------------------------------------------------------- hidden, empty, special and non-image entries: the quick scan
+
+def test_hidden_class_folder_is_refused(tmp_path):
+    root = _folders(tmp_path / "ds", "train", ["cat", "dog", ".ipynb_checkpoints"])
+    with pytest.raises(ValueError, match=r"Hidden folder '\.ipynb_checkpoints' .*read it as a class"):
+        class_folders(root, "train")
+
+
+def _plant_bad(cls_dir):
+    """Every kind of entry the quick scan must refuse, by name -> words of the reason."""
+    d = str(cls_dir)
+    os.mkfifo(os.path.join(d, "pipe.jpg"))
+    os.symlink("missing.jpg", os.path.join(d, "broken.jpg"))
+    os.makedirs(os.path.join(d, "subdir"))
+    os.symlink(".", os.path.join(d, "linked_dir"))
+    for name, data in {"empty.jpg": b"", "text.jpg": b"hello, I am not an image\n", ".DS_Store": b"\0\0\0\1Bud1",
+                       "._a.jpg": JPEG, "anim.jpg": b"GIF89a" + bytes(40)}.items():
+        with open(os.path.join(d, name), "wb") as f:
+            f.write(data)
+    cwd = os.getcwd()
+    os.chdir(d)  # a socket path must be short: bind by relative name
+    try:
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind("sock.jpg")
+    finally:
+        os.chdir(cwd)
+    return {"pipe.jpg": "FIFO", "broken.jpg": "broken symbolic link", "subdir": "directory",
+            "linked_dir": "directory", "empty.jpg": "empty", "text.jpg": "not an image (a text file)",
+            ".DS_Store": "hidden", "._a.jpg": "hidden", "anim.jpg": "unsupported format GIF",
+            "sock.jpg": "socket"}, sock
+
+
+def test_quick_scan_refuses_without_opening_special_files(tmp_path):
+    root = _folders(tmp_path / "ds", "train", ["a", "b"], files=("ok.jpg", "png_named.jpg"))
+    with open(os.path.join(root, "train", "a", "png_named.jpg"), "wb") as f:  # decodes fine in MindSpore
+        Image.new("RGB", (8, 8)).save(f, "PNG")
+    os.symlink("ok.jpg", os.path.join(root, "train", "a", "link.jpg"))  # a link to an image is an image
+    expected, sock = _plant_bad(os.path.join(root, "train", "b"))
+    entries, bad = _no_hang(scan_entries, root)
+    sock.close()
+    assert entries == list_image_entries(root)
+    bad = {os.path.basename(p): reason for p, reason in bad}
+    assert set(bad) == set(expected)
+    for name, words in expected.items():
+        assert words in bad[name], (name, bad[name])
+    assert quick_check(os.path.join(root, "train", "a", "link.jpg")) is None
+
+
+def test_check_images_quick_is_one_line_with_count_and_fix(tmp_path):
+    root = _folders(tmp_path / "ds", "train", ["a", "b"])
+    expected, sock = _plant_bad(os.path.join(root, "train", "b"))
+    with pytest.raises(ValueError) as e:
+        _no_hang(check_images, root, full=False)
+    sock.close()
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"{len(expected)} unreadable image(s) under {root}: ")
+    assert f"; and {len(expected) - 5} more." in msg and "delete these or move them out of the class folders" in msg
+    assert "check_dataset.py" in msg
+
+
+def test_train_refuses_a_fifo_without_hanging(demo_data, tmp_path):
+    # before: MindSpore's reader blocked on open() of the FIFO, and train.py hung forever
+    data = _copy(demo_data, tmp_path / "data")
+    os.mkfifo(os.path.join(_class_dir(data), "pipe.jpg"))
+    line = _refused(data, tmp_path / "run", cwd=str(tmp_path))
+    assert f"{os.path.join(_class_dir(data), 'pipe.jpg')}: a FIFO (named pipe), not a regular file" in line
+
+
+def test_train_refuses_bad_entries_by_default(demo_data, tmp_path):
+    # without --check_data: before, a MindSpore RuntimeError traceback mid-epoch, after the run had started
+    data = _copy(demo_data, tmp_path / "data")
+    cls = _class_dir(data)
+    for name, content in {".DS_Store": b"\0\0\0\1Bud1", "empty.jpg": b"", "notes.jpg": b"just text\n"}.items():
+        with open(os.path.join(cls, name), "wb") as f:
+            f.write(content)
+    os.makedirs(os.path.join(cls, "more"))
+    line = _refused(data, tmp_path / "run", cwd=str(tmp_path))
+    assert line.startswith(f"error: 4 unreadable image(s) under {data}: ")
+    for name in (".DS_Store", "empty.jpg", "notes.jpg", "more"):
+        assert os.path.join(cls, name) + ": " in line

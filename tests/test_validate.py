@@ -120,9 +120,9 @@ def test_ema_weights_are_the_ones_evaluated(setup, capsys):
     assert raw["loss"] != pytest.approx(ema["loss"], rel=1e-3)
 
 
-def _error(capsys, *args, code=1):
+def _error(capsys, *args, code=2):
     argv = ["--model", "demo_repmlp", *args]
-    assert validate.main(argv) == code  # 2: the command is wrong; 1: the weights or data are
+    assert validate.main(argv) == code  # 2: bad input found before the evaluation (command, weights or data)
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1, err  # one line, no traceback
     return err
@@ -134,7 +134,7 @@ def test_errors_before_work(setup, capsys, tmp_path):
     assert "contradicts" in err and "train-form" in err
     err = _error(capsys, "--data_dir", d, "--ckpt_path", deploy, "--deploy", "False")
     assert "contradicts" in err and "deploy-form" in err
-    assert "checkpoint not found" in _error(capsys, "--data_dir", d, "--ckpt_path", str(tmp_path / "no.ckpt"), code=2)
+    assert "checkpoint not found" in _error(capsys, "--data_dir", d, "--ckpt_path", str(tmp_path / "no.ckpt"))
     broken = tmp_path / "broken.ckpt"
     broken.write_bytes(b"\x00" * 100)
     assert "Cannot read checkpoint" in _error(capsys, "--data_dir", d, "--ckpt_path", str(broken))
@@ -145,8 +145,8 @@ def test_errors_before_work(setup, capsys, tmp_path):
     assert "10-class classifier" in _error(capsys, "--data_dir", d, "--ckpt_path", train, "--num_classes", "7")
     assert "no EMA weights" in _error(capsys, "--data_dir", d, "--ckpt_path", train, "--ema", "True")
     assert "ImageFolder" in _error(capsys, "--data_dir", d, "--ckpt_path", train, "--split", "test")
-    assert "crop_pct" in _error(capsys, "--data_dir", d, "--ckpt_path", train, "--crop_pct", "0", code=2)
-    assert "interpolation" in _error(capsys, "--data_dir", d, "--ckpt_path", train, "--interpolation", "foo", code=2)
+    assert "crop_pct" in _error(capsys, "--data_dir", d, "--ckpt_path", train, "--crop_pct", "0")
+    assert "interpolation" in _error(capsys, "--data_dir", d, "--ckpt_path", train, "--interpolation", "foo")
     extra = tmp_path / "eleven"  # more class directories than the checkpoint's 10-class head
     for c in range(11):
         os.makedirs(extra / "val" / f"c{c:02d}")
@@ -159,7 +159,7 @@ def test_errors_before_work(setup, capsys, tmp_path):
     cwd = os.getcwd()
     os.chdir(tmp_path)
     try:
-        assert validate.main(["--model", "demo_repmlp", "--data_dir", str(broken_val), "--ckpt_path", train]) == 1
+        assert validate.main(["--model", "demo_repmlp", "--data_dir", str(broken_val), "--ckpt_path", train]) == 2
     finally:
         os.chdir(cwd)
     err = capsys.readouterr().err

@@ -300,7 +300,7 @@ def test_unmapped_missing_and_misshaped_keys_are_all_listed(demo_ms, tmp_path, c
     del bad["stages.1.0.prebn2.running_var"]                                     # missing
     bad["embeds.0.conv.weight"] = np.zeros((32, 16, 3, 3), np.float32)           # wrong shape
     np.savez(tmp_path / "bad.npz", **bad)
-    assert run("--model", DEMO, "--src", tmp_path / "bad.npz", "--output", tmp_path / "o.ckpt") == 1
+    assert run("--model", DEMO, "--src", tmp_path / "bad.npz", "--output", tmp_path / "o.ckpt") == 2
     err = _err(capsys)
     assert "unmapped" in err and "stages.0.0.repmlp_block.fc4.weight" in err
     assert "missing" in err and "stages.1.0.prebn2.moving_variance" in err
@@ -319,7 +319,7 @@ def test_missing_torch_names_the_install(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_torch)
     (tmp_path / "w.pth").write_bytes(b"PK\x03\x04 not really")
-    assert run("--model", DEMO, "--src", tmp_path / "w.pth", "--output", tmp_path / "o.ckpt") == 1
+    assert run("--model", DEMO, "--src", tmp_path / "w.pth", "--output", tmp_path / "o.ckpt") == 2
     err = _err(capsys)
     assert 'pip install "mindcv-ext-repmlp[torch]"' in err and "needs torch" in err
 
@@ -333,19 +333,19 @@ def test_missing_torch_names_the_install(tmp_path, capsys, monkeypatch):
 ])
 def test_unreadable_sources(tmp_path, capsys, name, content, expected):
     (tmp_path / name).write_bytes(content)
-    assert run("--model", DEMO, "--src", tmp_path / name, "--output", tmp_path / "o.ckpt") == 1
+    assert run("--model", DEMO, "--src", tmp_path / name, "--output", tmp_path / "o.ckpt") == 2
     assert expected in _err(capsys)
 
 
 def test_unreadable_pth(ref, tmp_path, capsys):
     (tmp_path / "w.pth").write_bytes(b"this is not a torch file")
-    assert run("--model", DEMO, "--src", tmp_path / "w.pth", "--output", tmp_path / "o.ckpt") == 1
+    assert run("--model", DEMO, "--src", tmp_path / "w.pth", "--output", tmp_path / "o.ckpt") == 2
     assert "is not a torch.save file" in _err(capsys)
     import torch
     torch.save({"w": torch.ones(1000)}, tmp_path / "t.pth")  # a real torch file, cut short
     data = (tmp_path / "t.pth").read_bytes()
     (tmp_path / "t.pth").write_bytes(data[:len(data) // 2])
-    assert run("--model", DEMO, "--src", tmp_path / "t.pth", "--output", tmp_path / "o.ckpt") == 1
+    assert run("--model", DEMO, "--src", tmp_path / "t.pth", "--output", tmp_path / "o.ckpt") == 2
     err = _err(capsys)
     assert "corrupt, truncated" in err and "weights_only=False" not in err  # not blamed on Python objects
 
@@ -357,7 +357,7 @@ class Config:  # stands for a training config pickled next to the weights
 def test_pth_with_python_objects_is_refused_not_unpickled(ref, demo_refs, tmp_path, capsys):
     import torch
     torch.save({"model": demo_refs[1]["train"][0], "config": Config()}, tmp_path / "w.pth")
-    assert run("--model", DEMO, "--src", tmp_path / "w.pth", "--output", tmp_path / "o.ckpt") == 1
+    assert run("--model", DEMO, "--src", tmp_path / "w.pth", "--output", tmp_path / "o.ckpt") == 2
     err = _err(capsys)
     assert "Python objects besides tensors" in err and "weights_only=False" in err
 
@@ -379,10 +379,10 @@ def test_bad_arguments_fail_before_any_work(tmp_path, capsys):
 def test_wrong_model_and_classes_get_a_hint(demo_ms, tmp_path, capsys):
     _, _, official, _, _ = demo_ms
     np.savez(tmp_path / "w.npz", **official)
-    assert run("--model", "repmlp_t224", "--src", tmp_path / "w.npz", "--output", tmp_path / "o.ckpt") == 1
+    assert run("--model", "repmlp_t224", "--src", tmp_path / "w.npz", "--output", tmp_path / "o.ckpt") == 2
     assert f"use --model {DEMO}" in _err(capsys)
     assert run("--model", DEMO, "--src", tmp_path / "w.npz", "--output", tmp_path / "o.ckpt",
-               "--num_classes", 5) == 1
+               "--num_classes", 5) == 2
     err = _err(capsys)
     assert "has a 10-class classifier but num_classes is 5" in err and "Drop num_classes" in err
 
@@ -393,9 +393,9 @@ def test_mixed_forms_and_foreign_files(demo_ms, tmp_path, capsys):
     key = "stages.0.0.repmlp_block.fc3_bn.weight" if form == "deploy" else "stages.0.0.repmlp_block.fc3.bias"
     mixed[key] = np.ones(4, np.float32)
     np.savez(tmp_path / "mixed.npz", **mixed)
-    assert run("--model", DEMO, "--src", tmp_path / "mixed.npz", "--output", tmp_path / "o.ckpt") == 1
+    assert run("--model", DEMO, "--src", tmp_path / "mixed.npz", "--output", tmp_path / "o.ckpt") == 2
     assert "mixes train-form keys" in _err(capsys)
     np.savez(tmp_path / "resnet.npz", **{"conv1.weight": np.zeros((8, 3, 7, 7), np.float32),
                                          "bn1.running_mean": np.zeros(8, np.float32)})
-    assert run("--model", DEMO, "--src", tmp_path / "resnet.npz", "--output", tmp_path / "o.ckpt") == 1
+    assert run("--model", DEMO, "--src", tmp_path / "resnet.npz", "--output", tmp_path / "o.ckpt") == 2
     assert "not a RepMLPNet checkpoint" in _err(capsys)

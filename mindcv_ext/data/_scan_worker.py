@@ -81,8 +81,8 @@ def _looks_like_text(head: bytes) -> bool:
         return False
     try:
         sample.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
+    except UnicodeDecodeError as e:  # a character cut by the end of the sample is still text
+        return e.reason == "unexpected end of data"
     return True
 
 
@@ -356,9 +356,9 @@ def check_bmp(f, head: bytes, size: int):
         raise Bad(f"truncated BMP ({size} bytes, the header says {declared})")
 
 
-def _check_content(f, head: bytes, size: int, ext: Optional[str]):
-    """Raise Bad or NeedsDecode for an open, non-empty file (or its bytes) whose first bytes are `head`; `ext`,
-    when given, must fit the format found."""
+def check_format(head: bytes, ext: Optional[str] = None) -> str:
+    """The image format the first bytes of a file announce (a few dozen bytes are enough), or Bad: not an image,
+    or a format MindSpore cannot decode; with `ext`, also when the name's extension does not fit the format."""
     fmt = sniff(head)
     if fmt is None:
         kind = "a text file" if _looks_like_text(head) else f"unknown format, starts with {head[:8]!r}"
@@ -367,6 +367,13 @@ def _check_content(f, head: bytes, size: int, ext: Optional[str]):
         raise Bad(f"unsupported format {fmt} (MindSpore decodes JPEG, PNG, BMP, TIFF): convert it to JPEG")
     if ext is not None and ext not in EXTENSIONS[fmt]:
         raise Bad(f"wrong extension: {fmt} data in a file named '{ext or '(none)'}'")
+    return fmt
+
+
+def _check_content(f, head: bytes, size: int, ext: Optional[str]):
+    """Raise Bad or NeedsDecode for an open, non-empty file (or its bytes) whose first bytes are `head`; `ext`,
+    when given, must fit the format found."""
+    fmt = check_format(head, ext)
     if fmt == "JPEG":
         check_jpeg(f, head, size)
     elif fmt == "PNG":
@@ -392,8 +399,13 @@ def check_bytes(data: bytes) -> Optional[str]:
     return None
 
 
-def check_file(path: str):
-    """Raise Bad or NeedsDecode, or return None when the file structure is sound."""
+_SPECIAL = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+            (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def stat_regular(path: str) -> os.stat_result:
+    """The stat of a regular file (or a link to one), else Bad: a directory, FIFO, socket, device, broken link or
+    link loop. From stat alone: a FIFO is never opened (MindSpore's reader, and ours, would block on it forever)."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -405,9 +417,36 @@ def check_file(path: str):
     if stat.S_ISDIR(st.st_mode):
         raise Bad("a directory inside a class directory (ImageFolderDataset reads every entry as an image)")
     if not stat.S_ISREG(st.st_mode):
-        raise Bad("not a regular file")
+        kind = next((name for test, name in _SPECIAL if test(st.st_mode)), "a special file")
+        raise Bad(f"{kind}, not a regular file (MindSpore's reader would block or fail on it)")
+    return st
+
+
+def stat_sample(path: str) -> os.stat_result:
+    """stat_regular, and Bad for an empty file or a hidden name (.DS_Store, ._photo.jpg): ImageFolderDataset reads
+    every entry of a class folder, hidden or not, as an image of that class, while their owners expect them to be
+    ignored."""
+    st = stat_regular(path)
+    if os.path.basename(path).startswith("."):
+        raise Bad("hidden file (ImageFolderDataset reads it as an image of its class folder)")
     if st.st_size == 0:
         raise Bad("empty file (0 bytes)")
+    return st
+
+
+def read_head(path: str, n: int) -> bytes:
+    """The first `n` bytes of a file checked by stat_sample. O_NONBLOCK: should it have been replaced by a FIFO
+    since, the open returns at once instead of waiting for a writer."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        return os.read(fd, n)
+    finally:
+        os.close(fd)
+
+
+def check_file(path: str):
+    """Raise Bad or NeedsDecode, or return None when the file structure is sound."""
+    st = stat_sample(path)
     with open(path, "rb") as f:
         _check_content(f, f.read(HEAD), st.st_size, os.path.splitext(path)[1].lower())
 

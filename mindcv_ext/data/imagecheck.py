@@ -5,6 +5,7 @@ with SIGFPE or SIGSEGV, or loops forever (measured with MindSpore 2.10 on CPU), 
 So the checks run in separate worker processes (`_scan_worker.py`): a worker that dies or hangs costs one restart,
 and the file it was on is reported.
 """
+import concurrent.futures
 import json
 import os
 import queue
@@ -15,7 +16,10 @@ import tempfile
 import threading
 from typing import Iterable, List, Optional, Sequence, Tuple
 
-__all__ = ["find_bad_images", "check_images", "list_image_entries", "SPLIT_NAMES"]
+from ._scan_worker import Bad, check_format, read_head, stat_sample
+
+__all__ = ["find_bad_images", "check_images", "list_image_entries", "scan_entries", "quick_check", "shown",
+           "SPLIT_NAMES"]
 
 SPLIT_NAMES = ("train", "val", "validation", "test")
 _WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_scan_worker.py")
@@ -31,25 +35,82 @@ def _split_dirs(root: str, splits: Optional[Sequence[str]] = None) -> List[str]:
     return found or [root]
 
 
-def list_image_entries(root: str, splits: Optional[Sequence[str]] = None) -> List[str]:
-    """Every entry ImageFolderDataset would read as a sample: all entries of every class directory (hidden files
-    and subdirectories included: MindSpore reads those too). Files directly in a split directory are not samples.
-    `splits` (e.g. ['val']) limits the listing to those directories under root."""
-    entries = []
+def _class_dirs(root: str, splits: Optional[Sequence[str]]) -> Tuple[List[str], List[str]]:
+    """(the class directories of every split, sorted; entries of a split that cannot even be stat'ed as a
+    directory, such as a symbolic-link loop: reported as bad samples rather than a crash)."""
+    classes, odd = [], []
     for split in _split_dirs(root, splits):
-        classes = []
         with os.scandir(split) as it:
             for e in it:
                 try:
                     if e.is_dir():
                         classes.append(e.path)
                 except OSError:  # a symlink loop or similar where a class directory should be: report, not crash
-                    entries.append(e.path)
-        for cls in sorted(classes):
-            with os.scandir(cls) as it:
-                entries.extend(e.path for e in it)
+                    odd.append(e.path)
+    return sorted(classes), odd
+
+
+def list_image_entries(root: str, splits: Optional[Sequence[str]] = None) -> List[str]:
+    """Every entry ImageFolderDataset would read as a sample: all entries of every class directory (hidden files
+    and subdirectories included: MindSpore reads those too). Files directly in a split directory are not samples.
+    `splits` (e.g. ['val']) limits the listing to those directories under root. Lists names only: nothing is
+    opened (see `scan_entries` for the quick check)."""
+    classes, entries = _class_dirs(root, splits)
+    for cls in classes:
+        with os.scandir(cls) as it:
+            entries.extend(e.path for e in it)
     entries.sort()
     return entries
+
+
+_HEAD_BYTES = 64  # enough for every signature `sniff` knows, and a text/binary guess for the message
+
+
+def quick_check(path: str) -> Optional[str]:
+    """Why `path` cannot be read as an image, from its name, its stat and its first bytes; or None. Never opens a
+    non-regular file (a FIFO would block forever). Catches what needs no decoding: hidden files, directories,
+    FIFOs, sockets, devices, broken links, empty files, and files whose first bytes are not an image format
+    MindSpore decodes (text, .DS_Store, GIF, WebP, ...). Truncated or corrupt images need the full check."""
+    try:
+        stat_sample(path)
+        check_format(read_head(path, _HEAD_BYTES))
+    except Bad as e:
+        return str(e)
+    except OSError as e:
+        return f"cannot read: {e.strerror or e}"
+    return None
+
+
+def _scan_class(cls: str) -> Tuple[List[str], List[Tuple[str, str]]]:
+    entries, bad = [], []
+    with os.scandir(cls) as it:
+        for e in it:
+            entries.append(e.path)
+            reason = quick_check(e.path)
+            if reason is not None:
+                bad.append((e.path, reason))
+    return entries, bad
+
+
+def scan_entries(root: str, splits: Optional[Sequence[str]] = None,
+                 threads: Optional[int] = None) -> Tuple[List[str], List[Tuple[str, str]]]:
+    """The quick pre-scan train.py runs by default: (every entry list_image_entries lists, sorted; (path, reason)
+    for those `quick_check` refuses, sorted). Per file one stat and one read of its first bytes, in `threads`
+    threads (default 8: the time goes to system calls and disk latency, which threads overlap)."""
+    classes, odd = _class_dirs(root, splits)
+    entries = list(odd)
+    bad = [(p, quick_check(p)) for p in odd]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, int(threads or 8))) as pool:
+        for found, refused in pool.map(_scan_class, classes):
+            entries.extend(found)
+            bad.extend(refused)
+    return sorted(entries), sorted(bad)
+
+
+def shown(path: str) -> str:
+    """A path for messages and consoles: bytes of a name that are not UTF-8 as \\xNN (printing them raw would stop
+    the report with a UnicodeEncodeError)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def _signal_name(returncode: int) -> str:
@@ -174,15 +235,22 @@ def find_bad_images(root: str, workers: Optional[int] = None, *, full_decode: bo
     return sorted((given[p], r) for p, r in results.items() if r is not None)
 
 
-def check_images(root: str, workers: Optional[int] = None, splits: Optional[Sequence[str]] = None) -> int:
-    """Refuse a dataset with files MindSpore's decoder would refuse or crash on, before a run reads them (hours
-    into training, or on an evaluation's path, where mindcv's Decode also dumps the file into the working
-    directory). Raises ValueError listing them; returns the number of files checked."""
-    entries = list_image_entries(root, splits=splits)
-    bad = find_bad_images(root, workers=workers, paths=entries)
+def check_images(root: str, workers: Optional[int] = None, splits: Optional[Sequence[str]] = None, *,
+                 full: bool = True) -> int:
+    """Refuse a dataset with files MindSpore's decoder would refuse, crash or hang on, before a run reads them
+    (hours into training, or on an evaluation's path, where mindcv's Decode also dumps the file into the working
+    directory). Always the quick pre-scan (`scan_entries`); with `full`, then the structure check of
+    `find_bad_images` on the files that passed it. Raises ValueError with one line: the first bad files, their
+    count and the fix; returns the number of files checked."""
+    entries, bad = scan_entries(root, splits)
+    if full:
+        refused = {p for p, _ in bad}
+        bad = sorted(bad + find_bad_images(root, workers=workers, paths=[p for p in entries if p not in refused]))
     if bad:
-        shown = "\n".join(f"  {path}: {reason}" for path, reason in bad[:20])
-        more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
-        raise ValueError(f"{len(bad)} unreadable image(s) under {root}:\n{shown}{more}\nRemove or replace them "
-                         f"(python scripts/check_dataset.py --data_dir {root} lists them all), then start again.")
+        first = "; ".join(f"{shown(path)}: {shown(reason)}" for path, reason in bad[:5])
+        more = f"; and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise ValueError(f"{len(bad)} unreadable image(s) under {shown(root)}: {first}{more}. Every entry of a class "
+                         f"folder is read as an image: delete these or move them out of the class folders "
+                         f"(python scripts/check_dataset.py --data_dir {shown(root)} lists them all), then start "
+                         f"again.")
     return len(entries)

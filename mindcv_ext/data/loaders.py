@@ -28,7 +28,8 @@ def class_folders(data_dir: str, split: str, num_classes: Optional[int] = None, 
     Label order is MindSpore's: ImageFolderDataset numbers the class folders in the sorted order of their names'
     bytes. Names that are not valid UTF-8 are refused: Python sorts their surrogate escapes elsewhere (the recorded
     names would be swapped against the labels), they cannot be recorded in a checkpoint as text, and MindSpore's
-    own get_class_indexing() fails on them."""
+    own get_class_indexing() fails on them. So are hidden folders (.ipynb_checkpoints): MindSpore reads them as a
+    class their owners do not know is there."""
     if not data_dir:
         raise ValueError("No data_dir given. Expected the layout " + _LAYOUT.format(split=split) + ".")
     if not os.path.isdir(data_dir):
@@ -47,6 +48,9 @@ def class_folders(data_dir: str, split: str, num_classes: Optional[int] = None, 
             raise ValueError(f"Class folder '{shown}' in {where} has a name that is not valid UTF-8 (bytes shown as "
                              f"\\xNN); class names are recorded in checkpoints as text. Rename it to a UTF-8 name "
                              f"(in both splits), e.g. convmv -f latin1 -t utf8 -r --notest {where}.")
+        if name.startswith("."):
+            raise ValueError(f"Hidden folder '{shown}' in {where}: MindSpore's ImageFolderDataset would read it as "
+                             f"a class. Move it out of {where} (or delete it).")
     if not classes:
         raise ValueError(f"{split_dir!r} has no class directories. Expected the layout "
                          + _LAYOUT.format(split=split) + ".")

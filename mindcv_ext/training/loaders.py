@@ -10,7 +10,8 @@ __all__ = ["prepare_data_dir", "train_class_names", "build_train_loader", "build
 
 def prepare_data_dir(cfg) -> str:
     """The dataset root. `dataset: demo` generates the built-in procedural set there on first use (a no-op when
-    it already exists); `dataset: imagenet` must already hold <train_split>/<class>/ (and <val_split>/)."""
+    it already exists); `dataset: imagenet` must already hold <train_split>/<class>/ (and <val_split>/), and its
+    samples pass the quick scan (no hidden, empty, special or non-image files: imagecheck.scan_entries)."""
     if cfg.dataset == "demo":
         from ..data import ensure_demo_dataset
 
@@ -27,6 +28,13 @@ def prepare_data_dir(cfg) -> str:
                               f"{os.path.join(root, cfg.train_split, '<class>', '*.jpg')} and "
                               f"{os.path.join(root, cfg.val_split, '<class>', '*.jpg')}. Set --data_dir, or use "
                               f"--dataset demo to generate the built-in demo set.")
+    if not cfg.check_data:  # check_data runs the full check, which starts with this one
+        from ..data.imagecheck import check_images
+
+        try:  # one stat and a few header bytes per file: seconds for ImageNet, before anything reads the data
+            check_images(root, splits=needed, full=False)
+        except (ValueError, OSError) as e:
+            raise ConfigError(str(e)) from None
     return root
 
 
