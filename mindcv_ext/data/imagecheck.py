@@ -16,10 +16,10 @@ import tempfile
 import threading
 from typing import Iterable, List, Optional, Sequence, Tuple
 
-from ._scan_worker import Bad, check_format, read_head, stat_sample
+from ._scan_worker import Bad, check_format, read_head, stat_regular, stat_sample
 
-__all__ = ["find_bad_images", "check_images", "list_image_entries", "scan_entries", "quick_check", "shown",
-           "SPLIT_NAMES"]
+__all__ = ["find_bad_images", "check_images", "list_image_entries", "scan_entries", "quick_check",
+           "why_not_regular", "shown", "SPLIT_NAMES"]
 
 SPLIT_NAMES = ("train", "val", "validation", "test")
 _WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_scan_worker.py")
@@ -64,6 +64,18 @@ def list_image_entries(root: str, splits: Optional[Sequence[str]] = None) -> Lis
 
 
 _HEAD_BYTES = 64  # enough for every signature `sniff` knows, and a text/binary guess for the message
+
+
+def why_not_regular(path: str) -> Optional[str]:
+    """None for a regular file (or a link to one); else what it is (directory, FIFO, socket, device, broken link,
+    link loop), from stat alone: safe to call on anything, it never opens the path (a FIFO would block)."""
+    try:
+        stat_regular(path)
+    except Bad as e:
+        return str(e)
+    except OSError as e:
+        return f"cannot read: {e.strerror or e}"
+    return None
 
 
 def quick_check(path: str) -> Optional[str]:
