@@ -58,6 +58,7 @@ def main(argv=None) -> int:
     _RUN["latest"] = latest_path
     _refuse_a_finished_run(resuming, latest_path, cfg)
     check_output_dir(cfg.ckpt_save_dir)
+    mindcv_ext.training.loaders.check_save_dir_outside_data(cfg)  # before the run directory is created
     rank, group_size = init_context(cfg)
     is_main = rank == 0
     # One live run per ckpt_save_dir (rank 0 holds a lock until it exits); checked again under the lock, since

@@ -241,3 +241,14 @@ def test_infer_find_images_leaves_out_special_files_without_opening_them(tmp_pat
     with pytest.raises(infer.ConfigError, match=r"--image_path '.*pipe\.jpg': a FIFO \(named pipe\)"):
         _no_hang(infer.find_images, str(folder / "sub" / "pipe.jpg"))
     assert infer.find_images(str(folder / "a.jpg")) == [str(folder / "a.jpg")]
+
+
+# ---------------------------------------------------------------------------------------- ckpt_save_dir inside a split
+
+def test_train_refuses_ckpt_save_dir_inside_a_split(demo_data, tmp_path):
+    data = _copy(demo_data, tmp_path / "data")
+    line = _refused(data, os.path.join(data, "train", "run1"), cwd=str(tmp_path))
+    assert f"is inside the train split {os.path.join(data, 'train')}" in line
+    assert "--ckpt_save_dir " + os.path.join(str(tmp_path), "outputs", "run1") in line
+    line = _refused(data, os.path.join("data", "val", "run1"), cwd=str(tmp_path))  # relative spelling too
+    assert "is inside the val split" in line

@@ -5,7 +5,22 @@ from typing import List
 
 from .config import ConfigError
 
-__all__ = ["prepare_data_dir", "train_class_names", "build_train_loader", "build_eval_loader"]
+__all__ = ["check_save_dir_outside_data", "prepare_data_dir", "train_class_names", "build_train_loader",
+           "build_eval_loader"]
+
+
+def check_save_dir_outside_data(cfg) -> None:
+    """Refuse a ckpt_save_dir inside the train or val split (e.g. data/train/run1): every folder there is read as
+    a class, and the run's own train.log and checkpoints as its images. Run before anything is created."""
+    data = os.path.realpath(cfg.data_dir or ".")
+    save = os.path.realpath(cfg.ckpt_save_dir)
+    for split in (cfg.train_split, cfg.val_split):
+        split_dir = os.path.join(data, split)
+        if os.path.commonpath([save, split_dir]) == split_dir:
+            raise ConfigError(f"ckpt_save_dir {cfg.ckpt_save_dir} is inside the {split} split {split_dir}: "
+                              f"ImageFolderDataset would read it as a class folder and this run's train.log and "
+                              f"checkpoints as images. Save outside the dataset's splits, e.g. --ckpt_save_dir "
+                              f"{os.path.join(os.path.dirname(data), 'outputs', os.path.basename(save))}.")
 
 
 def prepare_data_dir(cfg) -> str:
