@@ -259,6 +259,16 @@ def test_splits_limits_the_check(planted):
     assert len(find_bad_images(root, workers=1, splits=["train", "val"])) == len(BAD) + 1
 
 
+def test_cli_file_instead_of_directory(tmp_path):
+    # used to say "directory not found" for a path that exists
+    image = tmp_path / "photo.jpg"
+    image.write_bytes(JPEG)
+    proc = _check_dataset_cli(["--data_dir", str(image)], cwd=str(tmp_path))
+    err = proc.stderr.decode()
+    assert proc.returncode == 2 and f"'{image}' is a file, not a directory: pass the dataset directory" in err, err
+    assert "not found" not in err and "Traceback" not in err
+
+
 def test_cli_fifo_is_reported_never_opened(tmp_path):
     d = _plant(str(tmp_path / "ds"), {"a.jpg": JPEG})
     os.mkfifo(os.path.join(d, "pipe.jpg"))
