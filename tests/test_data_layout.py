@@ -143,6 +143,15 @@ def test_hidden_class_folder_is_refused(tmp_path):
         class_folders(root, "train")
 
 
+def test_imagefolder_reads_every_entry_hidden_or_not(tmp_path):
+    # why hidden files are refused rather than assumed harmless: mindcv's create_dataset passes no `extensions`,
+    # so ImageFolderDataset reads every entry of a class folder, .DS_Store and extension-less names included
+    from mindcv.data import create_dataset
+
+    root = _folders(tmp_path / "ds", "train", ["a", "b"], files=("x.jpg", ".DS_Store", "noext"))
+    assert create_dataset(name="imagenet", root=root, split="train", shuffle=False).get_dataset_size() == 6
+
+
 def _plant_bad(cls_dir):
     """Every kind of entry the quick scan must refuse, by name -> words of the reason."""
     d = str(cls_dir)
@@ -193,6 +202,14 @@ def test_check_images_quick_is_one_line_with_count_and_fix(tmp_path):
     assert "\n" not in msg and msg.startswith(f"{len(expected)} unreadable image(s) under {root}: ")
     assert f"; and {len(expected) - 5} more." in msg and "delete these or move them out of the class folders" in msg
     assert "check_dataset.py" in msg
+
+
+def test_full_check_refuses_a_fifo_without_opening_it(tmp_path):
+    # validate.py's default and train.py --check_data: the quick scan runs first, the workers never see the FIFO
+    root = _folders(tmp_path / "ds", "val", ["a"])
+    os.mkfifo(os.path.join(root, "val", "a", "pipe.jpg"))
+    with pytest.raises(ValueError, match=r"1 unreadable image\(s\) .*pipe\.jpg: a FIFO \(named pipe\)"):
+        _no_hang(check_images, root, workers=1, splits=["val"])
 
 
 def test_train_refuses_a_fifo_without_hanging(demo_data, tmp_path):
