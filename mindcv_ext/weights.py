@@ -24,6 +24,7 @@ import numpy as np
 
 from . import weight_formats as formats
 from .checkpoint import CheckpointError
+from .cli import printable
 from .models.repmlp import MINDCV_EXTRA_KEYS, RepMLPNet, checkpoint_form, checkpoint_model_kwargs, \
     checkpoint_variant
 
@@ -150,7 +151,7 @@ def same_file(a: str, b: str) -> bool:
 
 
 def _fmt_list(names, limit=10) -> str:
-    names = list(names)
+    names = [printable(n) for n in names]  # class names and file keys are data: no line breaks or escapes
     return ", ".join(names[:limit]) + (f" ... (+{len(names) - limit} more)" if len(names) > limit else "")
 
 
@@ -364,7 +365,7 @@ def check_class_names(expected: Optional[Sequence[str]], found: Sequence[str], w
     else:
         first = next(i for i, (a, b) in enumerate(zip(expected, found)) if a != b)
         diff = f"same names in another order (label {first} is {expected[first]!r} there, {found[first]!r} here)"
-    raise CheckpointError(f"{what}: class folders differ ({diff}). {fix}")
+    raise CheckpointError(printable(f"{what}: class folders differ ({diff}). {fix}"))
 
 
 # ------------------------------------------------------------------------------------------ mindcv integration

@@ -35,7 +35,7 @@ import _common  # noqa: F401  (puts the repository root on sys.path)
 import numpy as np
 
 from mindcv_ext.checkpoint import CheckpointError
-from mindcv_ext.cli import BAD_INPUT, FAILED, OK, keep_sigint, run_tool
+from mindcv_ext.cli import BAD_INPUT, FAILED, OK, keep_sigint, printable, run_tool
 from mindcv_ext.training.config import ConfigError, load_eval_config
 
 PROG = "scripts/infer.py"
@@ -54,12 +54,13 @@ INFER_KEYS = {
 
 
 def _show(path: str) -> str:
-    """A path printable on any console: non-UTF-8 bytes of a file name as \\xNN."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
+    """A path printable on any console: non-UTF-8 bytes of a file name as \\xNN, control characters escaped."""
+    return printable(path)
 
 
 def _err(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
+    # Every stderr line may quote a file or class name: escaped, so a name cannot forge lines or colour the terminal
+    print(printable(text), file=sys.stderr, flush=True)
 
 
 # ------------------------------------------------------------------------------------------------ the images
@@ -311,8 +312,9 @@ def run(cfg, prepared) -> int:
         for index, logits in predict(net, paths, transforms, cfg.batch_size, cfg.num_parallel_workers, on_skip):
             for i, row in zip(index, logits):
                 top = top_k(row, names, k)
+                # Names recorded in a checkpoint are data: a newline in one would forge a prediction line
                 print(f"{_show(paths[i])}: " + " | ".join(
-                    f"{t['class'] if t['class'] is not None else '#' + str(t['index'])} ({t['index']}) "
+                    f"{printable(t['class']) if t['class'] is not None else '#' + str(t['index'])} ({t['index']}) "
                     f"{t['prob']:.4f}" for t in top))
                 if out:
                     # ensure_ascii: a non-UTF-8 file name (surrogate escapes) still makes valid JSON
