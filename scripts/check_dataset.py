@@ -3,8 +3,9 @@
     python scripts/check_dataset.py --data_dir /path/to/imagenet [--workers N] [--full_decode True]
 
 Checks every sample under data_dir/{train,val,...}/<class>/ (or under data_dir/<class>/ for a single split):
-empty, truncated or corrupt files, non-image and unsupported files (GIF, WebP, ...), wrong extensions, directories
-inside class directories, and files on which MindSpore's decoder crashes (SIGFPE/SIGSEGV) or hangs.
+empty, truncated or corrupt files, non-image and unsupported files (GIF, WebP, ...), wrong extensions, hidden files
+(.DS_Store: ImageFolderDataset reads them too), directories, FIFOs and other special files inside class directories
+(told from their stat, never opened), and files on which MindSpore's decoder crashes (SIGFPE/SIGSEGV) or hangs.
 Prints one "path: reason" line per bad file. Exit code 0 when clean, 1 when anything is bad, 2 on usage errors.
 Only reads the dataset; deleting or replacing the listed files is up to you.
 """

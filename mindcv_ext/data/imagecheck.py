@@ -209,7 +209,8 @@ def find_bad_images(root: str, workers: Optional[int] = None, *, full_decode: bo
     `root` is a dataset root with train/ and val/ (or test/, validation/) split directories, or one split
     directory holding class directories; `splits` (e.g. ['val']) checks only those directories under root. Found:
     empty, truncated and corrupt files, text or other non-image files, formats MindSpore cannot decode, wrong
-    extensions, directories inside class directories, and files on which MindSpore's decoder crashes or hangs.
+    extensions, hidden files, directories, FIFOs and other special files inside class directories (never opened),
+    and files on which MindSpore's decoder crashes or hangs.
 
     Default mode checks the file structure as MindSpore's decoder reads it (JPEG markers, tables, frame and scan
     headers, every marker through the end of progressive files, the end-of-image marker; PNG IEND; BMP size) and
