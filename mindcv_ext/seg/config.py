@@ -1,0 +1,221 @@
+"""Keys of train_seg.py / validate_seg.py / scripts/predict_seg.py, parsed by training/config.py's parse_config.
+
+One table for the three tools, so `-c <training recipe>` reads unchanged in validate_seg.py and predict_seg.py.
+Keys shared with train.py keep its names, defaults and help (taken from KEYS, not copied); the segmentation
+ones follow mmsegmentation's config vocabulary (crop_size, img_scale, ratio_range, cat_max_ratio, total iters).
+"""
+import os
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+from ..training.config import KEYS, ConfigError, _at_least, _choice, _fit_workers, parse_config
+from .data import LAYOUTS
+from .demo import SEG_DEMO_CLASSES as DEMO_CLASSES
+from .model import HEADS
+
+__all__ = ["SEG_KEYS", "load_seg_config", "load_seg_eval_config", "DEMO_CLASSES"]
+
+_SHARED = ("mode", "distribute", "log_interval", "seed", "device_target", "jit_level", "data_dir",
+           "num_parallel_workers", "shuffle", "batch_size", "hflip", "mean", "std", "drop_path_rate", "ckpt_path",
+           "resume_opt", "keep_checkpoint_max", "ckpt_save_dir", "clip_grad", "clip_value", "layer_decay", "opt",
+           "momentum", "weight_decay", "use_nesterov", "weight_decay_filter", "eps", "lr", "min_lr", "amp_level",
+           "amp_cast_list", "loss_scale_type", "loss_scale", "drop_overflow_update",
+           "filter_bias_and_bn", "dynamic_loss_scale")  # the last two: parse_config's legacy-key step reads them
+
+SEG_KEYS: Dict[str, Tuple[Any, str, str]] = {k: KEYS[k] for k in _SHARED}
+SEG_KEYS.update({
+    "dataset": ("cityscapes", "str", "cityscapes, ade20k (mmseg's layouts, see docs/segmentation.md) or demo (the "
+                                     "generated Cityscapes-layout set, made in data_dir on first use)"),
+    "train_split": (None, "str", "train split folder (default: train for cityscapes, training for ade20k)"),
+    "val_split": (None, "str", "validation split folder (default: val / validation)"),
+    "num_classes": (None, "int", "classes (default: the dataset's: 19 cityscapes, 150 ade20k, 8 demo)"),
+    "check_data": (True, "bool", "open every image/label pair before work and stop on the first bad one"),
+    "backbone": ("", "str", "RepMLPNet variant for the encoder, e.g. repmlp_t256 (required for training)"),
+    "backbone_ckpt": ("", "str", "encoder weights (any format/layout mindcv_ext.weights reads; a classifier is "
+                                 "left out). Empty: random init"),
+    "gelu_approximate": (False, "bool", "tanh GELU in the encoder (True only for mindcv's published t224 weights)"),
+    "head": ("upernet", "str", "decode head: upernet (the paper's) or fpn (Semantic FPN, lighter)"),
+    "head_channels": (None, "int", "decode head width (default: UPerNet 512, FPN 128, as mmseg)"),
+    "aux_head": (True, "bool", "FCN auxiliary head on stage 3 (training only; mmseg's UPerNet configs have it)"),
+    "aux_channels": (256, "int", "auxiliary head width"),
+    "aux_weight": (0.4, "float", "auxiliary loss weight"),
+    "dropout": (0.1, "float", "dropout before the classifiers"),
+    "img_scale": ((2048, 1024), "pair", "RandomResize base scale (w, h): ratio_range times it, aspect kept"),
+    "ratio_range": ((0.5, 2.0), "pair", "RandomResize ratio range"),
+    "crop_size": ((512, 1024), "pair", "training crop (h, w); multiples of the backbone's native size"),
+    "cat_max_ratio": (0.75, "float", "RandomCrop: retry (up to 10 times) crops where one class covers more"),
+    "photometric": (True, "bool", "PhotoMetricDistortion (brightness, contrast, saturation, hue)"),
+    "total_iters": (80000, "int", "training iterations (optimizer steps)"),
+    "val_interval": (8000, "int", "iterations between evaluations and checkpoints (latest.ckpt, periodic)"),
+    "val_while_train": (True, "bool", "evaluate every val_interval iterations; best.ckpt by mIoU"),
+    "warmup_iters": (0, "int", "linear warmup iterations (from lr * warmup_ratio)"),
+    "warmup_ratio": (1e-6, "float", "warmup start, as a fraction of lr"),
+    "power": (0.9, "float", "poly decay power: lr = (lr - min_lr) * (1 - iter / total_iters) ** power + min_lr"),
+    "eval_mode": ("whole", "str", "whole (pad to the native size's multiple, one pass) or slide (windows)"),
+    "eval_scale": (None, "pair", "resize eval images (w, h), aspect kept, before inference (default: img_scale); "
+                                 "predictions are scored at the label's own size"),
+    "eval_crop": (None, "pair", "slide: window (h, w) (default: crop_size)"),
+    "eval_stride": (None, "pair", "slide: stride (h, w) (default: 2/3 of the window, mmseg's 341x682 for 512x1024)"),
+    # evaluation / prediction tools
+    "save_deploy": ("", "str", "validate_seg.py: re-parameterize, save the deploy-form checkpoint here, and "
+                               "evaluate that form"),
+    "reparameterize": (False, "bool", "validate/predict: re-parameterize a train-form checkpoint before running"),
+    "image_path": ("", "str", "predict_seg.py: an image or a folder of images"),
+    "output": ("", "str", "predict_seg.py: folder for the masks (default: next to each input)"),
+    "overlay": (0.5, "float", "predict_seg.py: also write <name>_overlay.png blending the mask over the image "
+                              "with this weight (0: off)"),
+})
+_ALIASES = {"iters": "total_iters", "max_iters": "total_iters", "model": "backbone", "pretrained": "backbone_ckpt",
+            "decode_head": "head", "crop": "crop_size", "split": "val_split", "learning_rate": "lr",
+            "output_dir": "ckpt_save_dir", "work_dir": "ckpt_save_dir"}
+
+
+
+def _ints(cfg, key):
+    value = getattr(cfg, key)
+    if value is None:
+        return None
+    if any(v != int(v) or v < 1 for v in value):
+        raise ConfigError(f"{key} must be two positive integers; got {list(value)}.")
+    setattr(cfg, key, (int(value[0]), int(value[1])))
+    return getattr(cfg, key)
+
+
+def _dataset_defaults(cfg) -> None:
+    cfg.dataset = str(cfg.dataset).lower()
+    _choice(cfg, "dataset", ("cityscapes", "ade20k", "demo"))
+    cfg.layout = "cityscapes" if cfg.dataset == "demo" else cfg.dataset
+    _, _, _, _, train_split, val_split, classes, reduce_zero = LAYOUTS[cfg.layout]
+    cfg.train_split = cfg.train_split or train_split
+    cfg.val_split = cfg.val_split or val_split
+    cfg.reduce_zero_label = reduce_zero
+    default_classes = len(DEMO_CLASSES) if cfg.dataset == "demo" else classes
+    cfg.num_classes = cfg.num_classes or default_classes
+    if not 2 <= cfg.num_classes <= 255:
+        raise ConfigError(f"num_classes must be in 2..255 (255 is the ignore index); got {cfg.num_classes}.")
+    if cfg.dataset == "cityscapes" and cfg.num_classes == 19:
+        from .data import CITYSCAPES_CLASSES
+        cfg.class_names = list(CITYSCAPES_CLASSES)
+    elif cfg.dataset == "demo":
+        cfg.class_names = list(DEMO_CLASSES[:cfg.num_classes])
+    else:
+        cfg.class_names = [f"class_{i}" for i in range(cfg.num_classes)]
+
+
+def _common(cfg) -> None:
+    _choice(cfg, "mode", (0, 1), " Use 0 for graph mode (fast) or 1 for PyNative (eager, for debugging).")
+    cfg.device_target = {"ascend": "Ascend", "gpu": "GPU", "cpu": "CPU"}.get(str(cfg.device_target).lower(),
+                                                                               cfg.device_target)
+    _choice(cfg, "device_target", ("Ascend", "GPU", "CPU"))
+    cfg.jit_level = (cfg.jit_level or "").upper()
+    _choice(cfg, "jit_level", ("", "O0", "O1", "O2"))
+    if cfg.jit_level == "O2" and cfg.device_target != "Ascend":
+        raise ConfigError(f"jit_level O2 exists only on Ascend; on {cfg.device_target} use --jit_level O0 or O1 "
+                          f"(or leave it empty).")
+    for key in ("img_scale", "crop_size", "eval_scale", "eval_crop", "eval_stride"):
+        _ints(cfg, key)
+    cfg.eval_scale = cfg.eval_scale or cfg.img_scale
+    cfg.eval_crop = cfg.eval_crop or cfg.crop_size
+    cfg.eval_stride = cfg.eval_stride or (max(1, cfg.eval_crop[0] * 2 // 3), max(1, cfg.eval_crop[1] * 2 // 3))
+    _choice(cfg, "eval_mode", ("whole", "slide"))
+    for key, low in (("num_parallel_workers", 1), ("log_interval", 1), ("batch_size", 1)):
+        _at_least(cfg, key, low)
+    cfg.notes = _fit_workers(cfg)
+    _dataset_defaults(cfg)
+
+
+def _native(backbone: str) -> int:
+    from ..models.repmlp import ARCHS
+    if backbone not in ARCHS:
+        raise ConfigError(f"backbone must be a RepMLPNet variant ({', '.join(ARCHS)}); got {backbone!r}.")
+    return ARCHS[backbone]["image_size"]
+
+
+def load_seg_config(argv: Optional[Sequence[str]] = None) -> Any:
+    """train_seg.py's configuration, checked before any work."""
+    cfg = parse_config(argv, SEG_KEYS, _ALIASES, "train_seg.py")
+    if not cfg.backbone:
+        raise ConfigError("train_seg.py needs a recipe and a backbone: python train_seg.py --config "
+                          "configs/seg/<recipe>.yaml (recipes: " + ", ".join(_recipes()) + ").")
+    _common(cfg)
+    native = _native(cfg.backbone)
+    if cfg.crop_size[0] % native or cfg.crop_size[1] % native:
+        raise ConfigError(f"crop_size {list(cfg.crop_size)} must be multiples of {cfg.backbone}'s native size "
+                          f"{native} in height and width (its FCs are built for {native}x{native} partitions), "
+                          f"e.g. [{2 * native}, {4 * native}].")
+    if cfg.eval_mode == "slide" and (cfg.eval_crop[0] % native or cfg.eval_crop[1] % native):
+        raise ConfigError(f"eval_crop {list(cfg.eval_crop)} must be multiples of {native}.")
+    cfg.head = str(cfg.head).lower()
+    _choice(cfg, "head", HEADS)
+    for key, low in (("total_iters", 1), ("val_interval", 1), ("keep_checkpoint_max", 1), ("warmup_iters", 0),
+                     ("aux_channels", 1)):
+        _at_least(cfg, key, low)
+    if cfg.total_iters % cfg.val_interval:
+        raise ConfigError(f"total_iters ({cfg.total_iters}) must be a multiple of val_interval ({cfg.val_interval}): "
+                          f"checkpoints are written every val_interval iterations and a run resumes from them.")
+    if cfg.warmup_iters >= cfg.total_iters:
+        raise ConfigError(f"warmup_iters ({cfg.warmup_iters}) must be less than total_iters ({cfg.total_iters}).")
+    if cfg.lr <= 0 or not 0 <= cfg.min_lr <= cfg.lr:
+        raise ConfigError(f"Need lr > 0 and 0 <= min_lr <= lr; got lr={cfg.lr}, min_lr={cfg.min_lr}.")
+    if cfg.power <= 0:
+        raise ConfigError(f"power must be > 0; got {cfg.power}.")
+    if not 0 < cfg.cat_max_ratio <= 1:
+        raise ConfigError(f"cat_max_ratio must be in (0, 1] (1: off); got {cfg.cat_max_ratio}.")
+    if not 0 < cfg.ratio_range[0] <= cfg.ratio_range[1]:
+        raise ConfigError(f"ratio_range must be [low, high] with 0 < low <= high; got {list(cfg.ratio_range)}.")
+    if not 0.0 <= cfg.dropout < 1.0 or not 0.0 <= cfg.hflip <= 1.0:
+        raise ConfigError("dropout must be in [0, 1) and hflip in [0, 1].")
+    cfg.opt = str(cfg.opt).lower()
+    _choice(cfg, "opt", ("sgd", "momentum", "nesterov", "adam", "adamw", "lion", "nadam", "adan", "rmsprop",
+                         "adagrad", "lamb"))
+    _choice(cfg, "weight_decay_filter", ("disable", "auto", "norm_and_bias"))
+    cfg.amp_level = str(cfg.amp_level).upper()
+    _choice(cfg, "amp_level", ("O0", "O1", "O2", "O3"))
+    cfg.loss_scale_type = str(cfg.loss_scale_type).lower()
+    _choice(cfg, "loss_scale_type", ("fixed", "dynamic"))
+    if cfg.device_target == "CPU" and (cfg.loss_scale_type == "dynamic" or cfg.drop_overflow_update):
+        raise ConfigError("loss_scale_type dynamic / drop_overflow_update need overflow detection, which MindSpore "
+                          "does not have on CPU; use loss_scale_type: fixed (and amp_level O0) there.")
+    if cfg.resume_opt and not cfg.ckpt_path:
+        raise ConfigError("resume_opt: True needs --ckpt_path <ckpt_save_dir>/latest.ckpt.")
+    if cfg.ckpt_path and not cfg.resume_opt:
+        raise ConfigError("train_seg.py's ckpt_path resumes a run (with --resume_opt True); to start from "
+                          "encoder weights use --backbone_ckpt.")
+    for key in ("ckpt_path", "backbone_ckpt"):
+        path = getattr(cfg, key)
+        if path and not os.path.isfile(path):
+            raise ConfigError(f"{key} {path!r} is not a file (relative paths start at {os.getcwd()}).")
+    return cfg
+
+
+def load_seg_eval_config(argv: Optional[Sequence[str]] = None, prog: str = "validate_seg.py") -> Any:
+    """validate_seg.py / predict_seg.py: the training keys are accepted (a recipe reads unchanged); the model is
+    read from the checkpoint."""
+    cfg = parse_config(argv, SEG_KEYS, _ALIASES, prog)
+    if not cfg.ckpt_path:
+        raise ConfigError(f"{prog} needs --ckpt_path (a checkpoint written by train_seg.py, train or deploy form).")
+    if not os.path.isfile(cfg.ckpt_path):
+        raise ConfigError(f"checkpoint not found: {cfg.ckpt_path!r}; pass best.ckpt (or latest.ckpt) of a "
+                          f"train_seg.py run.")
+    if "device_target" not in cfg._given and cfg.device_target == "Ascend" and not _has_ascend():
+        cfg.device_target = "CPU"  # a training recipe's device on a machine without it: evaluate on CPU
+    if cfg.jit_level == "O2" and str(cfg.device_target).lower() != "ascend":
+        cfg.jit_level = ""
+    _common(cfg)
+    if cfg.save_deploy and os.path.isdir(cfg.save_deploy):
+        raise ConfigError(f"save_deploy {cfg.save_deploy!r} is a directory; pass a file name (…_deploy.ckpt).")
+    if not 0.0 <= cfg.overlay <= 1.0:
+        raise ConfigError(f"overlay must be in [0, 1]; got {cfg.overlay}.")
+    return cfg
+
+
+def _has_ascend() -> bool:
+    try:
+        import mindspore as ms
+        return "ascend" in str(ms.get_context("device_target")).lower()
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _recipes():
+    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "configs", "seg")
+    return sorted(n for n in os.listdir(here) if n.endswith(".yaml")) if os.path.isdir(here) else ["none found"]

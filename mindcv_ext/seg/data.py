@@ -1,0 +1,334 @@
+"""Segmentation data: the Cityscapes and ADE20K layouts, pair checks, mmseg's transforms, MindSpore loaders.
+
+Layouts (mmsegmentation's):
+- cityscapes: <root>/leftImg8bit/<split>/<city>/<name>_leftImg8bit.png with
+  <root>/gtFine/<split>/<city>/<name>_gtFine_labelTrainIds.png (19 classes, 255 = ignore; the trainIds files
+  are made by cityscapesscripts' createTrainIdLabelImgs, as for mmseg).
+- ade20k: <root>/images/<split>/<name>.jpg with <root>/annotations/<split>/<name>.png; label 0 means "other"
+  and becomes 255, the rest shift down by one (mmseg's reduce_zero_label), giving 150 classes.
+
+Labels are single-channel PNGs of class indices; 255 is ignored everywhere. Every pair is checked before
+training or evaluation starts (check_pairs): a missing partner, an unreadable file, image and label of different
+sizes, a colour label image, or label values outside [0, num_classes) and 255 stop the run with one line.
+
+Train transforms are mmseg's Cityscapes/ADE pipeline: random rescale (ratio 0.5-2.0 of img_scale, keeping the
+aspect ratio), random crop with cat_max_ratio 0.75, horizontal flip, photometric distortion, normalization, and
+padding to the crop size (image 0 after normalization, label 255). They run in the MindSpore pipeline
+(GeneratorDataset -> map -> batch).
+"""
+import glob
+import itertools
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+from PIL import Image
+
+from ..training.config import ConfigError
+
+__all__ = ["DataError", "LAYOUTS", "list_pairs", "check_pairs", "read_image", "read_label", "TrainTransform",
+           "rescale_size", "normalize", "build_seg_train_loader", "build_seg_eval_loader", "CITYSCAPES_CLASSES",
+           "CITYSCAPES_PALETTE", "palette_for"]
+
+Image.MAX_IMAGE_PIXELS = None  # large panoramas are legitimate here
+
+IGNORE = 255
+
+
+class DataError(ConfigError):
+    """A dataset problem found before work starts; the message names the file and the fix."""
+
+
+CITYSCAPES_CLASSES = ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
+                      "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
+                      "motorcycle", "bicycle")
+CITYSCAPES_PALETTE = ((128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153),
+                      (153, 153, 153), (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152),
+                      (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100),
+                      (0, 80, 100), (0, 0, 230), (119, 11, 32))
+
+
+def palette_for(num_classes: int) -> np.ndarray:
+    """(num_classes + 1, 3) uint8 colours: Cityscapes' for 19 classes, else fixed distinct ones; the last row
+    (black) is for ignored pixels."""
+    if num_classes == len(CITYSCAPES_PALETTE):
+        colours = np.array(CITYSCAPES_PALETTE, np.uint8)
+    else:
+        rng = np.random.default_rng(3)
+        colours = rng.integers(40, 256, size=(num_classes, 3)).astype(np.uint8)
+        base = np.array([(128, 128, 128), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200),
+                         (245, 130, 48), (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60)], np.uint8)
+        colours[:min(num_classes, len(base))] = base[:num_classes]
+    return np.concatenate([colours, np.zeros((1, 3), np.uint8)])
+
+
+# ------------------------------------------------------------------------------------------------- layouts
+
+LAYOUTS = {
+    # name: (image dir, image suffix, label dir, label suffix, default train split, default val split, classes,
+    #        reduce_zero_label)
+    "cityscapes": ("leftImg8bit", "_leftImg8bit.png", "gtFine", "_gtFine_labelTrainIds.png", "train", "val", 19,
+                   False),
+    "ade20k": ("images", ".jpg", "annotations", ".png", "training", "validation", 150, True),
+}
+
+
+def list_pairs(layout: str, root: str, split: str) -> List[Tuple[str, str]]:
+    """(image, label) paths of one split, sorted. Raises DataError for a missing folder, an empty split, or an
+    image without a label / a label without an image."""
+    img_dir, img_sfx, lab_dir, lab_sfx = LAYOUTS[layout][:4]
+    images_root, labels_root = os.path.join(root, img_dir, split), os.path.join(root, lab_dir, split)
+    for d, what in ((images_root, "images"), (labels_root, "labels")):
+        if not os.path.isdir(d):
+            raise DataError(f"{layout} {what} folder {d} not found: data_dir must hold {img_dir}/{split}/ and "
+                            f"{lab_dir}/{split}/ (see docs/segmentation.md for the layout).")
+    # Cityscapes keeps one folder per city; ADE20K is flat.
+    pattern = "*/*" if layout == "cityscapes" else "*"
+    images = sorted(glob.glob(os.path.join(images_root, pattern + img_sfx)))
+    labels = sorted(glob.glob(os.path.join(labels_root, pattern + lab_sfx)))
+    if not images:
+        raise DataError(f"no {pattern + img_sfx} images under {images_root}; is data_dir the dataset root?")
+
+    def key(path, base, sfx):
+        return os.path.relpath(path, base)[:-len(sfx)]
+
+    label_of = {key(p, labels_root, lab_sfx): p for p in labels}
+    image_keys = {key(p, images_root, img_sfx) for p in images}
+    missing = [p for p in images if key(p, images_root, img_sfx) not in label_of]
+    if missing:
+        expected = os.path.join(labels_root, key(missing[0], images_root, img_sfx) + lab_sfx)
+        raise DataError(f"{missing[0]} has no label ({expected} is missing)"
+                        f"{f'; {len(missing) - 1} more images lack theirs' if len(missing) > 1 else ''}. Add the "
+                        f"labels{' (cityscapesscripts createTrainIdLabelImgs makes the labelTrainIds files)' if layout == 'cityscapes' else ''} "
+                        f"or remove those images.")
+    orphans = [p for k, p in label_of.items() if k not in image_keys]
+    if orphans:
+        raise DataError(f"{orphans[0]} is a label without an image"
+                        f"{f' ({len(orphans) - 1} more)' if len(orphans) > 1 else ''}: image and label names do not "
+                        f"pair up. Remove it or add its image.")
+    return [(p, label_of[key(p, images_root, img_sfx)]) for p in images]
+
+
+def read_image(path: str) -> np.ndarray:
+    """RGB uint8 (H, W, 3)."""
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def read_label(path: str, reduce_zero_label: bool = False) -> np.ndarray:
+    """Class indices uint8 (H, W); with reduce_zero_label 0 -> 255 and v -> v - 1 (255 stays 255)."""
+    with Image.open(path) as im:
+        label = np.array(im)
+    if label.ndim != 2:
+        raise DataError(f"{path} is a {label.shape[-1]}-channel image; labels are single-channel PNGs of class "
+                        f"indices (for Cityscapes the *_gtFine_labelTrainIds.png files, not *_color.png).")
+    label = label.astype(np.int64)
+    if reduce_zero_label:
+        label = np.where(label == 0, IGNORE, np.where(label == IGNORE, IGNORE, label - 1))
+    return label.astype(np.uint8) if label.max(initial=0) <= 255 and label.min(initial=0) >= 0 else label
+
+
+def _check_one(pair, num_classes: int, reduce_zero_label: bool) -> Optional[str]:
+    image_path, label_path = pair
+    try:
+        with Image.open(image_path) as im:
+            size = im.size
+            im.verify()  # reads the whole file's structure (PNG: every chunk's checksum) without decoding
+    except Exception as e:  # noqa: BLE001
+        return f"{image_path} cannot be read as an image ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+    try:
+        with Image.open(label_path) as im:
+            label_size = im.size
+        label = read_label(label_path, reduce_zero_label)
+    except DataError as e:
+        return str(e)
+    except Exception as e:  # noqa: BLE001
+        return f"{label_path} cannot be read as a label image ({type(e).__name__})"
+    if label_size != size:
+        return (f"{image_path} is {size[0]}x{size[1]} but its label {label_path} is {label_size[0]}x{label_size[1]}; "
+                f"image and label must have the same size")
+    values = np.unique(label)
+    bad = values[(values >= num_classes) & (values != IGNORE)]
+    if bad.size or (values < 0).any():
+        shown = ", ".join(str(int(v)) for v in bad[:5])
+        raw = " (after reduce_zero_label's shift by -1)" if reduce_zero_label else ""
+        return (f"{label_path} holds label value(s) {shown}{raw} outside [0, {num_classes}) and not the ignore "
+                f"index {IGNORE}; num_classes is {num_classes}")
+    return None
+
+
+def check_pairs(pairs: Sequence[Tuple[str, str]], num_classes: int, reduce_zero_label: bool = False,
+                workers: int = 2) -> int:
+    """Open every pair (image structure, full label decode) and raise DataError on the first bad one, counting
+    the others. Returns the number of pairs checked."""
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        problems = [p for p in pool.map(lambda pair: _check_one(pair, num_classes, reduce_zero_label), pairs) if p]
+    if problems:
+        more = f" ({len(problems) - 1} more bad pair(s))" if len(problems) > 1 else ""
+        raise DataError(f"{problems[0]}{more}. Fix or remove the file(s) (or set num_classes), then run again.")
+    return len(pairs)
+
+
+# ---------------------------------------------------------------------------------------------- transforms
+
+def rescale_size(w: int, h: int, scale: Sequence[int]) -> Tuple[int, int]:
+    """mmcv's keep-ratio rescale: the largest size with the long edge <= max(scale) and the short edge <=
+    min(scale). Returns (new_w, new_h)."""
+    long_edge, short_edge = max(scale), min(scale)
+    factor = min(long_edge / max(w, h), short_edge / min(w, h))
+    return int(w * factor + 0.5), int(h * factor + 0.5)
+
+
+def normalize(img: np.ndarray, mean, std) -> np.ndarray:
+    """uint8/float (H, W, 3) RGB -> float32 (3, H, W)."""
+    img = (np.asarray(img, np.float32) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(img.transpose(2, 0, 1))
+
+
+def _resize_pair(img, label, size):
+    w, h = size
+    img = np.asarray(Image.fromarray(img).resize((w, h), Image.BILINEAR))
+    label = np.asarray(Image.fromarray(label).resize((w, h), Image.NEAREST))
+    return img, label
+
+
+class TrainTransform:
+    """(RGB uint8 HWC, label uint8 HW) -> (float32 CHW normalized crop, int32 HW label), mmseg's train pipeline.
+
+    img_scale (w, h) and ratio_range: RandomResize; crop_size (h, w): RandomCrop with cat_max_ratio, then padded
+    to crop_size; hflip: flip probability; photometric: PhotoMetricDistortion."""
+
+    def __init__(self, img_scale, ratio_range, crop_size, cat_max_ratio=0.75, hflip=0.5, photometric=True,
+                 mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375), seed=0, rank=0):
+        self.img_scale, self.ratio_range = tuple(img_scale), tuple(ratio_range)
+        self.crop_h, self.crop_w = crop_size
+        self.cat_max_ratio, self.hflip, self.photometric = cat_max_ratio, hflip, photometric
+        self.mean, self.std = mean, std
+        self.seed, self.rank = seed, rank
+        self._count = itertools.count()  # one generator per sample, reproducible from the seed
+
+    def __call__(self, img, label):
+        rng = np.random.default_rng([self.seed, self.rank, next(self._count)])
+        img, label = np.asarray(img), np.asarray(label)
+        ratio = rng.uniform(*self.ratio_range)
+        target = (int(self.img_scale[0] * ratio), int(self.img_scale[1] * ratio))
+        img, label = _resize_pair(img, label, rescale_size(img.shape[1], img.shape[0], target))
+        img, label = self._crop(img, label, rng)
+        if rng.random() < self.hflip:
+            img, label = img[:, ::-1], label[:, ::-1]
+        if self.photometric:
+            img = photometric_distortion(img, rng)
+        img = normalize(img, self.mean, self.std)
+        h, w = label.shape
+        out_img = np.zeros((3, self.crop_h, self.crop_w), np.float32)
+        out_lab = np.full((self.crop_h, self.crop_w), IGNORE, np.int32)
+        out_img[:, :h, :w], out_lab[:h, :w] = img, label
+        return out_img, out_lab
+
+    def _crop(self, img, label, rng):
+        h, w = label.shape
+        ch, cw = min(self.crop_h, h), min(self.crop_w, w)
+        for _ in range(10):
+            y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+            if self.cat_max_ratio >= 1.0:
+                break
+            crop = label[y:y + ch, x:x + cw]
+            counts = np.bincount(crop[crop != IGNORE].ravel().astype(np.int64))
+            counts = counts[counts > 0]
+            if len(counts) > 1 and counts.max() / counts.sum() < self.cat_max_ratio:
+                break
+        return img[y:y + ch, x:x + cw], label[y:y + ch, x:x + cw]
+
+
+def photometric_distortion(img: np.ndarray, rng) -> np.ndarray:
+    """mmseg's PhotoMetricDistortion: brightness +-32, contrast 0.5-1.5 (before or after the HSV part),
+    saturation 0.5-1.5, hue +-18 degrees (of 180), each with probability 0.5."""
+    img = img.astype(np.float32)
+
+    def contrast(x):
+        return np.clip(x * rng.uniform(0.5, 1.5), 0, 255) if rng.random() < 0.5 else x
+
+    if rng.random() < 0.5:
+        img = np.clip(img + rng.uniform(-32, 32), 0, 255)
+    contrast_first = rng.random() < 0.5
+    if contrast_first:
+        img = contrast(img)
+    sat, hue = rng.random() < 0.5, rng.random() < 0.5
+    if sat or hue:
+        hsv = np.asarray(Image.fromarray(img.astype(np.uint8)).convert("HSV")).astype(np.float32)
+        if sat:
+            hsv[..., 1] = np.clip(hsv[..., 1] * rng.uniform(0.5, 1.5), 0, 255)
+        if hue:  # PIL's hue runs 0-255 for 360 degrees; mmseg's (OpenCV's) 0-180
+            hsv[..., 0] = (hsv[..., 0] + rng.integers(-18, 19) * 256.0 / 180.0) % 256
+        img = np.asarray(Image.fromarray(hsv.astype(np.uint8), "HSV").convert("RGB")).astype(np.float32)
+    if not contrast_first:
+        img = contrast(img)
+    return img.astype(np.uint8)
+
+
+# ------------------------------------------------------------------------------------------------- loaders
+
+class _PairSource:
+    def __init__(self, pairs, reduce_zero_label: bool):
+        self.pairs, self.reduce_zero_label = list(pairs), reduce_zero_label
+
+    def __len__(self):
+        return len(self.pairs)
+
+    def __getitem__(self, i):
+        image_path, label_path = self.pairs[i]
+        return read_image(image_path), read_label(label_path, self.reduce_zero_label)
+
+
+class _EvalSource(_PairSource):
+    """(normalized image resized to eval_scale, original label, index): prediction goes back to label size."""
+
+    def __init__(self, pairs, reduce_zero_label, eval_scale, mean, std):
+        super().__init__(pairs, reduce_zero_label)
+        self.eval_scale, self.mean, self.std = eval_scale, mean, std
+
+    def __getitem__(self, i):
+        img, label = super().__getitem__(i)
+        if self.eval_scale:
+            size = rescale_size(img.shape[1], img.shape[0], self.eval_scale)
+            if size != (img.shape[1], img.shape[0]):
+                img = np.asarray(Image.fromarray(img).resize(size, Image.BILINEAR))
+        return normalize(img, self.mean, self.std), label.astype(np.int32), np.array(i, np.int32)
+
+
+def build_seg_train_loader(pairs, cfg, rank: int = 0, group_size: int = 1):
+    """Endless shuffled batches (image float32 (N, 3, crop_h, crop_w), label int32 (N, crop_h, crop_w)); each rank
+    reads its own shard. Returns (dataset, samples in this shard)."""
+    import mindspore.dataset as ds
+
+    if len(pairs) < group_size:
+        raise DataError(f"{len(pairs)} training images cannot be shared by {group_size} devices.")
+    source = _PairSource(pairs, cfg.reduce_zero_label)
+    data = ds.GeneratorDataset(source, column_names=["image", "label"], shuffle=cfg.shuffle,
+                               num_shards=group_size if group_size > 1 else None,
+                               shard_id=rank if group_size > 1 else None,
+                               num_parallel_workers=cfg.num_parallel_workers, python_multiprocessing=False)
+    transform = TrainTransform(cfg.img_scale, cfg.ratio_range, cfg.crop_size, cfg.cat_max_ratio, cfg.hflip,
+                               cfg.photometric, cfg.mean, cfg.std, seed=cfg.seed, rank=rank)
+    data = data.map(operations=transform, input_columns=["image", "label"],
+                    num_parallel_workers=cfg.num_parallel_workers, python_multiprocessing=False)
+    shard = len(pairs) // group_size
+    if shard < cfg.batch_size:
+        raise DataError(f"batch_size {cfg.batch_size} is larger than this device's {shard} training images; "
+                        f"lower batch_size.")
+    return data.batch(cfg.batch_size, drop_remainder=True).repeat(), shard
+
+
+def build_seg_eval_loader(pairs, cfg, rank: int = 0, group_size: int = 1):
+    """One image per item (sizes differ): (image (3, H', W') float32 resized to eval_scale, label (H, W) int32,
+    index). Unshuffled; each rank reads its shard (pad images are not added: every image counts once)."""
+    import mindspore.dataset as ds
+
+    source = _EvalSource(pairs, cfg.reduce_zero_label, cfg.eval_scale, cfg.mean, cfg.std)
+    if group_size > 1:  # contiguous shards by index, no repeats, so the confusion matrices just add up
+        mine = [p for i, p in enumerate(pairs) if i % group_size == rank]
+        source = _EvalSource(mine, cfg.reduce_zero_label, cfg.eval_scale, cfg.mean, cfg.std)
+    return ds.GeneratorDataset(source, column_names=["image", "label", "index"], shuffle=False,
+                               num_parallel_workers=min(cfg.num_parallel_workers, 2),
+                               python_multiprocessing=False)

@@ -1,0 +1,289 @@
+"""Train a RepMLPNet + UPerNet / Semantic FPN segmentation model from a YAML recipe (iteration-based, mmseg style).
+
+    python train_seg.py --config configs/seg/demo_seg_cpu.yaml                      # CPU demo, generated data
+    msrun --worker_num 8 --local_worker_num 8 python train_seg.py \
+        --config configs/seg/repmlp_t256_upernet_cityscapes_ascend.yaml --data_dir /data/cityscapes \
+        --backbone_ckpt RepMLPNet-T256-train.pth
+    python train_seg.py --config <same recipe> --ckpt_path <ckpt_save_dir>/latest.ckpt --resume_opt True
+
+`python train_seg.py --help` lists the keys. Every val_interval iterations: BN statistics averaged over ranks,
+weights checked finite, evaluation on the val split (mIoU; best.ckpt keeps the best), latest.ckpt written
+atomically with the optimizer state (a killed run resumes from it), and a periodic
+<backbone>_<head>-<n>_<val_interval>.ckpt. metrics.jsonl and train.log go to ckpt_save_dir as well.
+"""
+import logging
+import math
+import os
+import signal
+import sys
+import time
+import traceback
+
+import mindcv_ext  # noqa: F401  (registers the RepMLPNets)
+from mindcv_ext import cli
+from mindcv_ext.checkpoint import CheckpointError, CheckpointWriteError, NonFiniteWeightsError, describe_nonfinite, \
+    nonfinite_tensors
+from mindcv_ext.seg.config import load_seg_config
+from mindcv_ext.seg.data import build_seg_eval_loader, build_seg_train_loader, check_pairs, list_pairs
+from mindcv_ext.seg.demo import ensure_seg_demo
+from mindcv_ext.seg.inference import evaluate_seg
+from mindcv_ext.seg.metrics import format_table, seg_metrics
+from mindcv_ext.seg.model import SegWithLoss, create_seg_model
+from mindcv_ext.training.ckpt_manager import CheckpointManager, restore_training_state, training_state
+from mindcv_ext.training.config import ConfigError
+from mindcv_ext.training.console import Progress, format_duration, setup_logging
+from mindcv_ext.training.metrics import MetricsLog
+from mindcv_ext.training.optim import build_loss_scale, build_optimizer
+from mindcv_ext.training.run_lock import check_output_dir, claim_run_dir
+from mindcv_ext.training.runtime import average_across_ranks, init_context
+from mindcv_ext.training.step import NonFiniteLossError, TrainStep
+
+_RUN = {}
+
+
+def poly_schedule(cfg):
+    """One lr per iteration: mmseg's PolyLR ((lr - min_lr) * (1 - i / total) ** power + min_lr), times a linear
+    warmup factor from warmup_ratio to 1 over the first warmup_iters."""
+    lrs = []
+    for i in range(cfg.total_iters):
+        lr = (cfg.lr - cfg.min_lr) * (1 - i / cfg.total_iters) ** cfg.power + cfg.min_lr
+        if i < cfg.warmup_iters:
+            lr *= cfg.warmup_ratio + (1 - cfg.warmup_ratio) * i / cfg.warmup_iters
+        lrs.append(float(lr))
+    return lrs
+
+
+def main(argv=None) -> int:
+    cfg = load_seg_config(argv)
+    resuming = bool(cfg.ckpt_path)
+    latest = os.path.join(cfg.ckpt_save_dir, "latest.ckpt")
+    _RUN["latest"] = latest
+    if not resuming and os.path.exists(latest):
+        raise ConfigError(f"{cfg.ckpt_save_dir} already holds a run ({latest}). Continue it with --ckpt_path "
+                          f"{latest} --resume_opt True, or pick another --ckpt_save_dir.")
+    check_output_dir(cfg.ckpt_save_dir)
+    rank, group_size = init_context(cfg)
+    agree = _agree if group_size > 1 else None
+    _RUN["dir"] = claim_run_dir(cfg.ckpt_save_dir, rank, group_size, agree=agree)
+    log = setup_logging(cfg.ckpt_save_dir, rank, group_size)
+    for note in cfg.notes:
+        log.warning(note)
+
+    # ---- data (every pair checked before any model is built) ------------------------------------------------
+    data_dir = ensure_seg_demo(cfg.data_dir) if cfg.dataset == "demo" else cfg.data_dir
+    train_pairs = list_pairs(cfg.layout, data_dir, cfg.train_split)
+    val_pairs = list_pairs(cfg.layout, data_dir, cfg.val_split) if cfg.val_while_train else []
+    if cfg.check_data:
+        t0 = time.time()
+        n = check_pairs(train_pairs + val_pairs, cfg.num_classes, cfg.reduce_zero_label,
+                        workers=max(1, (os.cpu_count() or 1) // group_size))
+        log.info(f"check_data: {n} image/label pairs under {data_dir} read, all consistent ({time.time() - t0:.1f} s)")
+    loader, shard = build_seg_train_loader(train_pairs, cfg, rank, group_size)
+    val_loader = build_seg_eval_loader(val_pairs, cfg, rank, group_size) if val_pairs else None
+
+    # ---- model, optimizer, train step ---------------------------------------------------------------------------
+    model, init = create_seg_model(cfg.backbone, cfg.head, cfg.num_classes,
+                                   checkpoint_path="" if resuming else cfg.backbone_ckpt, channels=cfg.head_channels,
+                                   aux=cfg.aux_head, aux_channels=cfg.aux_channels, dropout=cfg.dropout,
+                                   log=log.info, form="train", gelu_approximate=cfg.gelu_approximate,
+                                   drop_path_rate=cfg.drop_path_rate or 0.0)
+    if init is not None:
+        log.info("encoder weights: " + init.describe().replace("\n", "\n    "))
+    elif not resuming:
+        log.warning("no backbone_ckpt: the encoder starts from random weights (the paper starts from ImageNet "
+                    "weights; pass --backbone_ckpt for a meaningful Cityscapes run)")
+    lrs = poly_schedule(cfg)
+    optimizer = build_optimizer(cfg, model, lrs)
+    from mindcv.utils.amp import auto_mixed_precision
+    auto_mixed_precision(model, cfg.amp_level, cfg.amp_cast_list)
+    train_step = TrainStep(SegWithLoss(model, 255, cfg.aux_weight), optimizer, build_loss_scale(cfg),
+                           clip_value=cfg.clip_value if cfg.clip_grad else None, ema=None,
+                           group_size=group_size).set_train()
+
+    chunks = cfg.total_iters // cfg.val_interval  # an "epoch" of the checkpoint files = val_interval iterations
+    start_chunk, best = 0, -1.0
+    if resuming:
+        state = restore_training_state(cfg.ckpt_path, train_step, model, restore_loss_scale=cfg.loss_scale_type ==
+                                       "dynamic", steps_per_epoch=cfg.val_interval)
+        start_chunk, best = state["epoch"], state["best_acc"]
+        step_now = int(optimizer.global_step.asnumpy().reshape(-1)[0])
+        if step_now + (chunks - start_chunk) * cfg.val_interval > len(lrs):
+            raise CheckpointError(f"{cfg.ckpt_path} is at iteration {step_now}; this recipe's schedule has "
+                                  f"{len(lrs)}. Resume with the recipe the run was trained with.")
+        log.info(f"resumed from {cfg.ckpt_path}: {start_chunk * cfg.val_interval} iterations done, best mIoU "
+                 f"{best:.2f}")
+    ckpts = CheckpointManager(cfg.ckpt_save_dir, f"{cfg.backbone}_{cfg.head}", cfg.val_interval,
+                              cfg.keep_checkpoint_max, enabled=rank == 0, class_names=cfg.class_names)
+    metrics = MetricsLog(os.path.join(cfg.ckpt_save_dir, "metrics.jsonl"), enabled=rank == 0)
+    metrics.start(start_chunk if resuming else None)
+    params = sum(p.size for p in model.trainable_params())
+    log.info(f"model {cfg.backbone} + {cfg.head}: {params / 1e6:.2f}M trainable parameters, {cfg.num_classes} "
+             f"classes | data {data_dir} ({cfg.dataset}): {len(train_pairs)} train / {len(val_pairs)} val images, "
+             f"crop {cfg.crop_size[0]}x{cfg.crop_size[1]}, batch {cfg.batch_size} x {group_size} device(s) | "
+             f"{cfg.opt} lr {cfg.lr} poly {cfg.power}, warmup {cfg.warmup_iters} | {cfg.total_iters} iterations, "
+             f"eval every {cfg.val_interval} ({cfg.eval_mode}) | amp {cfg.amp_level} | mode {cfg.mode} on "
+             f"{cfg.device_target}")
+    if start_chunk >= chunks:
+        log.info(f"all {cfg.total_iters} iterations are done already; nothing to train.")
+        return 0
+
+    # ---- train ----------------------------------------------------------------------------------------------------
+    from mindcv.utils import AllReduceSum
+    all_reduce = AllReduceSum() if group_size > 1 else None
+    rank_local = [p for p in model.get_parameters() if not p.requires_grad]  # BN statistics
+    progress = Progress(chunks, cfg.val_interval, cfg.batch_size * group_size, enabled=rank == 0)
+    batches = loader.create_tuple_iterator(num_epochs=1)
+    first, run_start = True, time.time()
+    for chunk in range(start_chunk + 1, chunks + 1):
+        chunk_start, loss_sum, window = time.time(), 0.0, []
+        for step in range(1, cfg.val_interval + 1):
+            images, labels = next(batches)
+            if first:
+                log.info("compiling the training graph (first step)...")
+            _RUN["training"] = True
+            progress.start_step()
+            loss, _ = train_step(images, labels)
+            loss = float(loss.asnumpy())
+            seconds = progress.end_step(first)
+            if first:
+                log.info(f"first step done in {seconds:.1f} s")
+                first = False
+            iteration = (chunk - 1) * cfg.val_interval + step
+            if not math.isfinite(loss):
+                raise NonFiniteLossError(_diverged(f"loss became {loss} at iteration {iteration}", ckpts, cfg))
+            loss_sum += loss
+            window.append(loss)
+            lr = lrs[iteration - 1]
+            progress.draw(chunk, step, loss, lr, 0)
+            if iteration % cfg.log_interval == 0 or step == cfg.val_interval:
+                progress.clear()
+                eta = progress.eta(chunk, step, 0)
+                log.info(f"iter {iteration}/{cfg.total_iters} | loss {sum(window) / len(window):.4f} | lr {lr:.3e} | "
+                         f"{progress.img_per_s():.1f} img/s | ETA {format_duration(eta) if eta else '?'}")
+                metrics.append({"kind": "step", "epoch": chunk, "step": step, "global_step": iteration,
+                                "loss": sum(window) / len(window), "lr": lr, "img_s": progress.img_per_s()})
+                window = []
+        progress.clear()
+        average_across_ranks(rank_local, all_reduce, group_size)
+        bad = nonfinite_tensors(training_state(train_step))
+        if bad:
+            raise NonFiniteLossError(_diverged(f"weights became non-finite ({describe_nonfinite(bad)})", ckpts, cfg))
+        iteration = chunk * cfg.val_interval
+        row = {"kind": "epoch", "epoch": chunk, "iteration": iteration, "train_loss": loss_sum / cfg.val_interval,
+               "lr": lr, "time_s": time.time() - chunk_start}
+        if val_loader is not None:
+            t0 = time.time()
+            cm = evaluate_seg(model, val_loader, cfg.num_classes, all_reduce=all_reduce, mode=cfg.eval_mode,
+                              crop_size=cfg.eval_crop, stride=cfg.eval_stride)
+            model.set_train(True)
+            result = seg_metrics(cm, cfg.class_names)
+            row.update(val_mIoU=result["mIoU"], val_mAcc=result["mAcc"], val_aAcc=result["aAcc"],
+                       val_per_class_IoU={r["class"]: r["IoU"] for r in result["per_class"]})
+            miou = result["mIoU"] or 0.0
+            if miou > best:
+                best = miou
+                ckpts.save_best(model, chunk, best)
+            log.info(f"iter {iteration}: val mIoU {miou:.2f} mAcc {result['mAcc'] or 0:.2f} aAcc "
+                     f"{result['aAcc'] or 0:.2f} ({len(val_pairs)} images, {time.time() - t0:.0f} s) | best "
+                     f"{best:.2f}")
+        metrics.append(row)
+        ckpts.save_epoch(train_step, chunk, best, periodic=True)
+    if val_loader is not None:
+        for line in format_table(result):
+            log.info(line)
+    log.info(f"done: {cfg.total_iters - start_chunk * cfg.val_interval} iterations in "
+             f"{format_duration(time.time() - run_start)}"
+             + (f", best val mIoU {best:.2f} ({ckpts.best_path})" if val_loader is not None else "")
+             + f"; latest {ckpts.latest_path}, metrics {metrics.path}")
+    return 0
+
+
+def _diverged(what: str, ckpts, cfg) -> str:
+    kept = (f"the last good checkpoint is {ckpts.latest_path}" if os.path.exists(ckpts.latest_path)
+            else "no checkpoint was written")
+    return f"{what}: training stopped; {kept}. Try a lower lr (now {cfg.lr}) or a longer warmup (warmup_iters)."
+
+
+def _agree(flag: int) -> int:
+    import mindspore as ms
+    import numpy as np
+    from mindcv.utils import AllReduceSum
+    return int(round(float(AllReduceSum()(ms.Tensor(np.array([flag], np.float32))).asnumpy()[0])))
+
+
+class _Terminated(Exception):
+    pass
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
+def _resume_hint() -> str:
+    latest = _RUN.get("latest") or "<ckpt_save_dir>/latest.ckpt"
+    if os.path.exists(latest):
+        return f"continue with --ckpt_path {latest} --resume_opt True"
+    return "no checkpoint was written yet; start again"
+
+
+def _report(message) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    for handler in logging.getLogger("train").handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.emit(logging.makeLogRecord({"msg": f"error: {message}", "levelno": logging.ERROR,
+                                                "levelname": "ERROR"}))
+
+
+def run(argv=None) -> int:
+    """main() with the project's exit codes; what the command line runs (tests call it too)."""
+    code = cli.FAILED
+    old = signal.signal(signal.SIGTERM, _on_sigterm)
+    _RUN.clear()
+    try:
+        code = main(argv)
+    except SystemExit as e:  # --help
+        code = e.code if isinstance(e.code, int) else cli.OK
+    except CheckpointWriteError as e:
+        _report(f"{e} Then {_resume_hint()}.")
+        code = cli.BAD_INPUT
+    except NonFiniteWeightsError as e:
+        _report(f"{e} Training stopped; {_resume_hint()} with a lower lr.")
+        code = cli.DIVERGED
+    except (ConfigError, CheckpointError, FileNotFoundError) as e:
+        _report(e)
+        code = cli.BAD_INPUT
+    except ValueError as e:  # e.g. a data_dir holding another demo set; during training it is a bug: traceback
+        if _RUN.get("training"):
+            traceback.print_exc()
+        else:
+            _report(e)
+            code = cli.BAD_INPUT
+    except NonFiniteLossError as e:
+        _report(e)
+        code = cli.DIVERGED
+    except KeyboardInterrupt:
+        _report(f"interrupted; {_resume_hint()}")
+        code = cli.INTERRUPTED
+    except _Terminated:
+        _report(f"terminated (SIGTERM); {_resume_hint()}")
+        code = cli.TERMINATED
+    except BaseException:  # noqa: B902
+        traceback.print_exc()
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        run_dir = _RUN.get("dir")
+        if run_dir is not None:
+            if code != cli.OK and not _RUN.get("training"):
+                run_dir.remove_if_unused()
+            run_dir.release()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    return code
+
+
+if __name__ == "__main__":
+    exit_code = run()
+    logging.shutdown()
+    if any(v in os.environ for v in ("MS_ROLE", "RANK_TABLE_FILE")):
+        sys.exit(exit_code)
+    os._exit(exit_code)  # skip MindSpore's teardown destructors (pages of ignored exceptions)
