@@ -6,9 +6,11 @@ import errno
 import glob
 import logging
 import os
+import random
 import re
 import shutil
-import tempfile
+import string
+import time
 from typing import Optional
 
 import mindspore as ms
@@ -26,6 +28,7 @@ __all__ = [
     "nonfinite_tensors",
     "describe_nonfinite",
     "remove_temp_files",
+    "make_temp",
 ]
 
 class CheckpointError(ValueError):
@@ -94,27 +97,81 @@ def describe_nonfinite(bad, limit: int = 6) -> str:
     return f"{sum(c for _, c in bad)} NaN/inf value(s) in {len(bad)} tensor(s): {shown}{more}"
 
 
-# `.<file name>.<8 random characters>.tmp...`: our temporary files (tempfile.mkstemp below) and MindSpore's own
-# `<ours minus extension>.tmp` next to them.
-_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp(\.(ckpt|safetensors|tmp))*$")
+# `.<file name>.<pid>-<8 random characters>.tmp...`: our temporary files and folders (make_temp below), and
+# MindSpore's own `<ours minus extension>.tmp` next to them. The pid tells a killed run's leftovers from a live run's;
+# names without one are from versions before it.
+_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.(?:(?P<pid>\d+)-)?[A-Za-z0-9_]{8}\.tmp(\.(ckpt|safetensors|tmp))*$")
+_LEGACY_EXPORT_RE = re.compile(r"^\.export-[A-Za-z0-9_]{8}$")  # scripts/export.py's folders before the pid
+_PROCESS_START = time.time()
+_TEMP_CHARS = string.ascii_letters + string.digits
 
 
-def remove_temp_files(directory: str, name: Optional[str] = None) -> list:
-    """Delete the temporary files killed saves left in `directory` (only those of file `name` if given).
-    Returns the removed paths. Never touches finished checkpoints."""
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _stale(path: str, pid: Optional[str]) -> bool:
+    """A temporary of a run that is over: its pid is not alive, or (no pid in the name) it was written before this
+    process started. Never one of a live run, this process's included."""
+    if pid is not None:
+        return int(pid) != os.getpid() and not _pid_alive(int(pid))
+    try:
+        return os.path.getmtime(path) < _PROCESS_START
+    except OSError:
+        return False
+
+
+def make_temp(path: str, suffix: str = "", directory: bool = False) -> str:
+    """Create and return a temporary file (or folder) next to `path`, named `.<name>.<pid>-<random>.tmp<suffix>`:
+    the same file system, so os.replace is atomic, and a name remove_temp_files can tell from a live run's."""
+    folder, name = os.path.split(os.path.abspath(os.fspath(path)))
+    while True:
+        temp = os.path.join(folder, f".{name}.{os.getpid()}-{''.join(random.choices(_TEMP_CHARS, k=8))}.tmp{suffix}")
+        try:
+            if directory:
+                os.mkdir(temp, 0o700)
+            else:
+                os.close(os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+            return temp
+        except FileExistsError:
+            continue
+
+
+def remove_temp_files(directory: str, name: Optional[str] = None, legacy_export: bool = False) -> list:
+    """Delete what killed runs left in `directory`: make_temp's files and folders (only those for file `name` if
+    given) whose process is gone; with legacy_export, also export.py's `.export-XXXXXXXX` folders of versions
+    before the pid was in the name, if older than this process. Returns the removed paths. Never touches finished
+    files or a live run's temporaries."""
     removed = []
     try:
         entries = os.listdir(directory)
     except OSError:
         return removed
     for entry in entries:
+        path = os.path.join(directory, entry)
         m = _TEMP_RE.match(entry)
         if m and (name is None or m.group("name") == name):
-            try:
-                os.remove(os.path.join(directory, entry))
-                removed.append(os.path.join(directory, entry))
-            except OSError:
-                pass
+            pid = m.group("pid")
+        elif legacy_export and _LEGACY_EXPORT_RE.match(entry):
+            pid = None
+        else:
+            continue
+        if not _stale(path, pid):
+            continue
+        try:
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
+            removed.append(path)
+        except OSError:
+            pass
     return removed
 
 
@@ -206,8 +263,7 @@ def save_checkpoint(obj, path: str, append_dict: Optional[dict] = None) -> str:
     try:
         os.makedirs(directory, exist_ok=True)
         remove_temp_files(directory, os.path.basename(path))  # leftovers of a killed save of this file
-        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp" + suffix, dir=directory)
-        os.close(fd)
+        tmp = make_temp(path, suffix)
         ms.save_checkpoint(save_list, tmp, append_dict=append_dict, format=fmt)
         os.replace(tmp, path)
     except OSError as e:

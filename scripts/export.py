@@ -11,7 +11,6 @@ import argparse
 import os
 import shutil
 import sys
-import tempfile
 
 import _common  # noqa: F401  (import path + helpers)
 import numpy as np
@@ -149,9 +148,16 @@ def export_atomically(net, x, fmt: str, final_path: str, check) -> None:
     directory to 0o700, so it never writes in the user's directory directly."""
     import mindspore as ms
 
+    from mindcv_ext.checkpoint import make_temp, remove_temp_files
+
     directory = os.path.dirname(final_path)
     os.makedirs(directory, exist_ok=True)
-    tmpdir = tempfile.mkdtemp(prefix=".export-", dir=directory)  # same filesystem: the rename is atomic
+    # A killed export leaves its folder (the whole model file): remove those of exports that are over.
+    stale = remove_temp_files(directory, os.path.basename(final_path), legacy_export=True)
+    if stale:
+        print(f"note: removed {len(stale)} temporary folder(s) of killed exports: "
+              f"{', '.join(printable(os.path.basename(p)) for p in stale)}")
+    tmpdir = make_temp(final_path, directory=True)  # same filesystem: the rename is atomic
     try:
         stem = os.path.join(tmpdir, "model")
         try:
