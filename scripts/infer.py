@@ -20,6 +20,9 @@ replaces them; without either, classes are shown by index, and "class" is null i
 Output: one line per image on stdout (`path: name (index) prob | ...`); progress, skipped files and the summary go to
 stderr. --output F.jsonl also writes one JSON object per image:
     {"path": ..., "top5": [{"index": i, "class": name or null, "prob": p}, ...]}   (min(5, num_classes) entries)
+F.jsonl is replaced only when the run ends with predictions (it is written under a temporary name beside it, then
+renamed): an interrupted or failed run leaves an existing F.jsonl as it was. It may not be the checkpoint, the
+--class_names file, an input image, or an image-named file inside the --image_path folder.
 Exit status (mindcv_ext.cli's table): 0 when at least one image was predicted (skipped files are counted in the
 summary), 1 when none could be or the run did not finish, 2 for bad input (a one-line error naming the problem and
 the fix, before any long work), 130 / 143 on Ctrl-C / SIGTERM (one line).
@@ -45,7 +48,9 @@ TOPK = 5
 INFER_KEYS = {
     "image_path": ("", "str", "an image, or a folder searched recursively for "
                               f"{' '.join(IMAGE_EXTENSIONS)} files (required)"),
-    "output": ("", "str", "also write one JSON object per image to this .jsonl file"),
+    "output": ("", "str", "also write one JSON object per image to this .jsonl file, when the run ends: written "
+                          "beside it under a temporary name and renamed at the end, so an interrupted or failed run "
+                          "leaves an existing file as it was (its predictions so far are on stdout only)"),
     "class_names": ("", "str", "text file with one class name per line, in label order (default: the names the "
                                "checkpoint records; without either, class indices)"),
     "batch_size": (32, "int", "images per batch"),
@@ -260,6 +265,33 @@ def _class_names(cfg, w, file_names: Optional[List[str]], num_classes: int) -> T
     return None, "none (indices; --class_names FILE names them)"
 
 
+def _refuse_output_over_inputs(cfg, paths: List[str]) -> None:
+    """--output must not replace what the run reads: the checkpoint, the class-names file or an input image (also
+    through a link), nor be a file in the --image_path folder that a later run would take for an image."""
+    from mindcv_ext.weights import same_file
+
+    out = cfg.output
+    for flag, path in (("--ckpt_path", cfg.ckpt_path), ("--class_names", cfg.class_names)):
+        if path and same_file(path, out):
+            raise ConfigError(f"--output {out!r} is the {flag} file itself; writing predictions there would destroy "
+                              f"it. Name another file, e.g. predictions.jsonl.")
+    if os.path.exists(out):  # an input reached through a hard or symbolic link from elsewhere
+        st = os.stat(out)
+        for path in paths:
+            try:
+                other = os.stat(path)
+            except OSError:
+                continue
+            if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
+                raise ConfigError(f"--output {out!r} is the input image {_show(path)!r}; name another file, e.g. "
+                                  f"predictions.jsonl.")
+    if os.path.isdir(cfg.image_path):
+        root, real = os.path.realpath(cfg.image_path), os.path.realpath(out)
+        if os.path.commonpath([root, real]) == root and real.lower().endswith(IMAGE_EXTENSIONS):
+            raise ConfigError(f"--output {out!r} is an image file name inside --image_path {cfg.image_path!r}: it "
+                              f"would replace an input, or be read as one by the next run. Name a .jsonl file.")
+
+
 def prepare(cfg):
     """Every check of the command that needs no network, then the network: raises ConfigError / CheckpointError.
     Returns (net, weights, image_size, paths, names, names_source, transforms)."""
@@ -284,6 +316,7 @@ def prepare(cfg):
             raise ConfigError(f"cannot write --output {cfg.output!r}: " + (
                 "it is a directory; name a file such as predictions.jsonl." if os.path.isdir(cfg.output) else
                 f"the folder {parent!r} does not exist or is not writable; create it or choose another path."))
+        _refuse_output_over_inputs(cfg, paths)
     if not mindcv.is_model(cfg.model):
         raise ConfigError(f"unknown model {cfg.model!r}; use one of {', '.join(mindcv.list_models('*repmlp*'))} "
                           f"(or another registered mindcv model).")
@@ -300,7 +333,16 @@ def run(cfg, prepared) -> int:
     _err(f"{cfg.model} ({w.form or 'plain'} form{', EMA weights' if w.ema else ''}) from {cfg.ckpt_path}: "
          f"{len(paths)} image file(s) from {_show(cfg.image_path)}, {image_size}x{image_size}, crop_pct "
          f"{cfg.crop_pct}, {cfg.interpolation}; class names: {names_source}")
-    out = open(cfg.output, "w", encoding="utf-8") if cfg.output else None
+    out = tmp = None
+    if cfg.output:  # a temporary beside the output, renamed when the run ends: the previous file is never emptied
+        from mindcv_ext.checkpoint import make_temp, remove_temp_files
+
+        stale = remove_temp_files(os.path.dirname(os.path.abspath(cfg.output)), os.path.basename(cfg.output))
+        if stale:
+            _err(f"note: removed {len(stale)} temporary file(s) of killed runs: "
+                 f"{', '.join(os.path.basename(p) for p in stale)}")
+        tmp = make_temp(cfg.output)
+        out = open(tmp, "w", encoding="utf-8")
     skipped: List[Tuple[str, str]] = []
 
     def on_skip(path, reason):
@@ -322,17 +364,29 @@ def run(cfg, prepared) -> int:
             count += len(index)
             batches += 1
             sys.stdout.flush()
-            if out:
-                out.flush()  # an interrupted run keeps what it predicted
             if cfg.log_interval and batches % cfg.log_interval == 0:
                 _err(f"[{count + len(skipped)}/{len(paths)}] {count} predicted, {len(skipped)} skipped "
                      f"({count / (time.perf_counter() - start):.1f} img/s)")
+        if out:
+            out.close()
+            if count:
+                umask = os.umask(0)
+                os.umask(umask)
+                os.chmod(tmp, 0o666 & ~umask)  # an ordinary file, not the temporary's owner-only mode
+                os.replace(tmp, cfg.output)
+                tmp = None
     finally:
         if out:
             out.close()
+        if tmp:  # interrupted, failed, or nothing predicted: the previous --output stays as it was
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
     if count == 0:
         _err(f"{PROG}: error: none of the {len(paths)} image file(s) could be read ({len(skipped)} skipped, reasons "
-             f"above); check the files, or point --image_path at other images.")
+             f"above); check the files, or point --image_path at other images."
+             + (f" {cfg.output} was not written." if cfg.output else ""))
         return FAILED
     _err(f"{count} image(s) predicted, {len(skipped)} skipped (unreadable, listed above)"
          + (f"; results in {cfg.output}" if cfg.output else ""))
@@ -352,7 +406,7 @@ def main(argv=None) -> int:
         return run(cfg, prepared)
     except BrokenPipeError:  # the reader stopped early (`infer.py ... | head`): no error line, as other tools
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
-        return FAILED  # the run did not finish (an --output file stops where stdout did)
+        return FAILED  # the run did not finish (and --output was not written)
     except OSError as e:  # e.g. the disk filled up under --output
         _err(f"{PROG}: error: {e}")
         return FAILED
