@@ -20,6 +20,7 @@ from mindspore import Parameter, Tensor
 __all__ = [
     "CheckpointError",
     "check_output_path",
+    "CHECKPOINT_SUFFIXES",
     "creatable_under",
     "checkpoint_format",
     "save_checkpoint",
@@ -225,9 +226,19 @@ def creatable_under(path: str):
     return existing, None if os.access(existing, os.W_OK | os.X_OK) else "unwritable"
 
 
-def check_output_path(path: str, what: str = "--output") -> str:
+# The names save_checkpoint writes and mindcv_ext.weights reads back as checkpoints: the format follows the name
+# (a MindSpore checkpoint named x.pth or x would be refused by the loaders, which read .pth as PyTorch).
+CHECKPOINT_SUFFIXES = (".ckpt", ".safetensors")
+
+
+def check_output_path(path: str, what: str = "--output", suffixes: Optional[tuple] = None) -> str:
     """Refuse, before any long work, an output file path that cannot be written: a directory, a parent that is a
-    file, a read-only location. Returns the absolute path."""
+    file, a read-only location, or (with `suffixes`) a name the readers would not take back. Returns the absolute
+    path."""
+    if suffixes and not str(path).endswith(tuple(suffixes)):
+        stem = os.path.splitext(os.path.basename(os.fspath(path)))[0] or "model"
+        raise CheckpointError(f"{what} {path}: name it {' or '.join(stem + s for s in suffixes)} (the format "
+                              f"follows the name; {', '.join(suffixes)} are what the loaders read back).")
     path = os.path.abspath(os.fspath(path))
     if os.path.isdir(path):
         raise CheckpointError(f"{what} {path} is a directory; name a file in it, e.g. {os.path.join(path, 'model.ckpt')}")

@@ -29,7 +29,7 @@ from .models.repmlp import MINDCV_EXTRA_KEYS, RepMLPNet, checkpoint_form, checkp
     checkpoint_variant
 
 __all__ = ["Weights", "read_weights", "load_into", "build_model", "load_pretrained", "check_class_names",
-           "save_weights", "encode_class_names", "recorded_class_names", "same_file",
+           "save_weights", "encode_class_names", "recorded_class_names", "same_file", "load_hint",
            "CLASS_NAMES_KEY", "HEAD_KEYS", "TRAINING_STATE_SCALARS", "install"]
 
 _log = logging.getLogger(__name__)
@@ -141,6 +141,18 @@ def save_weights(net, path: str, class_names: Optional[Sequence[str]] = None, ap
     if class_names:
         extra[CLASS_NAMES_KEY] = encode_class_names(class_names, checkpoint_format(path))
     return save_checkpoint(net, path, append_dict=extra or None)
+
+
+def load_hint(model: str, path: str, num_classes: int, deploy: bool, in_channels: Optional[int] = 3) -> str:
+    """Python that loads the checkpoint `path` as written: pasted as it is, it works (what the file does not say
+    by its keys, the class count and input channels, is spelled out)."""
+    args = [repr(model), f"num_classes={int(num_classes)}"]
+    if in_channels and in_channels != 3:
+        args.append(f"in_channels={int(in_channels)}")
+    if deploy:
+        args.append("deploy=True")
+    args.append(f"checkpoint_path={os.fspath(path)!r}")
+    return f"import mindcv, mindcv_ext; net = mindcv.create_model({', '.join(args)})"
 
 
 def same_file(a: str, b: str) -> bool:

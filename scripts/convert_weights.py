@@ -15,8 +15,6 @@ from mindcv_ext.cli import BAD_INPUT, FAILED, OK, printable, run_tool
 
 PROG = "convert_weights.py"
 
-OUTPUT_SUFFIXES = (".ckpt", ".safetensors")
-
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
@@ -29,8 +27,6 @@ def parse_args(argv=None):
                    help="classifier size; default: the source's")
     args = p.parse_args(argv)
     # Cheap checks first, so a typo fails in a second rather than after loading hundreds of MB.
-    if not args.output.endswith(OUTPUT_SUFFIXES):
-        p.error(f"--output {args.output!r} must end in .ckpt or .safetensors (the format follows the name)")
     if args.num_classes is not None and args.num_classes <= 0:
         p.error(f"--num_classes must be positive, got {args.num_classes}")
     if not os.path.isfile(args.src):
@@ -40,10 +36,10 @@ def parse_args(argv=None):
 
     if same_file(args.src, args.output):
         p.error("--output is the source file; write to another name")
-    from mindcv_ext.checkpoint import CheckpointError, check_output_path
+    from mindcv_ext.checkpoint import CHECKPOINT_SUFFIXES, CheckpointError, check_output_path
 
-    try:
-        check_output_path(args.output)
+    try:  # cheap checks first, so a typo fails in a second rather than after loading hundreds of MB
+        check_output_path(args.output, suffixes=CHECKPOINT_SUFFIXES)
     except CheckpointError as e:
         p.error(str(e))
     return p, args
@@ -55,7 +51,7 @@ def main(argv=None) -> int:
 
     import mindcv_ext  # noqa: F401  (registers our RepMLPNets in mindcv)
     from mindcv_ext.checkpoint import CheckpointError
-    from mindcv_ext.weights import build_model, read_weights, save_weights
+    from mindcv_ext.weights import build_model, load_hint, read_weights, save_weights
 
     if not mindcv.is_model(args.model):
         parser.error(f"--model {args.model!r} is not a registered model; RepMLPNets: "
@@ -74,9 +70,8 @@ def main(argv=None) -> int:
         print(f"{PROG}: error: {printable(e)}", file=sys.stderr)
         return FAILED
     n = sum(1 for _ in net.get_parameters())
-    print(f"Wrote {args.output}: {n} tensors, {w.form} form. Use it with mindcv.create_model({args.model!r}, "
-          f"num_classes={net.num_classes}, deploy={w.form == 'deploy'}, checkpoint_path={args.output!r}) after "
-          f"`import mindcv_ext`.")
+    print(f"Wrote {printable(args.output)}: {n} tensors, {w.form} form. Load it with:")
+    print(load_hint(args.model, args.output, net.num_classes, w.form == "deploy", w.in_channels))
     return OK
 
 

@@ -2,7 +2,8 @@
 
     python scripts/reparameterize.py --model repmlp_t224 --ckpt_path train.ckpt --output deploy.ckpt
 
-The deploy checkpoint loads with mindcv.create_model(name, deploy=True, checkpoint_path=...). Before writing, the
+The deploy checkpoint loads with mindcv.create_model(name, num_classes=..., deploy=True, checkpoint_path=...) after
+`import mindcv_ext`; the script prints that line for the file it wrote. Before writing, the
 script checks on a random batch that both forms give the same logits.
 """
 import argparse
@@ -21,16 +22,17 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="registered model name, e.g. repmlp_t224")
     p.add_argument("--ckpt_path", required=True, help="train-form checkpoint (.ckpt or .safetensors)")
-    p.add_argument("--output", required=True, help="deploy checkpoint to write (.ckpt, or .safetensors)")
+    p.add_argument("--output", required=True, help="deploy checkpoint to write: .ckpt or .safetensors (the format "
+                                                   "follows the name)")
     p.add_argument("--num_classes", type=int, default=None, help="default: read from the checkpoint's head")
     p.add_argument("--ema", type=_common.str2bool, default=False, help="convert the EMA weights (ema.* keys)")
     p.add_argument("--check", type=_common.str2bool, default=True,
                    help="compare train/deploy logits on a random batch before writing (default True)")
     args = p.parse_args(argv)
-    from mindcv_ext.checkpoint import CheckpointError, check_output_path
+    from mindcv_ext.checkpoint import CHECKPOINT_SUFFIXES, CheckpointError, check_output_path
 
-    try:  # before loading anything: a path that cannot be written is a one-line error
-        check_output_path(args.output)
+    try:  # before loading anything: a path that cannot be written or read back is a one-line error
+        check_output_path(args.output, suffixes=CHECKPOINT_SUFFIXES)
     except CheckpointError as e:
         p.error(str(e))
     return args
@@ -48,7 +50,7 @@ def main(argv=None) -> int:
     import mindcv_ext
     from mindcv_ext.checkpoint import CheckpointError
     from mindcv_ext.verify import reparam_error
-    from mindcv_ext.weights import build_model, read_weights, same_file, save_weights
+    from mindcv_ext.weights import build_model, load_hint, read_weights, same_file, save_weights
 
     try:  # everything before the conversion: a problem here is the command's or the file's (exit 2)
         if not mindcv.is_model(args.model):
@@ -60,7 +62,8 @@ def main(argv=None) -> int:
         w = read_weights(args.ckpt_path, ema=args.ema)  # read once: inspected here, loaded below
         if w.form == "deploy":
             raise CheckpointError(f"{args.ckpt_path} is already a deploy-form checkpoint: nothing to convert. Load "
-                                  f"it with mindcv.create_model('{args.model}', deploy=True, checkpoint_path=...).")
+                                  f"it with: " + load_hint(args.model, args.ckpt_path, w.num_classes or 1000, True,
+                                                           w.in_channels))
         if w.form is None:
             raise CheckpointError(f"{args.ckpt_path} holds no RepMLPNet blocks; is it a {args.model} checkpoint?")
         net, w = build_model(args.model, w, num_classes=args.num_classes)
@@ -85,9 +88,9 @@ def main(argv=None) -> int:
         _err(e)
         return FAILED
     n = sum(p.size for p in net.get_parameters())
-    print(f"wrote deploy checkpoint {args.output} ({n:,} values) for {args.model}"
-          + (f", {len(w.class_names)} class names" if w.class_names else "")
-          + f"; load it with mindcv.create_model('{args.model}', deploy=True, checkpoint_path='{args.output}')")
+    print(f"wrote deploy checkpoint {printable(args.output)} ({n:,} values) for {args.model}"
+          + (f", {len(w.class_names)} class names" if w.class_names else "") + ". Load it with:")
+    print(load_hint(args.model, args.output, net.num_classes, True, w.in_channels))
     return OK
 
 
