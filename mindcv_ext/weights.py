@@ -98,10 +98,21 @@ def _split_state(flat: Dict[str, object]):
 
 
 def _decode_class_names(value, path: str) -> Optional[List[str]]:
+    """The class names a file records (a JSON list, as text or as UTF-8 bytes), or CheckpointError naming the file
+    and what is wrong with the entry: every reader of class names comes here."""
     if value is None:
         return None
     if isinstance(value, np.ndarray) and value.dtype == np.uint8:  # .safetensors holds no strings: UTF-8 bytes
-        value = value.tobytes().decode("utf-8")
+        value = value.tobytes()
+    elif isinstance(value, np.ndarray) and value.dtype.kind in "US" and value.size == 1:  # a string in a .npz
+        value = value.reshape(-1)[0].item()
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            value = bytes(value).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise CheckpointError(f"{path}: its '{CLASS_NAMES_KEY}' entry is not UTF-8 text (byte {e.start} is "
+                                  f"{bytes(value)[e.start:e.start + 1]!r}); the file is damaged or was written by "
+                                  f"another tool. Re-save it with UTF-8 class names, or delete that entry.") from None
     try:
         names = json.loads(value) if isinstance(value, str) else None
     except ValueError:
