@@ -363,16 +363,82 @@ def _variants():
     return ARCHS
 
 
-def load_pretrained(net, default_cfg: dict) -> None:
-    """mindcv's published weights for `net`: fetched through mindcv's downloader and cache, then loaded here
-    (mindcv's own load_pretrained only warns about keys that do not fit). Another class count gets a new head."""
-    from mindcv.models.helpers import get_checkpoint_download_root
-    from mindcv.utils.download import DownLoad
+def _open_url(url: str, timeout: float):
+    """(readable stream, announced length or None). The seam the tests replace."""
+    import urllib.request
 
+    response = urllib.request.urlopen(urllib.request.Request(url, headers={"User-Agent": "mindcv_ext"}),
+                                      timeout=timeout)
+    length = response.headers.get("Content-Length")
+    return response, int(length) if length and length.isdigit() else None
+
+
+def _download(url: str, target: str, log: Callable[[str], None]) -> Weights:
+    """`url` to `target`, read and checked: under a temporary name beside it, renamed only when complete and
+    readable, so a failed or killed download never leaves a file under the final name. Returns the Weights."""
+    from .checkpoint import make_temp, remove_temp_files
+
+    folder, name = os.path.split(target)
+    offline = (f"Without network: download {url} elsewhere and pass --ckpt_path FILE (the file {name}; "
+               f"in Python checkpoint_path=FILE), or put it in {folder}, where mindcv caches it.")
+    for stale in remove_temp_files(folder, name):
+        log(f"note: removed {stale}, a download interrupted by an earlier run")
+    tmp = make_temp(target, os.path.splitext(name)[1])  # the weight suffix, so read_weights knows the format
+    try:
+        try:
+            stream, length = _open_url(url, timeout=60)
+            received = 0
+            with stream, open(tmp, "wb") as f:
+                for chunk in iter(lambda: stream.read(1 << 20), b""):
+                    f.write(chunk)
+                    received += len(chunk)
+            if length is not None and received != length:
+                raise OSError(f"the connection ended after {received:,} of {length:,} bytes")
+        except Exception as e:  # noqa: BLE001 - URLError, HTTPError, timeouts, IncompleteRead, resets: all "no file"
+            reason = getattr(e, "reason", None) or (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise CheckpointError(f"cannot download the pretrained weights from {url} ({reason}). {offline}") \
+                from None
+        try:
+            w = read_weights(tmp)
+        except CheckpointError as e:
+            raise CheckpointError(f"the file downloaded from {url} is not a readable checkpoint ({e}); nothing was "
+                                  f"kept. {offline}") from None
+        os.replace(tmp, target)
+        tmp = None
+        w.path = target
+        return w
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_pretrained(net, default_cfg: dict, log: Callable[[str], None] = None) -> None:
+    """mindcv's published weights for `net`, from mindcv's cache folder (~/.mindspore/models) under the URL's file
+    name, downloaded there first if missing (never leaving a partial file), then loaded strictly (mindcv's own
+    load_pretrained only warns about keys that do not fit). Another class count gets a new head. A file in the
+    cache that cannot be read (cut short by an earlier run's download) is removed and downloaded again."""
+    from mindcv.models.helpers import get_checkpoint_download_root
+
+    log = log or _log.warning
+    url = default_cfg["url"]
     root = get_checkpoint_download_root()
-    os.makedirs(root, exist_ok=True)
-    DownLoad().download_url(default_cfg["url"], path=root)
-    load_into(net, read_weights(os.path.join(root, os.path.basename(default_cfg["url"]))), new_head=True)
+    target = os.path.join(root, os.path.basename(url))
+    w = None
+    if os.path.exists(target):
+        try:
+            w = read_weights(target)
+        except CheckpointError as e:  # mindcv's downloader writes under the final name: an interrupted run's file
+            os.remove(target)
+            log(f"note: removed {target}, an incomplete download of an earlier run ({e}); downloading it again")
+    if w is None:
+        try:
+            os.makedirs(root, exist_ok=True)
+        except OSError as e:
+            raise CheckpointError(f"cannot create mindcv's download folder {root} ({e.strerror or e}) for {url}. "
+                                  f"Download that file elsewhere and pass --ckpt_path FILE (checkpoint_path=FILE "
+                                  f"in Python).") from None
+        w = _download(url, target, log)
+    load_into(net, w, new_head=True)
 
 
 def check_class_names(expected: Optional[Sequence[str]], found: Sequence[str], what: str, fix: str) -> None:

@@ -1,7 +1,6 @@
 """Checkpoints: round trips in both forms and formats, the deploy script, strict loading, atomic writes,
 pretrained loading through mindcv's downloader."""
 import os
-import shutil
 import subprocess
 import sys
 
@@ -143,10 +142,8 @@ def test_atomic_save_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
 
 
 def test_pretrained_uses_mindcv_url_and_loader(tmp_path, monkeypatch):
-    """pretrained=True goes through mindcv's load_pretrained with the published URL; the download is served from a
+    """pretrained=True fetches mindcv's published URL into mindcv's cache folder; the download is served from a
     local file in mindcv's released layout (with its unused conv2d.* keys)."""
-    from mindcv.utils import download
-
     published = randomize(mindcv.create_model("repmlp_t224"), seed=2)
     params = {p.name: p for p in published.get_parameters()}
     params["conv2d.weight"] = ms.Tensor(np.zeros((64, 3, 4, 4), np.float32))
@@ -155,12 +152,11 @@ def test_pretrained_uses_mindcv_url_and_loader(tmp_path, monkeypatch):
     mindcv_ext.save_checkpoint(params, src)
     urls = []
 
-    def fake_download(self, url, path=None, *a, **k):
+    def fake_open(url, timeout):
         urls.append(url)
-        os.makedirs(path, exist_ok=True)
-        shutil.copy(src, os.path.join(path, os.path.basename(url)))
+        return open(src, "rb"), os.path.getsize(src)
 
-    monkeypatch.setattr(download.DownLoad, "download_url", fake_download)
+    monkeypatch.setattr("mindcv_ext.weights._open_url", fake_open)
     monkeypatch.setattr("mindcv.models.helpers.get_default_download_root", lambda: str(tmp_path / "cache"))
     net = mindcv.create_model("repmlp_t224", pretrained=True)
     assert urls == ["https://download.mindspore.cn/toolkits/mindcv/repmlp/repmlp_t224-8dbedd00.ckpt"]
