@@ -1,9 +1,11 @@
 """A generated segmentation set in the Cityscapes layout, labelled per pixel: the CPU demo's and the tests' data.
 
-Each canvas has a lit, noisy background (class 0), one or two rectangles filled with a texture (stripes either
-way, a checkerboard) and two to four shapes (circle, square, triangle, cross) on top, all drawn by the
-classification demo's pattern functions (mindcv_ext/data/demo.py) with random colours, sizes and positions. A
-pixel's label is the top layer covering at least half of it (the drawing is supersampled 2x). Files:
+Each canvas has a lit, noisy background (class 0) and three to five overlapping objects: a silhouette
+(rectangle, circle, square, triangle, cross) filled with a texture (horizontal, vertical or diagonal stripes, a
+checkerboard, dots), all drawn by the classification demo's pattern functions (mindcv_ext/data/demo.py) with
+random colours, sizes, positions and pattern scales. An object's class is its texture, whatever its silhouette
+and colours (like materials), so a pixel's class needs its neighbourhood, and the boundaries need the pixel. A
+pixel's label is the top object covering at least half of it (the drawing is supersampled 2x). Files:
 
     <root>/leftImg8bit/{train,val}/<city>/<city>_<nnnnnn>_000019_leftImg8bit.png
     <root>/gtFine/{train,val}/<city>/<city>_<nnnnnn>_000019_gtFine_labelTrainIds.png
@@ -21,13 +23,13 @@ from ..data.demo import DEMO_CLASSES as _PATTERNS
 
 __all__ = ["SEG_DEMO_CLASSES", "ensure_seg_demo", "draw_canvas"]
 
-SEG_DEMO_CLASSES = ("background", "circle", "square", "triangle", "cross", "hstripes", "vstripes", "checker")
-_SHAPES = ("circle", "square", "triangle", "cross")
-_TEXTURES = ("hstripes", "vstripes", "checker")
+SEG_DEMO_CLASSES = ("background", "hstripes", "vstripes", "dstripes", "checker", "dots")
+_TEXTURES = SEG_DEMO_CLASSES[1:]
+_SILHOUETTES = ("rectangle", "circle", "square", "triangle", "cross")
 _DRAW = {name: drawer for name, drawer, _ in _PATTERNS}
 _CITIES = ("aachen", "bremen")
 _MARKER = ".seg_demo.json"
-_VERSION = 1
+_VERSION = 2
 
 
 def _colours(rng):
@@ -54,22 +56,21 @@ def draw_canvas(height: int, width: int, rng: np.random.Generator):
         covered = cover.reshape(height, s, width, s).mean(axis=(1, 3)) >= 0.5
         labels[covered] = class_id
 
-    for _ in range(rng.integers(1, 3)):  # texture rectangles
+    for _ in range(rng.integers(3, 6)):  # objects: a silhouette filled with its class's texture
         name = _TEXTURES[rng.integers(len(_TEXTURES))]
-        h, w = rng.integers(height // 3, height * 3 // 4), rng.integers(width // 5, width // 2)
-        y0, x0 = rng.integers(0, height - h), rng.integers(0, width - w)
-        cover = ((ys >= y0) & (ys < y0 + h) & (xs >= x0) & (xs < x0 + w)).astype(np.float32)
-        unit = rng.uniform(10, 16)  # pixels per pattern unit: stripes every ~4-11 px
-        pattern = _DRAW[name]((xs - x0) / unit, (ys - y0) / unit, rng)
+        shape = _SILHOUETTES[rng.integers(len(_SILHOUETTES))]
+        r = rng.uniform(height / 7, height / 3)
+        cy, cx = rng.uniform(0, height), rng.uniform(0, width)
+        u, v = (xs - cx) / r, (ys - cy) / r
+        if shape == "rectangle":
+            a = rng.uniform(0.5, 1.0)
+            cover = ((np.abs(u) < 1 / a) & (np.abs(v) < a)).astype(np.float32)
+        else:
+            cover = _DRAW[shape](u, v, rng)
+        unit = rng.uniform(14, 20)  # pixels per pattern unit: stripes every ~5-14 px
+        pattern = _DRAW[name]((xs - cx) / unit, (ys - cy) / unit, rng)
         fg, bg = _colours(rng)
         paint(cover, fg, bg, pattern, SEG_DEMO_CLASSES.index(name))
-    for _ in range(rng.integers(2, 5)):  # shapes on top
-        name = _SHAPES[rng.integers(len(_SHAPES))]
-        r = rng.uniform(height / 10, height / 4)
-        cy, cx = rng.uniform(r, height - r), rng.uniform(r, width - r)
-        cover = _DRAW[name]((xs - cx) / r, (ys - cy) / r, rng)
-        fg, _ = _colours(rng)
-        paint(cover, fg, fg, cover, SEG_DEMO_CLASSES.index(name))
     light = 1.0 + rng.uniform(-0.25, 0.25) * (xs / width - 0.5) * 2 + rng.uniform(-0.25, 0.25) * (ys / height - 0.5) * 2
     img = (img * light[..., None]).reshape(height, s, width, s, 3).mean(axis=(1, 3))
     img = img + rng.normal(0.0, rng.uniform(3.0, 10.0), size=img.shape)

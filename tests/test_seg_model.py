@@ -1,0 +1,140 @@
+"""The segmentation model: output shapes above the native size (square and not), the CPU conv path, the loss,
+the encoder's strict weight loading, train-form == deploy-form masks, and sliding-window inference."""
+import numpy as np
+import pytest
+import mindspore as ms
+from mindspore import nn
+
+import mindcv
+from mindcv_ext.checkpoint import CheckpointError, save_checkpoint
+from mindcv_ext.reparameterize import reparameterize
+from mindcv_ext.seg.inference import infer_logits
+from mindcv_ext.seg.model import Conv2d, create_seg_model, cross_entropy, load_seg_checkpoint
+from mindcv_ext.verify import perturb_bn
+
+
+def _x(n, h, w, seed=0):
+    return ms.Tensor(np.random.default_rng(seed).standard_normal((n, 3, h, w)).astype(np.float32))
+
+
+@pytest.mark.parametrize("head", ["upernet", "fpn"])
+def test_logits_at_input_size_above_the_native_size(head):
+    model, _ = create_seg_model("demo_repmlp", head=head, num_classes=5, channels=8)
+    model.set_train(False)
+    for h, w in [(64, 64), (64, 192), (128, 64)]:  # native 64: 1x1, 1x3 and 2x1 partitions
+        out = model(_x(1, h, w))
+        assert out.shape == (1, 5, h, w)
+        assert np.isfinite(out.asnumpy()).all()
+    with pytest.raises(ValueError, match="multiples of 64"):
+        model(_x(1, 64, 96))
+
+
+def test_cpu_conv_path_equals_conv2d():
+    conv = Conv2d(6, 4, 3, has_bias=True)
+    conv.bias.set_data(ms.Tensor(np.random.default_rng(1).standard_normal(4).astype(np.float32)))
+    x = ms.Tensor(np.random.default_rng(0).standard_normal((2, 6, 7, 9)).astype(np.float32))
+    assert conv.im2col
+    fast = conv(x).asnumpy()
+    conv.im2col = False
+    ref = conv(x).asnumpy()
+    np.testing.assert_allclose(fast, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_cross_entropy_ignores_255_like_a_numpy_reference():
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((2, 4, 3, 5)).astype(np.float32)
+    labels = rng.integers(0, 4, (2, 3, 5)).astype(np.int32)
+    labels[0, 0] = 255
+    got = float(cross_entropy(ms.Tensor(logits), ms.Tensor(labels), 255).asnumpy())
+    total, count = 0.0, 0
+    for n in range(2):
+        for i in range(3):
+            for j in range(5):
+                if labels[n, i, j] != 255:
+                    z = logits[n, :, i, j].astype(np.float64)
+                    total += np.log(np.exp(z).sum()) - z[labels[n, i, j]]
+                    count += 1
+    assert got == pytest.approx(total / count, rel=1e-5)
+
+
+def test_encoder_weights_load_strictly_from_a_classification_file(tmp_path):
+    cls = mindcv.create_model("demo_repmlp", num_classes=10)
+    perturb_bn(cls, 3)
+    path = str(tmp_path / "cls.ckpt")
+    save_checkpoint(cls, path)
+    notes = []
+    model, w = create_seg_model("demo_repmlp", num_classes=4, channels=8, checkpoint_path=path, log=notes.append,
+                                form="train")
+    assert w is not None and any("classifier keys" in n for n in notes)
+    ref = {p.name: p.asnumpy() for p in cls.get_parameters()}
+    enc = {p.name[len("encoder."):]: p.asnumpy() for p in model.get_parameters() if p.name.startswith("encoder.")}
+    assert set(enc) == set(ref) - {"head.weight", "head.bias", "head_norm.gamma", "head_norm.beta",
+                                   "head_norm.moving_mean", "head_norm.moving_variance"}
+    for k, v in enc.items():
+        np.testing.assert_array_equal(v, ref[k])
+    # the same weights as .npz (another format, same loader)
+    npz = str(tmp_path / "cls.npz")
+    np.savez(npz, **ref)
+    model2, _ = create_seg_model("demo_repmlp", num_classes=4, channels=8, checkpoint_path=npz)
+    np.testing.assert_array_equal(model2.encoder.conv_embedding.conv.conv.weight.asnumpy(),
+                                  ref["conv_embedding.conv.conv.weight"])
+    # a file missing a key is refused, naming it
+    del ref["stages.0.0.prebn1.gamma"]
+    np.savez(npz, **ref)
+    with pytest.raises(CheckpointError, match="prebn1.gamma"):
+        create_seg_model("demo_repmlp", num_classes=4, channels=8, checkpoint_path=npz)
+
+
+@pytest.mark.parametrize("head", ["upernet", "fpn"])
+def test_deploy_form_gives_the_same_masks(head, tmp_path):
+    model, _ = create_seg_model("demo_repmlp", head=head, num_classes=6, channels=8, aux=True, aux_channels=8)
+    perturb_bn(model, 5)  # every BN of encoder and heads non-trivial
+    model.set_train(False)
+    x = _x(2, 64, 128, seed=4)
+    before = model(x).asnumpy()
+    path = str(tmp_path / "seg.ckpt")
+    save_checkpoint(model, path)
+    reparameterize(model)
+    assert model.deploy and not any(".fc3_bn." in p.name for p in model.get_parameters())
+    after = model(x).asnumpy()
+    assert np.abs(after - before).max() <= 1e-4 * np.abs(before).max()
+    top2 = np.sort(before, axis=1)[:, -2:]
+    clear = (top2[:, 1] - top2[:, 0]) > 1e-3
+    np.testing.assert_array_equal(after.argmax(1)[clear], before.argmax(1)[clear])
+    assert clear.mean() > 0.99
+    # round trip through files: the train-form file rebuilds the same model; its deploy form saved and re-read
+    loaded, _, arch = load_seg_checkpoint(path)
+    assert arch == dict(backbone="demo_repmlp", head=head, num_classes=6, channels=8, aux=True, aux_channels=8,
+                        deploy=False)
+    loaded.set_train(False)
+    np.testing.assert_allclose(loaded(x).asnumpy(), before, rtol=1e-5, atol=1e-5)
+    dpath = str(tmp_path / "seg_deploy.ckpt")
+    save_checkpoint(model, dpath)
+    deployed, _, arch = load_seg_checkpoint(dpath)
+    assert arch["deploy"]
+    deployed.set_train(False)
+    np.testing.assert_allclose(deployed(x).asnumpy(), after, rtol=1e-5, atol=1e-5)
+
+
+class _PerPixel(nn.Cell):
+    """A model whose logits at a pixel depend on that pixel only: sliding windows must give the whole-image
+    logits exactly, whatever the window layout."""
+
+    native_size = 16
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1, has_bias=True)
+
+    def construct(self, x):
+        return self.conv(x)
+
+
+def test_slide_inference_covers_every_pixel_once_averaged():
+    model = _PerPixel()
+    img = np.random.default_rng(0).standard_normal((3, 40, 70)).astype(np.float32)
+    whole = infer_logits(model, img, mode="whole")
+    assert whole.shape == (4, 40, 70)
+    for crop, stride in [((32, 32), (21, 21)), ((16, 48), (16, 16)), ((48, 80), (32, 53))]:
+        slide = infer_logits(model, img, mode="slide", crop_size=crop, stride=stride)
+        np.testing.assert_allclose(slide, whole, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,112 @@
+"""train_seg.py / validate_seg.py / predict_seg.py end to end on a tiny generated Cityscapes-layout set:
+train, resume from latest.ckpt, validate both forms (same scores), predict masks; bad data and a diverging run
+stop with their exit codes."""
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+
+import predict_seg  # noqa: E402
+import train_seg  # noqa: E402
+import validate_seg  # noqa: E402
+from mindcv_ext.seg.demo import ensure_seg_demo  # noqa: E402
+from mindcv_ext.weights import read_weights  # noqa: E402
+
+RECIPE = os.path.join(ROOT, "configs", "seg", "demo_seg_cpu.yaml")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return ensure_seg_demo(str(tmp_path_factory.mktemp("segdata")), train_images=4, val_images=2, height=64,
+                           width=128)
+
+
+def _common(data):
+    return ["--config", RECIPE, "--dataset", "cityscapes", "--num_classes", "6", "--data_dir", data, "--mode", "1",
+            "--batch_size", "2", "--crop_size", "[64, 64]", "--img_scale", "[128, 64]", "--head_channels", "8",
+            "--aux_channels", "8", "--val_interval", "2", "--warmup_iters", "0", "--num_parallel_workers", "1", "--log_interval", "1"]
+
+
+def _last_json(text):
+    return json.loads(text.strip().splitlines()[-1])
+
+
+def test_train_resume_validate_both_forms_and_predict(data, tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert train_seg.run(_common(data) + ["--total_iters", "2", "--ckpt_save_dir", out]) == 0
+    latest, best = os.path.join(out, "latest.ckpt"), os.path.join(out, "best.ckpt")
+    assert os.path.isfile(latest) and os.path.isfile(best)
+    # a second start into the same directory is refused; resuming continues the schedule
+    assert train_seg.run(_common(data) + ["--total_iters", "4", "--ckpt_save_dir", out]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert train_seg.run(_common(data) + ["--total_iters", "4", "--ckpt_save_dir", out, "--ckpt_path", latest,
+                                          "--resume_opt", "True"]) == 0
+    w = read_weights(latest)
+    assert w.scalar("global_step") == 4 and w.scalar("epoch") == 2
+    rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    assert [r["iteration"] for r in rows if r["kind"] == "epoch"] == [2, 4]
+    assert all(0 <= r["val_mIoU"] <= 100 for r in rows if r["kind"] == "epoch")
+    capsys.readouterr()
+
+    evaluate = ["-c", RECIPE, "--dataset", "cityscapes", "--num_classes", "6", "--data_dir", data, "--mode", "1",
+                "--eval_scale", "[128, 64]"]
+    assert validate_seg.run(evaluate + ["--ckpt_path", best]) == 0
+    train_form = _last_json(capsys.readouterr().out)
+    deploy = str(tmp_path / "best_deploy.ckpt")
+    assert validate_seg.run(evaluate + ["--ckpt_path", best, "--save_deploy", deploy]) == 0
+    converted = _last_json(capsys.readouterr().out)
+    assert validate_seg.run(evaluate + ["--ckpt_path", deploy, "--eval_mode", "slide", "--eval_crop", "[64, 64]",
+                                        "--eval_stride", "[64, 64]"]) == 0
+    reread = _last_json(capsys.readouterr().out)
+    assert train_form["form"] == "train" and converted["form"] == reread["form"] == "deploy"
+    assert train_form["images"] == 2 and train_form["mIoU"] is not None
+    for key in ("mIoU", "aAcc"):
+        assert converted[key] == pytest.approx(train_form[key], abs=0.02)
+    # non-overlapping 64x64 windows of the 64x128 canvases: the whole-image partitions, so the same scores
+    assert reread["per_class_IoU"] == pytest.approx(converted["per_class_IoU"], abs=0.02)
+
+    masks = str(tmp_path / "masks")
+    val_dir = os.path.join(data, "leftImg8bit", "val")
+    assert predict_seg.run(["-c", RECIPE, "--ckpt_path", deploy, "--image_path", val_dir, "--output", masks,
+                            "--mode", "1", "--eval_scale", "[128, 64]"]) == 0
+    written = sorted(os.listdir(masks))
+    assert len([n for n in written if n.endswith("_mask.png")]) == 2
+    assert len([n for n in written if n.endswith("_overlay.png")]) == 2
+    mask = Image.open(os.path.join(masks, [n for n in written if n.endswith("_mask.png")][0]))
+    assert mask.mode == "P" and mask.size == (128, 64)
+    assert np.asarray(mask).max() < 6
+
+
+def test_bad_label_is_refused_before_work(data, tmp_path, capsys):
+    import shutil
+    bad = str(tmp_path / "bad")
+    shutil.copytree(data, bad)
+    label = os.path.join(bad, "gtFine", "train", "aachen", "aachen_000000_000019_gtFine_labelTrainIds.png")
+    values = np.asarray(Image.open(label)).copy()
+    values[0, 0] = 7
+    Image.fromarray(values).save(label)
+    out = str(tmp_path / "run")
+    assert train_seg.run(_common(bad) + ["--total_iters", "2", "--ckpt_save_dir", out]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "label value(s) 7" in err[0] and "aachen_000000" in err[0]
+    assert not os.path.exists(out)  # nothing left behind
+
+
+def test_crop_size_must_fit_the_backbone(data, tmp_path, capsys):
+    assert train_seg.run(_common(data) + ["--crop_size", "[64, 96]", "--ckpt_save_dir", str(tmp_path / "r")]) == 2
+    assert "multiples of demo_repmlp's native size 64" in capsys.readouterr().err
+
+
+def test_diverging_run_exits_3_without_a_checkpoint(data, tmp_path, capsys):
+    out = str(tmp_path / "run")
+    code = train_seg.run(_common(data) + ["--total_iters", "2", "--lr", "1e30", "--warmup_iters", "0",
+                                          "--ckpt_save_dir", out])
+    assert code == 3
+    assert "training stopped" in capsys.readouterr().err
+    assert not os.path.exists(os.path.join(out, "latest.ckpt"))
