@@ -1,5 +1,6 @@
 """MindSpore context, devices and data-parallel setup from the config."""
 import os
+import tempfile
 from typing import List, Tuple
 
 import mindspore as ms
@@ -8,7 +9,7 @@ from mindspore import Parameter
 
 from .config import ConfigError
 
-__all__ = ["set_runtime", "init_context", "average_across_ranks"]
+__all__ = ["set_runtime", "init_context", "average_across_ranks", "keep_compile_dumps_out_of_cwd"]
 
 # Variables a MindSpore launcher sets in every worker: msrun / the dynamic cluster (MS_ROLE, MS_WORKER_NUM) or an
 # Ascend rank table.
@@ -19,6 +20,7 @@ def set_runtime(cfg, fix: str) -> None:
     """Mode, device and compile level (train.py, validate.py, infer.py). The device is set only when it changes:
     the runtime refuses a second set_device once it ran a kernel (tests call the tools' main() in one process).
     `fix` completes the one-line error for a device this MindSpore build does not have."""
+    keep_compile_dumps_out_of_cwd()
     ms.set_context(mode=cfg.mode)
     if ms.get_context("device_target") != cfg.device_target:
         try:
@@ -33,6 +35,14 @@ def set_runtime(cfg, fix: str) -> None:
         # Deprecated in 2.10 in favour of per-function ms.jit(jit_level=...), which has no O2; the global setting
         # still works on 2.7-2.10 and is what mindcv uses for its Ascend recipes.
         ms.set_context(jit_config={"jit_level": cfg.jit_level})
+
+
+def keep_compile_dumps_out_of_cwd() -> None:
+    """MindSpore writes rank_<id>/om/analyze_fail.ir into the working directory when a graph fails to compile
+    (and on device task errors); its message names the file. MS_OM_PATH (documented, read when the file is
+    written; set_context's save_graphs_path does not apply to it) moves it under this process's temporary
+    directory, created only if MindSpore writes there. A value the user set is kept."""
+    os.environ.setdefault("MS_OM_PATH", os.path.join(tempfile.gettempdir(), f"mindspore_dumps_{os.getpid()}"))
 
 
 def init_context(cfg) -> Tuple[int, int]:
