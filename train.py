@@ -23,6 +23,7 @@ import time
 import traceback
 
 import mindcv_ext  # noqa: F401  (registers repmlp_* and demo_repmlp with mindcv)
+from mindcv_ext import cli
 from mindcv.models import create_model, is_model, list_models
 from mindcv.utils import AllReduceSum
 from mindcv_ext.checkpoint import (CheckpointError, CheckpointWriteError, NonFiniteWeightsError, describe_nonfinite,
@@ -50,6 +51,7 @@ def main(argv=None) -> int:
         raise ConfigError(f"Unknown model {cfg.model!r}. Close registered names: {', '.join(close) or 'none'} "
                           f"(RepMLPNet: repmlp_t224, repmlp_t256, repmlp_b224, repmlp_b256, repmlp_d256, "
                           f"repmlp_l256, demo_repmlp).")
+    _check_model_fits(cfg)
     resuming = bool(cfg.ckpt_path) and cfg.resume_opt
     if cfg.ckpt_path and not os.path.isfile(cfg.ckpt_path):
         raise ConfigError(f"ckpt_path {cfg.ckpt_path!r} is not a file (relative paths start at {os.getcwd()}). "
@@ -152,7 +154,7 @@ def main(argv=None) -> int:
              f"({cfg.loss_scale_type}) | ema {cfg.ema} | mode {cfg.mode} on {cfg.device_target}")
     if start_epoch >= cfg.epoch_size:
         log.info(f"all {cfg.epoch_size} epochs are done already; nothing to train.")
-        return 0
+        return cli.OK
 
     # ---- train --------------------------------------------------------------------------------------------------
     all_reduce = AllReduceSum() if group_size > 1 else None
@@ -241,7 +243,38 @@ def main(argv=None) -> int:
              + (f", best val top-1 {best_acc:.2f} ({ckpts.best_path})" if val_loader is not None else "")
              + (f", {skipped_steps} step(s) skipped on overflow" if skipped_steps else "")
              + f"; metrics {metrics.path}, plot {plot_path}")
-    return 0
+    return cli.OK
+
+
+def _check_model_fits(cfg) -> None:
+    """Model settings that would stop the run only after its directory was made (pages of compile output, or a
+    traceback from create_model): refuse them before any work."""
+    from types import SimpleNamespace
+
+    from mindcv_ext.evaluation import native_image_size
+    from mindcv_ext.models.repmlp import RepMLPNet, default_cfgs
+
+    if cfg.in_channels != 3:
+        raise ConfigError(f"in_channels {cfg.in_channels}: train.py reads images as RGB (3 channels) and normalizes "
+                          f"3 of them (mean, std); set in_channels: 3.")
+    if cfg.model not in default_cfgs:
+        return  # another mindcv model: its sizes and weights are its own
+    if cfg.pretrained and not default_cfgs[cfg.model]["url"]:
+        published = ", ".join(name for name, c in default_cfgs.items() if c["url"])
+        raise ConfigError(f"pretrained: True, but there are no published MindSpore weights for {cfg.model} (only "
+                          f"for {published}). Convert the authors' release with scripts/convert_weights.py and pass "
+                          f"--ckpt_path <file>, or set pretrained: False.")
+    # A RepMLPNet takes only multiples of the size its FCs are built for; graph mode would stop while compiling
+    # the first step. The model's check_input states the rule (validate.py / infer.py / export.py call it on the
+    # built network; building one here would cost seconds and memory for the large variants).
+    size = native_image_size(cfg.model)
+    try:
+        RepMLPNet.check_input(SimpleNamespace(name=cfg.model, image_size=size),
+                              (cfg.batch_size, cfg.in_channels, cfg.image_resize, cfg.image_resize))
+    except ValueError as e:
+        where = f" (from {cfg.config})" if "image_resize" not in cfg._given and cfg.config else ""
+        raise ConfigError(f"image_resize {cfg.image_resize}{where} does not fit {cfg.model}: {e} For {cfg.model} "
+                          f"pass --image_resize {size}.") from None
 
 
 def _evals_left(cfg, epoch: int) -> int:
@@ -331,35 +364,35 @@ def _report_error(error) -> None:
 
 
 if __name__ == "__main__":
-    exit_code = 1
+    exit_code = cli.FAILED
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         exit_code = main()
     except SystemExit as e:  # --help
-        exit_code = e.code if isinstance(e.code, int) else 0
+        exit_code = e.code if isinstance(e.code, int) else cli.OK
     except CheckpointWriteError as e:  # full disk, read-only: after space is freed the run continues
         _report_error(f"{e} Then {_resume_hint()}.")
-        exit_code = 2
+        exit_code = cli.BAD_INPUT
     except NonFiniteWeightsError as e:  # a save refused NaN/inf (train.py checks first; this is the safety net)
         _report_error(f"{e} Training stopped; {_resume_hint()} with a lower lr.")
-        exit_code = 3
+        exit_code = cli.DIVERGED
     except (ConfigError, CheckpointError, FileNotFoundError) as e:
         _report_error(e)
-        exit_code = 2
+        exit_code = cli.BAD_INPUT
     except NonFiniteLossError as e:
         _report_error(e)
-        exit_code = 3
+        exit_code = cli.DIVERGED
     except KeyboardInterrupt:
         _report_error(f"interrupted; {_resume_hint()}")
-        exit_code = 130
+        exit_code = cli.INTERRUPTED
     except _Terminated:
         _report_error(f"terminated (SIGTERM); {_resume_hint()}")
-        exit_code = 143
+        exit_code = cli.TERMINATED
     except BaseException:  # noqa: B902  (print it, then still skip the teardown below)
         traceback.print_exc()
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        if exit_code != 0 and not _RUN.get("training") and _RUN.get("dir") is not None:
+        if exit_code != cli.OK and not _RUN.get("training") and _RUN.get("dir") is not None:
             _RUN["dir"].remove_if_unused()  # a run stopped by its checks leaves no empty ckpt_save_dir behind
         if _RUN.get("dir") is not None:
             _RUN["dir"].release()
