@@ -19,6 +19,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 
@@ -168,13 +169,17 @@ def main(argv=None) -> int:
     for epoch in range(start_epoch + 1, cfg.epoch_size + 1):
         epoch_start, loss_sum, window, step = time.time(), 0.0, [], 0
         for step, (images, labels) in enumerate(batches, 1):
-            if first_step and cfg.mode == 0:
-                log.info("compiling the training graph (first step; ~20-40 s for the demo on CPU, minutes for the "
-                         "large models)...")
-            _RUN["training"] = True
-            progress.start_step()
-            loss, overflow = train_step(images, labels)
-            loss = float(loss.asnumpy())  # waits for the step: the time below is real
+            # A signal while MindSpore compiles ends the process at once (see _on_forced_exit): an exception
+            # there turns into pages of analyzer dump.
+            with cli.exit_at_once() if first_step else contextlib.nullcontext():
+                if first_step and cfg.mode == 0:
+                    log.info("compiling the training graph (first step; ~20-40 s for the demo on CPU, minutes for "
+                             "the large models)...")
+                progress.start_step()
+                loss, overflow = train_step(images, labels)
+                loss = float(loss.asnumpy())  # waits for the step: the time below is real
+            _RUN["training"] = True  # from here on the run directory holds work: it is kept
+            cli.keep_sigint()  # each graph run installs MindSpore's SIGINT handler again (see mindcv_ext.cli)
             seconds = progress.end_step(first_step)
             if first_step and cfg.mode == 0:
                 log.info(f"compiled; the first step took {seconds:.1f} s")
@@ -216,7 +221,10 @@ def main(argv=None) -> int:
             eval_start = time.time()
             log.info(f"validating on {_sample_count(val_loader, group_size)} images...")
             with (train_step.ema.swapped_in() if train_step.ema is not None else contextlib.nullcontext()):
-                result = evaluate(network, val_loader, all_reduce)
+                # The first one compiles the eval graph: a signal there ends the process at once, as in step 1.
+                with cli.exit_at_once() if "evaluated" not in _RUN else contextlib.nullcontext():
+                    result = evaluate(network, val_loader, all_reduce)
+                _RUN["evaluated"] = True
                 if result["top1"] > best_acc:
                     best_acc = result["top1"]
                     ckpts.save_best(network, epoch, best_acc)  # while swapped in: the evaluated weights
@@ -339,14 +347,6 @@ def _sample_count(loader, group_size: int) -> int:
         return loader.get_dataset_size() * loader.get_batch_size() * group_size
 
 
-class _Terminated(Exception):
-    """SIGTERM (a scheduler, msrun, kill): stop like Ctrl-C, with the command to continue."""
-
-
-def _on_sigterm(signum, frame):
-    raise _Terminated()
-
-
 def _resume_hint() -> str:
     latest = _RUN.get("latest") or "<ckpt_save_dir>/latest.ckpt"
     if os.path.exists(latest):
@@ -363,9 +363,36 @@ def _report_error(error) -> None:
                                                 "levelname": "ERROR"}))
 
 
+def _report_signal(signum: int) -> None:
+    _report_error(f"{cli.signal_line(signum)}; {_resume_hint()}")
+
+
+_ENDED = threading.Lock()  # the main thread's finally and the signal watchdog may both end the run
+
+
+def _end_run(exit_code: int) -> None:
+    """Release the run directory: a run stopped before its first step finished leaves no directory it created."""
+    if not _ENDED.acquire(blocking=False):
+        return
+    run_dir = _RUN.get("dir")
+    if run_dir is not None:
+        if exit_code != cli.OK and not _RUN.get("training"):
+            run_dir.remove_if_unused()
+        run_dir.release()
+
+
+def _on_forced_exit(signum: int) -> None:
+    """Ctrl-C / SIGTERM where the main thread cannot stop by itself (a graph compile, blocked in MindSpore's data
+    iterator): train.py's line, the lock released; mindcv_ext.cli then exits with 130 / 143."""
+    if _ENDED.locked():
+        return  # the main thread is ending the run already and says why
+    _report_signal(signum)
+    _end_run(128 + signum)
+
+
 if __name__ == "__main__":
     exit_code = cli.FAILED
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    cli.install_signals(on_forced_exit=_on_forced_exit)
     try:
         exit_code = main()
     except SystemExit as e:  # --help
@@ -383,22 +410,23 @@ if __name__ == "__main__":
         _report_error(e)
         exit_code = cli.DIVERGED
     except KeyboardInterrupt:
-        _report_error(f"interrupted; {_resume_hint()}")
+        _report_signal(signal.SIGINT)
         exit_code = cli.INTERRUPTED
-    except _Terminated:
-        _report_error(f"terminated (SIGTERM); {_resume_hint()}")
+    except cli.Terminated:
+        _report_signal(signal.SIGTERM)
         exit_code = cli.TERMINATED
+    except BrokenPipeError:  # the output pipe closed (e.g. `| head`): nobody is left to read a traceback
+        exit_code = cli.FAILED
     except BaseException:  # noqa: B902  (print it, then still skip the teardown below)
         traceback.print_exc()
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        if exit_code != cli.OK and not _RUN.get("training") and _RUN.get("dir") is not None:
-            _RUN["dir"].remove_if_unused()  # a run stopped by its checks leaves no empty ckpt_save_dir behind
-        if _RUN.get("dir") is not None:
-            _RUN["dir"].release()
+        _end_run(exit_code)
         logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except BrokenPipeError:
+            pass
     if any(v in os.environ for v in ("MS_ROLE", "RANK_TABLE_FILE")):
         sys.exit(exit_code)  # a normal exit: MindSpore reports this worker's end to the msrun scheduler on the way
     # os._exit skips MindSpore's interpreter-teardown destructors, which print pages of ignored exceptions.

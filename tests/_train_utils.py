@@ -71,14 +71,17 @@ def explain(proc: subprocess.CompletedProcess) -> str:
     return f"exit {proc.returncode}\n--- stdout ---\n{proc.stdout[-3000:]}\n--- stderr ---\n{proc.stderr[-3000:]}"
 
 
-def popen_train(data_dir, out_dir, *extra, log_path) -> subprocess.Popen:
-    """train.py in the background, stdout and stderr into log_path (read it with read_log)."""
+def popen_train(data_dir, out_dir, *extra, log_path, stderr_path=None) -> subprocess.Popen:
+    """train.py in the background, stdout and stderr into log_path (stderr into stderr_path when given)."""
     log = open(log_path, "w")
+    err = open(stderr_path, "w") if stderr_path else None
     try:
-        return subprocess.Popen(train_cmd(data_dir, out_dir, *extra), stdout=log, stderr=subprocess.STDOUT,
+        return subprocess.Popen(train_cmd(data_dir, out_dir, *extra), stdout=log, stderr=err or subprocess.STDOUT,
                                 cwd=os.path.dirname(os.path.abspath(str(out_dir))))
     finally:
-        log.close()  # the child has its own copy
+        log.close()  # the child has its own copies
+        if err:
+            err.close()
 
 
 def wait_for(predicate, proc=None, timeout=300, what="the condition"):
@@ -114,6 +117,17 @@ def temp_leftovers(out_dir) -> list:
     return sorted(f for f in os.listdir(str(out_dir)) if ".tmp" in f)
 
 
+def reported_signal(signum: int, returncode: int) -> int:
+    """The signal train.py reports for `signum`. A SIGTERM that arrives while MindSpore's own SIGINT handler is
+    installed (during a graph compile or run) is taken for the Ctrl-C that handler turns into a SIGTERM: the two
+    cannot be told apart (mindcv_ext.cli._converted_ctrl_c). A Ctrl-C is always a Ctrl-C."""
+    import signal
+
+    if signum == signal.SIGTERM and returncode == 128 + signal.SIGINT:
+        return signal.SIGINT
+    return signum
+
+
 __all__ = ["ROOT", "TRAIN", "make_data", "train_args", "train_cmd", "run_train", "metrics", "load_np", "free_port",
            "model_keys", "explain", "STEPS_PER_EPOCH", "CLASSES", "BATCH", "popen_train", "wait_for", "tmpfs",
-           "temp_leftovers"]
+           "temp_leftovers", "reported_signal"]

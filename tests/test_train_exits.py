@@ -4,13 +4,14 @@ in MindSpore's data iterator), each with the exit code of mindcv_ext.cli, one "e
 released, and no half-made run directory or MindSpore dump (rank_0/) left behind."""
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
 
 import pytest
 
-from _train_utils import ROOT, explain, make_data, run_train
+from _train_utils import ROOT, explain, make_data, metrics, popen_train, reported_signal, run_train, wait_for
 from mindcv_ext import cli
 
 
@@ -87,3 +88,88 @@ def test_a_compile_error_leaves_no_rank_0_in_the_working_directory(tmp_path):
     shutil.rmtree(dump_dir, ignore_errors=True)
     assert named == "True", explain(proc)  # MindSpore's message names the moved file
     assert os.listdir(cwd) == []
+
+
+# ---- signals ------------------------------------------------------------------------------------------------------
+
+def _stop(proc, signum):
+    proc.send_signal(signum)
+    try:
+        proc.wait(timeout=120)  # a hang guard: the watchdog ends a blocked process after its few seconds' grace
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        pytest.fail(f"signal {signum} did not end train.py")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl_c", "sigterm"])
+def test_a_signal_while_compiling_is_one_line_and_leaves_nothing(data_dir, tmp_path, signum):
+    out, log, err = tmp_path / "run", tmp_path / "out.log", tmp_path / "err.log"
+    proc = popen_train(data_dir, out, log_path=log, stderr_path=err)
+    try:
+        wait_for(lambda: "compiling the training graph" in log.read_text(), proc, what="the compile")
+        _stop(proc, signum)
+    finally:
+        proc.kill()
+        proc.wait()
+    stderr = err.read_text()
+    signum = reported_signal(signum, proc.returncode)
+    assert proc.returncode == 128 + signum, stderr[-3000:]
+    assert _one_error_line(stderr) == (f"error: {cli.signal_line(signum)}; no epoch was finished, so there is no "
+                                       f"checkpoint yet; start again"), stderr[-3000:]
+    assert len(stderr.strip().splitlines()) == 1, stderr[-3000:]  # no analyzer dump
+    _nothing_left(tmp_path, out)
+
+
+def _blocked_on_a_fifo(pid: int) -> bool:
+    """Some thread of `pid` waits in open() for a FIFO's writer."""
+    tasks = f"/proc/{pid}/task"
+    for tid in os.listdir(tasks):
+        try:
+            with open(f"{tasks}/{tid}/wchan") as f:
+                if f.read().strip() == "wait_for_partner":
+                    return True
+        except OSError:
+            pass
+    return False
+
+
+def _settled(out, seen: list) -> bool:
+    """True once the run has logged no new step over the last few polls (its main thread is waiting for data)."""
+    try:
+        rows = len(metrics(out, "step"))
+    except (FileNotFoundError, ValueError):
+        rows = -1
+    seen.append(rows)
+    return len(seen) > 60 and len(set(seen[-60:])) == 1  # wait_for polls every 0.05 s: 3 s without a step
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/wchan"), reason="needs Linux /proc")
+def test_sigterm_while_the_data_iterator_is_blocked(data_dir, tmp_path):
+    # The images turn into FIFOs after the start-up checks read them: MindSpore's reader threads block opening
+    # them, and the main thread waits in the iterator's native code, where Python runs no signal handler. No graph
+    # runs there, so the SIGTERM is unambiguous (see reported_signal).
+    data = tmp_path / "data"
+    shutil.copytree(data_dir, data)
+    out, log, err = tmp_path / "run", tmp_path / "out.log", tmp_path / "err.log"
+    proc = popen_train(data, out, "--epoch_size", "50", "--decay_epochs", "50", log_path=log, stderr_path=err)
+    try:
+        wait_for(lambda: "compiled; the first step took" in log.read_text(), proc, what="a training step")
+        for root, _, files in os.walk(data / "train"):
+            for name in files:
+                fifo = os.path.join(root, "." + name + ".fifo")
+                os.mkfifo(fifo)
+                os.replace(fifo, os.path.join(root, name))  # atomic: the reader finds a file or a FIFO
+        wait_for(lambda: _blocked_on_a_fifo(proc.pid), proc, what="a reader blocked on a FIFO")
+        seen = []
+        wait_for(lambda: _settled(out, seen), proc, what="the steps to stop")
+        _stop(proc, signal.SIGTERM)
+    finally:
+        proc.kill()
+        proc.wait()
+    stderr = err.read_text()
+    assert proc.returncode == cli.TERMINATED, stderr[-3000:]
+    line = _one_error_line(stderr)
+    assert line.startswith("error: terminated (SIGTERM); "), line
+    assert not (out / ".train.lock").exists()  # released: the next run may start
+    assert not (tmp_path / "rank_0").exists()

@@ -11,8 +11,9 @@ import sys
 import numpy as np
 import pytest
 
-from _train_utils import (ROOT, TRAIN, explain, load_np, make_data, metrics, popen_train, run_train, temp_leftovers,
-                          tmpfs, wait_for)
+from _train_utils import (ROOT, TRAIN, explain, load_np, make_data, metrics, popen_train, reported_signal, run_train,
+                          temp_leftovers, tmpfs, wait_for)
+from mindcv_ext import cli
 
 
 @pytest.fixture(scope="module")
@@ -306,8 +307,12 @@ def test_one_live_run_per_directory_and_sigterm(data_dir, tmp_path):
         third.kill()
         third.wait()
     text = log.read_text()
-    assert third.returncode == 143, text[-3000:]
-    assert "error: terminated (SIGTERM); " in text and "Traceback" not in text
+    # During a graph run a SIGTERM may be reported as the Ctrl-C MindSpore turns into one (see
+    # _train_utils.reported_signal); test_train_exits.py has the unambiguous case, a blocked data iterator.
+    signum = reported_signal(signal.SIGTERM, third.returncode)
+    assert third.returncode == 128 + signum, text[-3000:]
+    assert f"error: {cli.signal_line(signum)}; " in text and "Traceback" not in text
+    assert not (out / ".train.lock").exists()
 
 
 def test_refused_runs_leave_no_directory(data_dir, tmp_path):
