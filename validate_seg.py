@@ -45,12 +45,13 @@ def main(argv=None) -> int:
     names = names or (cfg.class_names if len(cfg.class_names) == num_classes else [str(i) for i in range(num_classes)])
     if cfg.check_data:
         check_pairs(pairs, num_classes, cfg.reduce_zero_label, workers=max(1, (os.cpu_count() or 1) // group_size))
-    if arch["head"] and cfg.eval_mode == "slide" and (cfg.eval_crop[0] % model.native_size or
-                                                      cfg.eval_crop[1] % model.native_size):
+    if cfg.eval_mode == "slide" and (cfg.eval_crop[0] % model.native_size or cfg.eval_crop[1] % model.native_size):
         raise ConfigError(f"eval_crop {list(cfg.eval_crop)} must be multiples of {arch['backbone']}'s native size "
                           f"{model.native_size}.")
-    say(f"{cfg.ckpt_path}: {arch['backbone']} + {arch['head']}, {num_classes} classes, {'deploy' if arch['deploy'] else 'train'} "
-        f"form | {len(pairs)} images in {os.path.join(data_dir, cfg.val_split)} | {cfg.eval_mode} inference"
+    form = "train form" if not arch["deploy"] else \
+        "deploy form (re-parameterized here)" if arch.get("reparameterized") else "deploy form"
+    say(f"{cfg.ckpt_path}: {arch['backbone']} + {arch['head']}, {num_classes} classes, {form} | {len(pairs)} images "
+        f"in {os.path.join(data_dir, cfg.val_split)} | {cfg.eval_mode} inference"
         + (f" (window {cfg.eval_crop[0]}x{cfg.eval_crop[1]}, stride {cfg.eval_stride[0]}x{cfg.eval_stride[1]})"
            if cfg.eval_mode == "slide" else ""), flush=True)
     all_reduce = None

@@ -98,10 +98,11 @@ def list_pairs(layout: str, root: str, split: str) -> List[Tuple[str, str]]:
     missing = [p for p in images if key(p, images_root, img_sfx) not in label_of]
     if missing:
         expected = os.path.join(labels_root, key(missing[0], images_root, img_sfx) + lab_sfx)
+        how = " (cityscapesscripts' createTrainIdLabelImgs makes the labelTrainIds files)" \
+            if layout == "cityscapes" else ""
         raise DataError(f"{missing[0]} has no label ({expected} is missing)"
                         f"{f'; {len(missing) - 1} more images lack theirs' if len(missing) > 1 else ''}. Add the "
-                        f"labels{' (cityscapesscripts createTrainIdLabelImgs makes the labelTrainIds files)' if layout == 'cityscapes' else ''} "
-                        f"or remove those images.")
+                        f"labels{how} or remove those images.")
     orphans = [p for k, p in label_of.items() if k not in image_keys]
     if orphans:
         raise DataError(f"{orphans[0]} is a label without an image"
@@ -136,7 +137,8 @@ def _check_one(pair, num_classes: int, reduce_zero_label: bool) -> Optional[str]
             size = im.size
             im.verify()  # reads the whole file's structure (PNG: every chunk's checksum) without decoding
     except Exception as e:  # noqa: BLE001
-        return f"{image_path} cannot be read as an image ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        reason = str(e).splitlines()[0] if str(e) else ""
+        return f"{image_path} cannot be read as an image ({type(e).__name__}: {reason})"
     try:
         with Image.open(label_path) as im:
             label_size = im.size

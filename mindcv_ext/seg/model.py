@@ -257,7 +257,8 @@ def _build(backbone: str, head: str, num_classes: int, channels: Optional[int], 
 
 def create_seg_model(backbone: str, head: str = "upernet", num_classes: int = 19, checkpoint_path: str = "",
                      channels: Optional[int] = None, aux: bool = False, aux_channels: int = 256,
-                     deploy: bool = False, dropout: float = 0.1, log=None, **backbone_kwargs) -> Tuple[SegModel, object]:
+                     deploy: bool = False, dropout: float = 0.1, log=None,
+                     **backbone_kwargs) -> Tuple[SegModel, object]:
     """A SegModel with a fresh head. `checkpoint_path`: encoder weights of any format and layout that
     mindcv_ext.weights reads (classification checkpoints: the classifier and head_norm are left out, one note).
     The encoder takes the file's form (train/deploy). Returns (model, the encoder's Weights or None).
@@ -336,7 +337,7 @@ def load_for_inference(cfg, log=print) -> Tuple[SegModel, Optional[list], Dict]:
     model.set_train(False)
     if (cfg.reparameterize or cfg.save_deploy) and not arch["deploy"]:
         reparameterize(model)
-        arch["deploy"] = True
+        arch["deploy"] = arch["reparameterized"] = True
         log(f"re-parameterized {cfg.ckpt_path} (train form) to the deploy form")
     if cfg.save_deploy:
         save_weights(model, cfg.save_deploy, class_names=names)
