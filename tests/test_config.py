@@ -143,6 +143,9 @@ def test_unknown_cli_key_names_closest(flag, suggestion):
     (["--ema", "True", "--ema_decay", "1.5"], r"ema_decay must be in \(0, 1\)"),
     (["--scale", "[0.5]"], r"scale must be two numbers"),
     (["--ckpt_save_policy", "top_k"], r"top_k.*val_while_train"),
+    # mindcv eval()s amp_cast_list: a typo was a traceback from inside mindcv, and any expression would run
+    (["--amp_cast_list", "[nn.Conv2d, nn.Foo]"], r"amp_cast_list is a list of mindspore\.nn cells.*nn\.Foo is not one"),
+    (["--amp_cast_list", "__import__('os').getpid()"], r"amp_cast_list is a list of mindspore\.nn cells.*got "),
 ])
 def test_bad_values_are_refused_with_the_fix(args, message):
     with pytest.raises(ConfigError, match=message):

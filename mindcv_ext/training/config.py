@@ -8,6 +8,7 @@ unchanged; a few keys of older mindcv recipes are accepted too, and a few of our
 import difflib
 import math
 import os
+import re
 import sys
 from types import SimpleNamespace
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -440,6 +441,8 @@ def validate(cfg: SimpleNamespace) -> SimpleNamespace:
                           f"overflow-status kernel, NPUGetFloatStatusV2, does not exist there). On CPU use "
                           f"loss_scale_type: fixed, drop_overflow_update: False (and amp_level O0, where no loss "
                           f"scale is needed).")
+    if cfg.amp_cast_list is not None:
+        _check_cast_list(cfg.amp_cast_list)
     cfg.opt = str(cfg.opt).lower()
     _choice(cfg, "opt", ("sgd", "momentum", "nesterov", "adam", "adamw", "lion", "nadam", "adan", "rmsprop",
                          "adagrad", "lamb"))
@@ -506,6 +509,20 @@ def validate(cfg: SimpleNamespace) -> SimpleNamespace:
         raise ConfigError(f"{cfg.config} sets no model; add a line such as `model: repmlp_t224` (or pass --model). "
                           f"The recipes in configs/repmlp/ ({recipes}) show the full set of keys.")
     return cfg
+
+
+def _check_cast_list(text: str) -> None:
+    """mindcv eval()s amp_cast_list: accept only what it is for, a list of mindspore.nn cells (a typo was a
+    traceback from inside mindcv, and any other expression would run)."""
+    from mindspore import nn
+
+    fix = "amp_cast_list is a list of mindspore.nn cells, e.g. '[nn.Conv2d, nn.Dense]'"
+    if not re.fullmatch(r"\s*\[\s*(nn\.\w+\s*,\s*)*(nn\.\w+\s*)?\]\s*", text):
+        raise ConfigError(f"{fix}; got {text!r}.")
+    unknown = [n for n in re.findall(r"nn\.(\w+)", text)
+               if not (isinstance(getattr(nn, n, None), type) and issubclass(getattr(nn, n), nn.Cell))]
+    if unknown:
+        raise ConfigError(f"{fix}; {', '.join('nn.' + n for n in unknown)} is not one (got {text!r}).")
 
 
 def recipe_names() -> List[str]:
