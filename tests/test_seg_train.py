@@ -110,3 +110,23 @@ def test_diverging_run_exits_3_without_a_checkpoint(data, tmp_path, capsys):
     assert code == 3
     assert "training stopped" in capsys.readouterr().err
     assert not os.path.exists(os.path.join(out, "latest.ckpt"))
+
+
+@pytest.mark.parametrize("recipe, crop, iters, classes", [
+    ("repmlp_t256_upernet_cityscapes_ascend.yaml", (512, 1024), 80000, 19),
+    ("repmlp_t256_upernet_ade20k_ascend.yaml", (512, 512), 160000, 150),
+    ("demo_seg_cpu.yaml", (128, 128), 400, 6),
+])
+def test_recipes_load_and_their_poly_schedule(recipe, crop, iters, classes):
+    from mindcv_ext.seg.config import load_seg_config
+    cfg = load_seg_config(["--config", os.path.join(ROOT, "configs", "seg", recipe)])
+    assert cfg.crop_size == crop and cfg.total_iters == iters and cfg.num_classes == classes
+    assert len(cfg.class_names) == classes
+    lrs = train_seg.poly_schedule(cfg)
+    assert len(lrs) == iters
+    w, total = cfg.warmup_iters, cfg.total_iters
+    for i in (0, w // 2, w, total // 2, total - 1):  # independent evaluation of the formula at a few points
+        poly = (cfg.lr - cfg.min_lr) * (1.0 - i / total) ** cfg.power + cfg.min_lr
+        factor = cfg.warmup_ratio + (1 - cfg.warmup_ratio) * i / w if i < w else 1.0
+        assert lrs[i] == pytest.approx(poly * factor, rel=1e-9)
+    assert max(lrs) <= cfg.lr and lrs[-1] < 0.01 * cfg.lr + cfg.min_lr

@@ -8,6 +8,7 @@ import os
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 from ..training.config import KEYS, ConfigError, _at_least, _choice, _fit_workers, parse_config
+from ..training.runtime import _LAUNCHER_VARS
 from .data import LAYOUTS
 from .demo import SEG_DEMO_CLASSES as DEMO_CLASSES
 from .model import HEADS
@@ -198,6 +199,8 @@ def load_seg_eval_config(argv: Optional[Sequence[str]] = None, prog: str = "vali
                           f"train_seg.py run.")
     if "device_target" not in cfg._given and cfg.device_target == "Ascend" and not _has_ascend():
         cfg.device_target = "CPU"  # a training recipe's device on a machine without it: evaluate on CPU
+    if cfg.distribute and "distribute" not in cfg._given and not any(v in os.environ for v in _LAUNCHER_VARS):
+        cfg.distribute = False  # a training recipe's msrun setting, evaluated without msrun: one process
     if cfg.jit_level == "O2" and str(cfg.device_target).lower() != "ascend":
         cfg.jit_level = ""
     _common(cfg)
