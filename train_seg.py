@@ -14,7 +14,6 @@ atomically with the optimizer state (a killed run resumes from it), and a period
 import logging
 import math
 import os
-import signal
 import sys
 import time
 import traceback
@@ -144,6 +143,7 @@ def main(argv=None) -> int:
             progress.start_step()
             loss, _ = train_step(images, labels)
             loss = float(loss.asnumpy())
+            cli.keep_sigint()  # each graph run installs MindSpore's SIGINT handler, which turns Ctrl-C into SIGTERM
             seconds = progress.end_step(first)
             if first:
                 log.info(f"first step done in {seconds:.1f} s")
@@ -211,14 +211,6 @@ def _agree(flag: int) -> int:
     return int(round(float(AllReduceSum()(ms.Tensor(np.array([flag], np.float32))).asnumpy()[0])))
 
 
-class _Terminated(Exception):
-    pass
-
-
-def _on_sigterm(signum, frame):
-    raise _Terminated()
-
-
 def _resume_hint() -> str:
     latest = _RUN.get("latest") or "<ckpt_save_dir>/latest.ckpt"
     if os.path.exists(latest):
@@ -237,7 +229,6 @@ def _report(message) -> None:
 def run(argv=None) -> int:
     """main() with the project's exit codes; what the command line runs (tests call it too)."""
     code = cli.FAILED
-    old = signal.signal(signal.SIGTERM, _on_sigterm)
     _RUN.clear()
     try:
         code = main(argv)
@@ -264,24 +255,35 @@ def run(argv=None) -> int:
     except KeyboardInterrupt:
         _report(f"interrupted; {_resume_hint()}")
         code = cli.INTERRUPTED
-    except _Terminated:
+    except cli.Terminated:  # raised by cli.install_signals' handler (the __main__ block installs it)
         _report(f"terminated (SIGTERM); {_resume_hint()}")
         code = cli.TERMINATED
     except BaseException:  # noqa: B902
         traceback.print_exc()
     finally:
-        signal.signal(signal.SIGTERM, old)
-        run_dir = _RUN.get("dir")
-        if run_dir is not None:
-            if code != cli.OK and not _RUN.get("training"):
-                run_dir.remove_if_unused()
-            run_dir.release()
+        _release(code)
         sys.stdout.flush()
         sys.stderr.flush()
     return code
 
 
+def _release(code) -> None:
+    run_dir = _RUN.pop("dir", None)
+    if run_dir is not None:
+        if code != cli.OK and not _RUN.get("training"):
+            run_dir.remove_if_unused()
+        run_dir.release()
+
+
+def _forced_exit(signum) -> None:
+    """The main thread stayed blocked in native code (a data iterator, a graph compile) after Ctrl-C / SIGTERM:
+    cli's watchdog ends the process; say so and let go of the run directory first."""
+    _report(f"{cli.signal_line(signum)}; {_resume_hint()}")
+    _release(cli.INTERRUPTED)
+
+
 if __name__ == "__main__":
+    cli.install_signals(_forced_exit)  # Ctrl-C -> KeyboardInterrupt (130), SIGTERM -> cli.Terminated (143)
     exit_code = run()
     logging.shutdown()
     if any(v in os.environ for v in ("MS_ROLE", "RANK_TABLE_FILE")):

@@ -124,15 +124,15 @@ def run(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return cli.BAD_INPUT
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr, flush=True)
+        print("error: interrupted (Ctrl-C)", file=sys.stderr, flush=True)
         return cli.INTERRUPTED
-    except BaseException:  # noqa: B902
+    except cli.Terminated:
+        print("error: terminated (SIGTERM)", file=sys.stderr, flush=True)
+        return cli.TERMINATED
+    except Exception:  # noqa: BLE001
         traceback.print_exc()
         return cli.FAILED
 
 
 if __name__ == "__main__":
-    code = run()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    cli.run_tool(run, "predict_seg.py")  # signals: 130 / 143 with one line, also when blocked in native code

@@ -13,6 +13,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import ops
 
+from ..cli import keep_sigint
 from .metrics import confusion_matrix
 
 __all__ = ["pad_to_multiple", "infer_logits", "predict_mask", "evaluate_seg"]
@@ -30,8 +31,9 @@ def pad_to_multiple(img: np.ndarray, multiple: int) -> np.ndarray:
 
 def _run(model, img: np.ndarray) -> np.ndarray:
     h, w = img.shape[-2:]
-    out = model(ms.Tensor(pad_to_multiple(img, model.native_size)))
-    return out.asnumpy()[..., :h, :w]
+    out = model(ms.Tensor(pad_to_multiple(img, model.native_size))).asnumpy()
+    keep_sigint()  # MindSpore's forward installs a SIGINT handler that turns Ctrl-C into SIGTERM
+    return out[..., :h, :w]
 
 
 def infer_logits(model, img: np.ndarray, mode: str = "whole", crop_size: Optional[Sequence[int]] = None,
