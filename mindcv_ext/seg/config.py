@@ -204,8 +204,10 @@ def load_seg_eval_config(argv: Optional[Sequence[str]] = None, prog: str = "vali
     if cfg.jit_level == "O2" and str(cfg.device_target).lower() != "ascend":
         cfg.jit_level = ""
     _common(cfg)
-    if cfg.save_deploy and os.path.isdir(cfg.save_deploy):
-        raise ConfigError(f"save_deploy {cfg.save_deploy!r} is a directory; pass a file name (…_deploy.ckpt).")
+    if cfg.save_deploy:  # a directory, a file as parent, a read-only place, an unreadable suffix: refused now
+        from ..checkpoint import check_output_path
+        check_output_path(cfg.save_deploy, "--save_deploy", (".ckpt", ".safetensors"))
+        os.makedirs(os.path.dirname(os.path.abspath(cfg.save_deploy)), exist_ok=True)
     if not 0.0 <= cfg.overlay <= 1.0:
         raise ConfigError(f"overlay must be in [0, 1]; got {cfg.overlay}.")
     return cfg
