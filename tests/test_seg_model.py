@@ -138,3 +138,27 @@ def test_slide_inference_covers_every_pixel_once_averaged():
     for crop, stride in [((32, 32), (21, 21)), ((16, 48), (16, 16)), ((48, 80), (32, 53))]:
         slide = infer_logits(model, img, mode="slide", crop_size=crop, stride=stride)
         np.testing.assert_allclose(slide, whole, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("layout", ["official", "mmpretrain"])
+def test_encoder_from_a_pytorch_release_file(tmp_path, layout):
+    """The authors' / mmpretrain's .pth (the PyTorch reference's state dict, random BN statistics) loads into the
+    encoder with the same values as into the classifier (whose logits tests/test_weight_import.py compares with
+    the reference)."""
+    torch = pytest.importorskip("torch")
+    import torch_repmlp_ref as ref
+    from mindcv_ext.models.repmlp import ARCHS
+    cfg = tuple(ARCHS["demo_repmlp"][k] for k in ("channels", "num_blocks", "sharesets", "image_size"))
+    state = ref.randomize(ref.build(cfg, 10), seed=2).state_dict()
+    if layout == "mmpretrain":
+        state = ref.to_mmpretrain(state)
+    path = str(tmp_path / "release.pth")
+    torch.save(state, path)
+    model, w = create_seg_model("demo_repmlp", num_classes=4, channels=8, checkpoint_path=path, form="train")
+    cls = mindcv.create_model("demo_repmlp", num_classes=10, checkpoint_path=path)
+    ref_params = {p.name: p.asnumpy() for p in cls.get_parameters()}
+    enc = {p.name[len("encoder."):]: p.asnumpy() for p in model.get_parameters() if p.name.startswith("encoder.")}
+    assert len(enc) > 20 and set(enc) <= set(ref_params)
+    for k, v in enc.items():
+        np.testing.assert_array_equal(v, ref_params[k], err_msg=k)
+    assert np.abs(enc["stages.0.0.prebn1.moving_mean"]).max() > 0  # the file's statistics, not fresh ones
