@@ -105,6 +105,10 @@ def main(argv=None) -> int:
         state = restore_training_state(cfg.ckpt_path, train_step, model, restore_loss_scale=cfg.loss_scale_type ==
                                        "dynamic", steps_per_epoch=cfg.val_interval)
         start_chunk, best = state["epoch"], state["best_acc"]
+        if state["moved_step"]:  # iterations, not epochs: another val_interval would skip or repeat some
+            old_step, old_interval, _ = state["moved_step"]
+            raise CheckpointError(f"{cfg.ckpt_path} was written with val_interval {old_interval or 'another value'} "
+                                  f"(at iteration {old_step}); resume with the same --val_interval.")
         step_now = int(optimizer.global_step.asnumpy().reshape(-1)[0])
         if step_now + (chunks - start_chunk) * cfg.val_interval > len(lrs):
             raise CheckpointError(f"{cfg.ckpt_path} is at iteration {step_now}; this recipe's schedule has "

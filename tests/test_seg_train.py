@@ -45,8 +45,10 @@ def test_train_resume_validate_both_forms_and_predict(data, tmp_path, capsys):
     # a second start into the same directory is refused; resuming continues the schedule
     assert train_seg.run(_common(data) + ["--total_iters", "4", "--ckpt_save_dir", out]) == 2
     assert "already holds a run" in capsys.readouterr().err
-    assert train_seg.run(_common(data) + ["--total_iters", "4", "--ckpt_save_dir", out, "--ckpt_path", latest,
-                                          "--resume_opt", "True"]) == 0
+    resume = ["--ckpt_save_dir", out, "--ckpt_path", latest, "--resume_opt", "True"]
+    assert train_seg.run(_common(data) + ["--total_iters", "4", "--val_interval", "1"] + resume) == 2
+    assert "resume with the same --val_interval" in capsys.readouterr().err
+    assert train_seg.run(_common(data) + ["--total_iters", "4"] + resume) == 0
     w = read_weights(latest)
     assert w.scalar("global_step") == 4 and w.scalar("epoch") == 2
     rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
