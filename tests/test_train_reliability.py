@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -43,6 +44,13 @@ def test_save_refuses_nonfinite_values_and_keeps_the_previous_file(tmp_path):
     assert path.read_bytes() == before and temp_leftovers(tmp_path) == []
 
 
+def _left_by_a_killed_run(path) -> None:
+    """A temporary file of an earlier, killed run. Names without a pid (older versions) count as stale only when
+    older than this process (checkpoint._stale): date it back."""
+    path.write_bytes(b"\0" * 100)
+    os.utime(path, (time.time() - 3600,) * 2)
+
+
 def _fail_like_a_full_disk(obj, name, **kwargs):
     # What MindSpore does on ENOSPC: its own `<name minus extension>.tmp` is half written, then the error.
     with open(os.path.splitext(name)[0] + ".tmp", "wb") as f:
@@ -60,7 +68,7 @@ def test_full_disk_is_one_line_and_leaves_nothing_behind(tmp_path, monkeypatch):
     before = path.read_bytes()
     stale = [tmp_path / ".latest.ckpt.ab12cd34.tmp.ckpt", tmp_path / ".latest.ckpt.ab12cd34.tmp.tmp"]
     for leftover in stale:  # what a save killed earlier leaves
-        leftover.write_bytes(b"\0" * 100)
+        _left_by_a_killed_run(leftover)
     monkeypatch.setattr(ms, "save_checkpoint", _fail_like_a_full_disk)
     with pytest.raises(CheckpointWriteError) as info:
         save_checkpoint(_tensors(w=np.ones(25600, np.float32)), path)
@@ -164,7 +172,7 @@ def test_run_lock_refuses_a_live_holder_and_not_a_killed_one(tmp_path):
     finally:
         holder.kill()
         holder.wait()
-    (run / ".latest.ckpt.x1y2z3w4.tmp.tmp").write_bytes(b"\0")  # leftovers of a killed run's saves
+    _left_by_a_killed_run(run / ".latest.ckpt.x1y2z3w4.tmp.tmp")  # leftovers of a killed run's saves
     (run / "demo_repmlp-3_6.ckpt.link.tmp").write_bytes(b"\0")
     claimed = claim_run_dir(str(run))  # SIGKILLed: the kernel dropped its lock
     assert claimed.lock_fd is not None and temp_leftovers(run) == []
