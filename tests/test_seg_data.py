@@ -170,3 +170,25 @@ def test_loaders_yield_batches_and_whole_eval_images(tmp_path):
     img, lab, _ = items[0]
     assert img.shape == (3, 32, 64) and lab.shape == (32, 64)
     np.testing.assert_array_equal(lab, read_label(pairs[1][1]))
+
+
+def test_train_loader_is_reproducible_with_two_threads(tmp_path):
+    import mindspore as ms
+    root = make_cityscapes(str(tmp_path), per_city=2, size=(32, 64))
+    pairs = list_pairs("cityscapes", root, "train")
+    cfg = SimpleNamespace(reduce_zero_label=False, shuffle=True, num_parallel_workers=2, img_scale=(64, 32),
+                          ratio_range=(0.5, 2.0), crop_size=(32, 32), cat_max_ratio=0.75, hflip=0.5, photometric=True,
+                          mean=(0, 0, 0), std=(1, 1, 1), seed=0, batch_size=2)
+    runs = []
+    for _ in range(2):
+        ms.dataset.config.set_seed(5)
+        loader, _ = build_seg_train_loader(pairs, cfg)
+        it = loader.create_tuple_iterator(num_epochs=1, output_numpy=True)
+        runs.append([next(it) for _ in range(4)])  # two passes over the 4 images
+    for (a_img, a_lab), (b_img, b_lab) in zip(*runs):
+        np.testing.assert_array_equal(a_img, b_img)
+        np.testing.assert_array_equal(a_lab, b_lab)
+    # the second pass over an image draws new augmentations
+    first = {tuple(x.ravel()[:8]) for x in np.concatenate([runs[0][0][0], runs[0][1][0]])}
+    second = {tuple(x.ravel()[:8]) for x in np.concatenate([runs[0][2][0], runs[0][3][0]])}
+    assert first != second

@@ -14,7 +14,7 @@ sizes, a colour label image, or label values outside [0, num_classes) and 255 st
 Train transforms are mmseg's Cityscapes/ADE pipeline: random rescale (ratio 0.5-2.0 of img_scale, keeping the
 aspect ratio), random crop with cat_max_ratio 0.75, horizontal flip, photometric distortion, normalization, and
 padding to the crop size (image 0 after normalization, label 255). They run in the MindSpore pipeline
-(GeneratorDataset -> map -> batch).
+(GeneratorDataset -> batch).
 """
 import glob
 import itertools
@@ -208,10 +208,13 @@ class TrainTransform:
         self.cat_max_ratio, self.hflip, self.photometric = cat_max_ratio, hflip, photometric
         self.mean, self.std = mean, std
         self.seed, self.rank = seed, rank
-        self._count = itertools.count()  # one generator per sample, reproducible from the seed
+        self._count = itertools.count()
 
-    def __call__(self, img, label):
-        rng = np.random.default_rng([self.seed, self.rank, next(self._count)])
+    def __call__(self, img, label, key=None):
+        """key: what makes this draw's randomness (the loader passes (image index, times it was read), so a run
+        is reproducible whatever order the pipeline's threads run in); default: a call counter."""
+        key = (next(self._count),) if key is None else tuple(key)
+        rng = np.random.default_rng([self.seed, self.rank, *key])
         img, label = np.asarray(img), np.asarray(label)
         ratio = rng.uniform(*self.ratio_range)
         target = (int(self.img_scale[0] * ratio), int(self.img_scale[1] * ratio))
@@ -272,15 +275,22 @@ def photometric_distortion(img: np.ndarray, rng) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------- loaders
 
 class _PairSource:
-    def __init__(self, pairs, reduce_zero_label: bool):
-        self.pairs, self.reduce_zero_label = list(pairs), reduce_zero_label
+    """Decoded (image, label) by index; with a transform, transformed with randomness keyed by (index, times this
+    index was read), so augmentations do not depend on the order the pipeline's threads run in."""
+
+    def __init__(self, pairs, reduce_zero_label: bool, transform=None):
+        self.pairs, self.reduce_zero_label, self.transform = list(pairs), reduce_zero_label, transform
+        self.reads = [itertools.count() for _ in self.pairs]
 
     def __len__(self):
         return len(self.pairs)
 
     def __getitem__(self, i):
         image_path, label_path = self.pairs[i]
-        return read_image(image_path), read_label(label_path, self.reduce_zero_label)
+        img, label = read_image(image_path), read_label(label_path, self.reduce_zero_label)
+        if self.transform is None:
+            return img, label
+        return self.transform(img, label, key=(int(i), next(self.reads[i])))
 
 
 class _EvalSource(_PairSource):
@@ -306,15 +316,14 @@ def build_seg_train_loader(pairs, cfg, rank: int = 0, group_size: int = 1):
 
     if len(pairs) < group_size:
         raise DataError(f"{len(pairs)} training images cannot be shared by {group_size} devices.")
-    source = _PairSource(pairs, cfg.reduce_zero_label)
-    data = ds.GeneratorDataset(source, column_names=["image", "label"], shuffle=cfg.shuffle,
-                               num_shards=group_size if group_size > 1 else None,
-                               shard_id=rank if group_size > 1 else None,
-                               num_parallel_workers=cfg.num_parallel_workers, python_multiprocessing=False)
     transform = TrainTransform(cfg.img_scale, cfg.ratio_range, cfg.crop_size, cfg.cat_max_ratio, cfg.hflip,
                                cfg.photometric, cfg.mean, cfg.std, seed=cfg.seed, rank=rank)
-    data = data.map(operations=transform, input_columns=["image", "label"],
-                    num_parallel_workers=cfg.num_parallel_workers, python_multiprocessing=False)
+    # Decoding and augmentation run in the source's threads (GeneratorDataset workers; PIL and NumPy release the
+    # GIL for the heavy parts), keyed per image so a run is reproducible.
+    data = ds.GeneratorDataset(_PairSource(pairs, cfg.reduce_zero_label, transform), column_names=["image", "label"],
+                               shuffle=cfg.shuffle, num_shards=group_size if group_size > 1 else None,
+                               shard_id=rank if group_size > 1 else None,
+                               num_parallel_workers=cfg.num_parallel_workers, python_multiprocessing=False)
     shard = len(pairs) // group_size
     if shard < cfg.batch_size:
         raise DataError(f"batch_size {cfg.batch_size} is larger than this device's {shard} training images; "
