@@ -117,6 +117,13 @@ def temp_leftovers(out_dir) -> list:
     return sorted(f for f in os.listdir(str(out_dir)) if ".tmp" in f)
 
 
+def one_error_line(stderr: str) -> str:
+    """The one "error: ..." line a refused or stopped run prints: no traceback, no MindSpore analyzer dump."""
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in stderr and "analyze_fail" not in stderr, stderr[-3000:]
+    return errors[0]
+
+
 def reported_signal(signum: int, returncode: int) -> int:
     """The signal train.py reports for `signum`. A SIGTERM that arrives while MindSpore's own SIGINT handler is
     installed (during a graph compile or run) is taken for the Ctrl-C that handler turns into a SIGTERM: the two
@@ -130,4 +137,4 @@ def reported_signal(signum: int, returncode: int) -> int:
 
 __all__ = ["ROOT", "TRAIN", "make_data", "train_args", "train_cmd", "run_train", "metrics", "load_np", "free_port",
            "model_keys", "explain", "STEPS_PER_EPOCH", "CLASSES", "BATCH", "popen_train", "wait_for", "tmpfs",
-           "temp_leftovers", "reported_signal"]
+           "temp_leftovers", "one_error_line", "reported_signal"]

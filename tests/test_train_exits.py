@@ -1,7 +1,7 @@
-"""How train.py ends when it cannot or may not go on (issue 14): an image size the model does not take is refused
-before any work, and Ctrl-C / SIGTERM end a run within seconds wherever it is (compiling its first step, blocked
-in MindSpore's data iterator), each with the exit code of mindcv_ext.cli, one "error:" line, the run lock
-released, and no half-made run directory or MindSpore dump (rank_0/) left behind."""
+"""How train.py ends when it cannot or may not go on (issue 14): model settings that cannot train (an image size
+the model does not take, ...) are refused before any work, and Ctrl-C / SIGTERM end a run within seconds wherever
+it is (compiling its first step, blocked in MindSpore's data iterator); each with the exit code of mindcv_ext.cli,
+one "error:" line, the run lock released, and no half-made run directory or MindSpore dump (rank_0/) left."""
 import os
 import shutil
 import signal
@@ -11,19 +11,14 @@ import textwrap
 
 import pytest
 
-from _train_utils import ROOT, explain, make_data, metrics, popen_train, reported_signal, run_train, wait_for
+from _train_utils import (ROOT, explain, make_data, metrics, one_error_line, popen_train, reported_signal,
+                          run_train, wait_for)
 from mindcv_ext import cli
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     return make_data(tmp_path_factory.mktemp("demo_data"))
-
-
-def _one_error_line(stderr: str) -> str:
-    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and "Traceback" not in stderr and "analyze_fail" not in stderr, stderr[-3000:]
-    return errors[0]
 
 
 def _nothing_left(cwd, out) -> None:
@@ -50,7 +45,7 @@ def test_a_model_setting_that_cannot_train_is_refused_before_any_work(data_dir, 
     out = tmp_path / "run"
     proc = run_train(data_dir, out, *extra)
     assert proc.returncode == cli.BAD_INPUT, explain(proc)
-    line = _one_error_line(proc.stderr)
+    line = one_error_line(proc.stderr)
     assert line.startswith("error: " + start) and line.endswith(end), line
     _nothing_left(tmp_path, out)
 
@@ -115,7 +110,7 @@ def test_a_signal_while_compiling_is_one_line_and_leaves_nothing(data_dir, tmp_p
     stderr = err.read_text()
     signum = reported_signal(signum, proc.returncode)
     assert proc.returncode == 128 + signum, stderr[-3000:]
-    assert _one_error_line(stderr) == (f"error: {cli.signal_line(signum)}; no epoch was finished, so there is no "
+    assert one_error_line(stderr) == (f"error: {cli.signal_line(signum)}; no epoch was finished, so there is no "
                                        f"checkpoint yet; start again"), stderr[-3000:]
     assert len(stderr.strip().splitlines()) == 1, stderr[-3000:]  # no analyzer dump
     _nothing_left(tmp_path, out)
@@ -169,7 +164,7 @@ def test_sigterm_while_the_data_iterator_is_blocked(data_dir, tmp_path):
         proc.wait()
     stderr = err.read_text()
     assert proc.returncode == cli.TERMINATED, stderr[-3000:]
-    line = _one_error_line(stderr)
+    line = one_error_line(stderr)
     assert line.startswith("error: terminated (SIGTERM); "), line
     assert not (out / ".train.lock").exists()  # released: the next run may start
     assert not (tmp_path / "rank_0").exists()

@@ -12,8 +12,8 @@ import time
 import numpy as np
 import pytest
 
-from _train_utils import (ROOT, TRAIN, explain, load_np, make_data, metrics, popen_train, reported_signal, run_train,
-                          temp_leftovers, tmpfs, wait_for)
+from _train_utils import (ROOT, TRAIN, explain, load_np, make_data, metrics, one_error_line, popen_train,
+                          reported_signal, run_train, temp_leftovers, tmpfs, wait_for)
 from mindcv_ext import cli
 
 
@@ -218,12 +218,6 @@ def _lr_table(spe, *extra):
     return optim.build_lr_schedule(load_config(["--config", DEMO_RECIPE, *map(str, extra)]), spe)
 
 
-def _one_error_line(stderr: str) -> str:
-    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and "Traceback" not in stderr, stderr[-3000:]
-    return errors[0]
-
-
 def test_resume_with_another_batch_size_full_disk_and_nonfinite_weights(data_dir, tmp_path):
     # A: one epoch at batch 8 (6 steps/epoch). B: resume at batch 16 (3 steps/epoch) for epochs 2-3 on a full disk.
     # C: the same once there is room. D: from A's checkpoint, inputs scaled so BatchNorm's moving variance
@@ -247,7 +241,7 @@ def test_resume_with_another_batch_size_full_disk_and_nonfinite_weights(data_dir
             filler.write_bytes(b"\0" * (shutil.disk_usage(str(out)).free - 400_000))  # room for logs and metrics, not for a checkpoint
             b = run_train(data_dir, out, *resume)
             assert b.returncode == 2, explain(b)
-            line = _one_error_line(b.stderr)
+            line = one_error_line(b.stderr)
             assert "no space left on the device of " + str(out) in line and "needs about" in line
             assert f"continue with --ckpt_path {out / 'latest.ckpt'} --resume_opt True" in line
             assert temp_leftovers(out) == []
@@ -269,7 +263,7 @@ def test_resume_with_another_batch_size_full_disk_and_nonfinite_weights(data_dir
     d = run_train(data_dir, nan_run, *schedule, "--epoch_size", "2", "--ckpt_path", nan_run / "latest.ckpt",
                   "--resume_opt", "True", "--std", "[1e-25, 1e-25, 1e-25]")
     assert d.returncode == 3, explain(d)
-    line = _one_error_line(d.stderr)
+    line = one_error_line(d.stderr)
     assert "weights became non-finite during epoch 2 while the loss stayed finite" in line
     assert "moving_variance" in line and f"last good checkpoint is {nan_run / 'latest.ckpt'} (end of epoch 1)" in line
     for name in ("latest.ckpt", "best.ckpt"):
@@ -296,7 +290,7 @@ def test_one_live_run_per_directory_and_sigterm(data_dir, tmp_path):
         (tmp_path / "other.ckpt").write_bytes(b"\0")
         second = run_train(data_dir, out, "--ckpt_path", tmp_path / "other.ckpt", "--resume_opt", "True")
         assert second.returncode == 2, explain(second)
-        line = _one_error_line(second.stderr)
+        line = one_error_line(second.stderr)
         assert f"is in use by another training run (pid {first.pid} on " in line
         assert len(metrics(out)) >= rows  # the first run's metrics were not wiped
     finally:
@@ -327,11 +321,11 @@ def test_refused_runs_leave_no_directory(data_dir, tmp_path):
     out = tmp_path / "run"
     missing = run_train(tmp_path / "no_data", out)  # fails after the directory was claimed
     assert missing.returncode == 2, explain(missing)
-    assert "does not exist" in _one_error_line(missing.stderr) and not out.exists()
+    assert "does not exist" in one_error_line(missing.stderr) and not out.exists()
 
     bare = subprocess.run([sys.executable, TRAIN], capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
     assert bare.returncode == 2, explain(bare)
-    line = _one_error_line(bare.stderr)
+    line = one_error_line(bare.stderr)
     assert "needs a recipe" in line and "repmlp_demo_cpu.yaml" in line and "Ascend" not in line
     assert not (tmp_path / "ckpt").exists()
     assert os.path.isdir(os.path.join(ROOT, "configs", "repmlp"))
@@ -339,4 +333,4 @@ def test_refused_runs_leave_no_directory(data_dir, tmp_path):
     (tmp_path / "a_file").write_text("x")
     file_dir = run_train(data_dir, tmp_path / "a_file")
     assert file_dir.returncode == 2, explain(file_dir)
-    assert "a_file is a file, not a directory" in _one_error_line(file_dir.stderr)
+    assert "a_file is a file, not a directory" in one_error_line(file_dir.stderr)
