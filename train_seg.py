@@ -11,10 +11,12 @@ weights checked finite, evaluation on the val split (mIoU; best.ckpt keeps the b
 atomically with the optimizer state (a killed run resumes from it), and a periodic
 <backbone>_<head>-<n>_<val_interval>.ckpt. metrics.jsonl and train.log go to ckpt_save_dir as well.
 """
+import contextlib
 import logging
 import math
 import os
 import sys
+import threading
 import time
 import traceback
 
@@ -141,12 +143,15 @@ def main(argv=None) -> int:
         chunk_start, loss_sum, window = time.time(), 0.0, []
         for step in range(1, cfg.val_interval + 1):
             images, labels = next(batches)
-            if first:
-                log.info("compiling the training graph (first step)...")
-            _RUN["training"] = True
-            progress.start_step()
-            loss, _ = train_step(images, labels)
-            loss = float(loss.asnumpy())
+            # A signal during the graph compile ends the process at once (_forced_exit): an exception raised
+            # inside the compiler turns into pages of analyzer dump.
+            with cli.exit_at_once() if first else contextlib.nullcontext():
+                if first:
+                    log.info("compiling the training graph (first step)...")
+                progress.start_step()
+                loss, _ = train_step(images, labels)
+                loss = float(loss.asnumpy())
+            _RUN["training"] = True  # from here on the run directory holds work: it is kept
             cli.keep_sigint()  # each graph run installs MindSpore's SIGINT handler, which turns Ctrl-C into SIGTERM
             seconds = progress.end_step(first)
             if first:
@@ -177,8 +182,9 @@ def main(argv=None) -> int:
                "lr": lr, "time_s": time.time() - chunk_start}
         if val_loader is not None:
             t0 = time.time()
-            cm = evaluate_seg(model, val_loader, cfg.num_classes, all_reduce=all_reduce, mode=cfg.eval_mode,
-                              crop_size=cfg.eval_crop, stride=cfg.eval_stride)
+            with cli.exit_at_once() if chunk == start_chunk + 1 else contextlib.nullcontext():  # compiles
+                cm = evaluate_seg(model, val_loader, cfg.num_classes, all_reduce=all_reduce, mode=cfg.eval_mode,
+                                  crop_size=cfg.eval_crop, stride=cfg.eval_stride)
             model.set_train(True)
             result = seg_metrics(cm, cfg.class_names)
             row.update(val_mIoU=result["mIoU"], val_mAcc=result["mAcc"], val_aAcc=result["aAcc"],
@@ -234,6 +240,7 @@ def run(argv=None) -> int:
     """main() with the project's exit codes; what the command line runs (tests call it too)."""
     code = cli.FAILED
     _RUN.clear()
+    _RUN["ended"] = threading.Lock()
     try:
         code = main(argv)
     except SystemExit as e:  # --help
@@ -272,7 +279,12 @@ def run(argv=None) -> int:
 
 
 def _release(code) -> None:
-    run_dir = _RUN.pop("dir", None)
+    """Let go of the run directory (removing it if this run made it and never trained), once: the main thread's
+    finally and the signal watchdog may both get here."""
+    ended = _RUN.get("ended")
+    if ended is None or not ended.acquire(blocking=False):
+        return
+    run_dir = _RUN.get("dir")
     if run_dir is not None:
         if code != cli.OK and not _RUN.get("training"):
             run_dir.remove_if_unused()
@@ -282,8 +294,11 @@ def _release(code) -> None:
 def _forced_exit(signum) -> None:
     """The main thread stayed blocked in native code (a data iterator, a graph compile) after Ctrl-C / SIGTERM:
     cli's watchdog ends the process; say so and let go of the run directory first."""
+    ended = _RUN.get("ended")
+    if ended is not None and ended.locked():
+        return  # the main thread is ending the run already and says why
     _report(f"{cli.signal_line(signum)}; {_resume_hint()}")
-    _release(cli.INTERRUPTED)
+    _release(128 + signum)
 
 
 if __name__ == "__main__":
