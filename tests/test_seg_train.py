@@ -132,3 +132,23 @@ def test_recipes_load_and_their_poly_schedule(recipe, crop, iters, classes):
         factor = cfg.warmup_ratio + (1 - cfg.warmup_ratio) * i / w if i < w else 1.0
         assert lrs[i] == pytest.approx(poly * factor, rel=1e-9)
     assert max(lrs) <= cfg.lr and lrs[-1] < 0.01 * cfg.lr + cfg.min_lr
+
+
+def test_sigterm_mid_run_exits_143_with_the_resume_hint(data, tmp_path):
+    import signal
+    import subprocess
+    import time
+    out = str(tmp_path / "run")
+    log = tmp_path / "stdout.txt"
+    cmd = [sys.executable, os.path.join(ROOT, "train_seg.py")] + _common(data) + [
+        "--total_iters", "2000", "--ckpt_save_dir", out]
+    with open(log, "w") as stdout:
+        proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.PIPE, text=True, cwd=str(tmp_path))
+        deadline = time.time() + 120
+        while "iter 3/" not in log.read_text() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err[-2000:]
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert lines == [f"error: terminated (SIGTERM); continue with --ckpt_path {out}/latest.ckpt --resume_opt True"]
