@@ -189,7 +189,11 @@ def quiet_exit(code: int) -> None:
 
 def run_tool(main: Callable[[], int], prog: str) -> None:
     """The __main__ block of validate.py and the scripts: run `main`, which returns an exit code from the table and
-    prints its own error lines; Ctrl-C and SIGTERM end with one line and 130 / 143 wherever they land."""
+    prints its own error lines; Ctrl-C and SIGTERM end with one line and 130 / 143 wherever they land. Tools that
+    set their own MindSpore context (export, benchmarks) get the compile-dump redirect too: no rank_0/ in the cwd."""
+    from .training.runtime import keep_compile_dumps_out_of_cwd
+
+    keep_compile_dumps_out_of_cwd()
     install_signals(lambda signum: print(f"{prog}: {signal_line(signum)}", file=sys.stderr))
     try:
         code = main()

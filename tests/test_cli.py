@@ -68,3 +68,38 @@ def test_exit_at_once_raises_nothing_in_the_main_thread():
 def test_exit_codes_follow_the_shell_convention():
     assert (cli.INTERRUPTED, cli.TERMINATED) == (130, 143)
     assert len({cli.OK, cli.FAILED, cli.BAD_INPUT, cli.DIVERGED, cli.INTERRUPTED, cli.TERMINATED}) == 6
+
+
+def test_run_tool_keeps_compile_dumps_out_of_the_working_directory(tmp_path):
+    # export.py and the benchmarks set their own MindSpore context (not set_runtime); a graph that fails to compile
+    # under run_tool must still not leave rank_0/om/analyze_fail.ir in the user's cwd.
+    script, cwd = tmp_path / "tool.py", tmp_path / "cwd"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {ROOT!r})
+        import mindspore as ms
+        from mindspore import nn, ops
+        from mindcv_ext import cli
+
+        class Net(nn.Cell):
+            def construct(self, x):
+                if x.shape[2] % 7:
+                    raise ValueError("no")
+                return x
+
+        def main():
+            ms.set_context(mode=ms.GRAPH_MODE)
+            try:
+                Net()(ops.ones((1, 3, 10, 10)))
+            except ValueError:
+                return cli.BAD_INPUT
+            return cli.OK
+
+        cli.run_tool(main, "tool.py")
+    """))  # a file: MindSpore reads construct's source
+    cwd.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "MS_OM_PATH"}
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=str(cwd),
+                          env=env)
+    assert proc.returncode == cli.BAD_INPUT, proc.stderr[-2000:]
+    assert os.listdir(cwd) == []
