@@ -55,8 +55,7 @@ def main(argv=None) -> int:
     _check_model_fits(cfg)
     resuming = bool(cfg.ckpt_path) and cfg.resume_opt
     if cfg.ckpt_path and not os.path.isfile(cfg.ckpt_path):
-        raise ConfigError(f"ckpt_path {cfg.ckpt_path!r} is not a file (relative paths start at {os.getcwd()}). "
-                          f"To resume a run, pass <ckpt_save_dir>/latest.ckpt.")
+        raise ConfigError(_missing_weights_message(cfg, resuming))
     latest_path = os.path.join(cfg.ckpt_save_dir, "latest.ckpt")
     _RUN["latest"] = latest_path
     _refuse_a_finished_run(resuming, latest_path, cfg)
@@ -115,8 +114,9 @@ def main(argv=None) -> int:
                                     log=log.info, **model_kwargs)
         log.info("initial weights: " + init.describe().replace("\n", "\n    "))
         if init.class_names and len(init.class_names) == num_classes and init.class_names != class_names:
-            log.warning(f"{cfg.ckpt_path} was trained on classes {init.class_names[:5]}... and its head is kept, but "
-                        f"this data's folders are {class_names[:5]}...: labels follow the folder order.")
+            log.warning(cli.printable(f"{cfg.ckpt_path} was trained on classes {init.class_names[:5]}... and its "
+                                      f"head is kept, but this data's folders are {class_names[:5]}...: labels follow "
+                                      f"the folder order."))
     else:  # a resumed run loads its checkpoint below, with the training state
         network = create_model(cfg.model, num_classes=num_classes, pretrained=cfg.pretrained, **model_kwargs)
     lr_schedule = build_lr_schedule(cfg, steps_per_epoch)
@@ -285,6 +285,19 @@ def _check_model_fits(cfg) -> None:
                           f"pass --image_resize {size}.") from None
 
 
+def _missing_weights_message(cfg, resuming: bool) -> str:
+    where = f"ckpt_path {cfg.ckpt_path!r}" + ("" if "ckpt_path" in cfg._given or not cfg.config else
+                                               f" (from {cfg.config})")
+    missing = f"{where} is not a file (relative paths start at {os.getcwd()})."
+    if resuming:
+        return f"{missing} To resume a run, pass its <ckpt_save_dir>/latest.ckpt."
+    # A fine-tuning recipe names a file the user has not got yet: say where starting weights come from.
+    return (f"{missing} It names the weights to start from: the authors' RepMLPNet-*-train.pth "
+            f"(github.com/DingXiaoH/RepMLP, links in its README), mindcv's published repmlp_t224 weights "
+            f"(--ckpt_path \"\" --pretrained True), or any file scripts/convert_weights.py reads; pass it with "
+            f"--ckpt_path FILE (or --ckpt_path \"\" to train from scratch).")
+
+
 def _evals_left(cfg, epoch: int) -> int:
     later = [e for e in range(epoch, cfg.epoch_size + 1) if e % cfg.val_interval == 0 or e == cfg.epoch_size]
     return len(later)
@@ -356,6 +369,7 @@ def _resume_hint() -> str:
 
 def _report_error(error) -> None:
     """To stderr, and into train.log when it is open."""
+    error = cli.printable(error)  # it may quote class or file names read from the data or a checkpoint
     print(f"error: {error}", file=sys.stderr, flush=True)
     for handler in logging.getLogger("train").handlers:
         if isinstance(handler, logging.FileHandler):

@@ -168,3 +168,17 @@ def test_sigterm_while_the_data_iterator_is_blocked(data_dir, tmp_path):
     assert line.startswith("error: terminated (SIGTERM); "), line
     assert not (out / ".train.lock").exists()  # released: the next run may start
     assert not (tmp_path / "rank_0").exists()
+
+
+def test_missing_starting_weights_say_where_weights_come_from(tmp_path):
+    # The fine-tune recipe names ./weights/RepMLPNet-T224-train.pth; without that file the message pointed at
+    # resuming (latest.ckpt), not at where a starting weight file comes from.
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "-c", FINETUNE, "--data_dir",
+                           str(tmp_path / "my_data"), "--ckpt_save_dir", str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+    assert proc.returncode == 2, explain(proc)
+    line = one_error_line(proc.stderr)
+    assert f"(from {FINETUNE}) is not a file" in line, line
+    assert "github.com/DingXiaoH/RepMLP" in line and '--ckpt_path "" --pretrained True' in line, line
+    assert "resume" not in line and "latest.ckpt" not in line, line
+    _nothing_left(tmp_path, tmp_path / "run")
