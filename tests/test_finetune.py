@@ -77,7 +77,7 @@ def test_finetune_onto_new_classes_beats_scratch(splits):
     cmd = [sys.executable, os.path.join(ROOT, "validate.py"), "-c", DEMO_RECIPE, "--num_parallel_workers", "1",
            "--ckpt_path", str(tmp / "out_ft" / "best.ckpt")]
     bad = subprocess.run(cmd + ["--data_dir", str(renamed)], capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 1 and "class folders differ" in bad.stderr and classes[9] in bad.stderr, bad.stderr
+    assert bad.returncode == 2 and "class folders differ" in bad.stderr and classes[9] in bad.stderr, bad.stderr
     good = subprocess.run(cmd + ["--data_dir", str(tmp / "new")], capture_output=True, text=True, timeout=300)
     assert good.returncode == 0, good.stderr
     assert '"class_names_checked": true' in good.stdout.splitlines()[-1]
