@@ -16,7 +16,8 @@ import time
 
 import _common  # noqa: F401  (import path)
 
-from mindcv_ext.data.imagecheck import find_bad_images, list_image_entries, shown
+from mindcv_ext.cli import printable
+from mindcv_ext.data.imagecheck import find_bad_images, list_image_entries
 
 
 def parse_args(argv=None):
@@ -35,11 +36,11 @@ def parse_args(argv=None):
     if not args.data_dir:
         p.error("no dataset directory given: pass --data_dir /path/to/dataset")
     if os.path.exists(args.data_dir) and not os.path.isdir(args.data_dir):
-        p.error(f"'{shown(args.data_dir)}' is a file, not a directory: pass the dataset directory (holding "
+        p.error(f"'{printable(args.data_dir)}' is a file, not a directory: pass the dataset directory (holding "
                 f"train/<class>/<images> and val/<class>/<images>), or one split directory (<class>/<images>); "
                 f"for a single image, pass a directory holding it in a class folder")
     if not os.path.isdir(args.data_dir):
-        p.error(f"dataset directory not found: '{shown(args.data_dir)}' (expected data_dir/train/<class>/<images>, "
+        p.error(f"dataset directory not found: '{printable(args.data_dir)}' (expected data_dir/train/<class>/<images>, "
                 f"data_dir/val/<class>/<images>)")
     if args.workers is not None and args.workers < 1:
         p.error("--workers must be >= 1")
@@ -53,16 +54,16 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     entries = list_image_entries(args.data_dir)
     if not entries:
-        print(f"No images found under {shown(args.data_dir)} (expected <split>/<class>/<image> or "
+        print(f"No images found under {printable(args.data_dir)} (expected <split>/<class>/<image> or "
               f"<class>/<image>).", file=sys.stderr)
         return 1
     bad = find_bad_images(args.data_dir, workers=args.workers, full_decode=args.full_decode,
                           decode_timeout=args.decode_timeout, paths=entries)
     elapsed = time.perf_counter() - start
     for path, reason in bad:
-        print(f"{shown(path)}: {shown(reason)}")
+        print(f"{printable(path)}: {printable(reason)}")
     mode = "full decode" if args.full_decode else "structure check"
-    print(f"{len(bad)} bad of {len(entries)} files under {shown(args.data_dir)} ({mode}, {elapsed:.1f} s, "
+    print(f"{len(bad)} bad of {len(entries)} files under {printable(args.data_dir)} ({mode}, {elapsed:.1f} s, "
           f"{len(entries) / max(elapsed, 1e-9):.0f} files/s)", file=sys.stderr)
     return 1 if bad else 0
 

@@ -276,3 +276,13 @@ def test_cli_fifo_is_reported_never_opened(tmp_path):
     assert proc.returncode == 1 and proc.stdout.decode() == (
         os.path.join(d, "pipe.jpg") + ": a FIFO (named pipe), not a regular file (MindSpore's reader would block or "
         "fail on it)\n")
+
+
+def test_cli_escapes_control_characters_in_file_names(tmp_path):
+    # A newline in a file name split the report into a forged second line; an escape sequence reached the terminal.
+    _plant(str(tmp_path / "ds"), {"a.jpg": JPEG, "evil\nfake.jpg: ok\x1b[2J.jpg": b""})
+    proc = _check_dataset_cli(["--data_dir", "ds", "--workers", "1"], cwd=str(tmp_path))
+    out = proc.stdout.decode()
+    assert proc.returncode == 1, out
+    assert "evil\\nfake.jpg: ok\\x1b[2J.jpg: " in out and "\x1b" not in out, out
+    assert not any(line.startswith("fake.jpg") for line in out.splitlines()), out

@@ -16,10 +16,11 @@ import tempfile
 import threading
 from typing import Iterable, List, Optional, Sequence, Tuple
 
+from ..cli import printable
 from ._scan_worker import Bad, check_format, read_head, stat_regular, stat_sample
 
 __all__ = ["find_bad_images", "check_images", "list_image_entries", "scan_entries", "quick_check",
-           "why_not_regular", "shown", "SPLIT_NAMES"]
+           "why_not_regular", "SPLIT_NAMES"]
 
 SPLIT_NAMES = ("train", "val", "validation", "test")
 _WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_scan_worker.py")
@@ -117,12 +118,6 @@ def scan_entries(root: str, splits: Optional[Sequence[str]] = None,
             entries.extend(found)
             bad.extend(refused)
     return sorted(entries), sorted(bad)
-
-
-def shown(path: str) -> str:
-    """A path for messages and consoles: bytes of a name that are not UTF-8 as \\xNN (printing them raw would stop
-    the report with a UnicodeEncodeError)."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def _signal_name(returncode: int) -> str:
@@ -260,10 +255,10 @@ def check_images(root: str, workers: Optional[int] = None, splits: Optional[Sequ
         refused = {p for p, _ in bad}
         bad = sorted(bad + find_bad_images(root, workers=workers, paths=[p for p in entries if p not in refused]))
     if bad:
-        first = "; ".join(f"{shown(path)}: {shown(reason)}" for path, reason in bad[:5])
+        first = "; ".join(f"{printable(path)}: {printable(reason)}" for path, reason in bad[:5])
         more = f"; and {len(bad) - 5} more" if len(bad) > 5 else ""
-        raise ValueError(f"{len(bad)} unreadable image(s) under {shown(root)}: {first}{more}. Every entry of a class "
+        raise ValueError(f"{len(bad)} unreadable image(s) under {printable(root)}: {first}{more}. Every entry of a class "
                          f"folder is read as an image: delete these or move them out of the class folders "
-                         f"(python scripts/check_dataset.py --data_dir {shown(root)} lists them all), then start "
+                         f"(python scripts/check_dataset.py --data_dir {printable(root)} lists them all), then start "
                          f"again.")
     return len(entries)
