@@ -17,18 +17,14 @@ import difflib
 import logging
 import math
 import os
-import signal
 import sys
-import threading
 import time
-import traceback
 
 import mindcv_ext  # noqa: F401  (registers repmlp_* and demo_repmlp with mindcv)
 from mindcv_ext import cli
 from mindcv.models import create_model, is_model, list_models
 from mindcv.utils import AllReduceSum
-from mindcv_ext.checkpoint import (CheckpointError, CheckpointWriteError, NonFiniteWeightsError, describe_nonfinite,
-                                   nonfinite_tensors, save_checkpoint)
+from mindcv_ext.checkpoint import CheckpointError, describe_nonfinite, nonfinite_tensors, save_checkpoint
 from mindcv_ext.training.ckpt_manager import CheckpointManager, restore_training_state, training_state
 from mindcv_ext.training.config import ConfigError, load_config
 from mindcv_ext.training.console import Progress, format_duration, setup_logging
@@ -40,6 +36,7 @@ from mindcv_ext.weights import build_model, check_class_names, recorded_class_na
 from mindcv_ext.training.metrics import MetricsLog, plot_curves
 from mindcv_ext.training.optim import build_loss, build_loss_scale, build_lr_schedule, build_optimizer
 from mindcv_ext.training.run_lock import check_output_dir, claim_run_dir
+from mindcv_ext.training.run_end import RunEnd
 from mindcv_ext.training.runtime import average_across_ranks, init_context
 from mindcv_ext.training.step import NonFiniteLossError, build_train_step
 
@@ -57,7 +54,7 @@ def main(argv=None) -> int:
     if cfg.ckpt_path and not os.path.isfile(cfg.ckpt_path):
         raise ConfigError(_missing_weights_message(cfg, resuming))
     latest_path = os.path.join(cfg.ckpt_save_dir, "latest.ckpt")
-    _RUN["latest"] = latest_path
+    RUN.latest = latest_path
     _refuse_a_finished_run(resuming, latest_path, cfg)
     check_output_dir(cfg.ckpt_save_dir)
     mindcv_ext.training.loaders.check_save_dir_outside_data(cfg)  # before the run directory is created
@@ -65,7 +62,7 @@ def main(argv=None) -> int:
     is_main = rank == 0
     # One live run per ckpt_save_dir (rank 0 holds a lock until it exits); checked again under the lock, since
     # another run may have finished its first epoch in the meantime.
-    _RUN["dir"] = claim_run_dir(cfg.ckpt_save_dir, rank, group_size,
+    RUN.run_dir = claim_run_dir(cfg.ckpt_save_dir, rank, group_size,
                                 agree=_agree_across_ranks if group_size > 1 else None)
     _refuse_a_finished_run(resuming, latest_path, cfg)
     log = setup_logging(cfg.ckpt_save_dir, rank, group_size)
@@ -165,11 +162,11 @@ def main(argv=None) -> int:
     progress = Progress(cfg.epoch_size, steps_per_epoch, cfg.batch_size * group_size, enabled=is_main)
     batches = train_loader.create_tuple_iterator(num_epochs=cfg.epoch_size - start_epoch)
     may_skip = cfg.loss_scale_type == "dynamic" or cfg.drop_overflow_update  # steps that overflow are skipped
-    first_step, skipped_steps, run_start = True, 0, time.time()
+    first_step, evaluated, skipped_steps, run_start = True, False, 0, time.time()
     for epoch in range(start_epoch + 1, cfg.epoch_size + 1):
         epoch_start, loss_sum, window, step = time.time(), 0.0, [], 0
         for step, (images, labels) in enumerate(batches, 1):
-            # A signal while MindSpore compiles ends the process at once (see _on_forced_exit): an exception
+            # A signal while MindSpore compiles ends the process at once (RUN.on_forced_exit): an exception
             # there turns into pages of analyzer dump.
             with cli.exit_at_once() if first_step else contextlib.nullcontext():
                 if first_step and cfg.mode == 0:
@@ -178,7 +175,7 @@ def main(argv=None) -> int:
                 progress.start_step()
                 loss, overflow = train_step(images, labels)
                 loss = float(loss.asnumpy())  # waits for the step: the time below is real
-            _RUN["training"] = True  # from here on the run directory holds work: it is kept
+            RUN.trained = True  # from here on the run directory holds work: it is kept
             cli.keep_sigint()  # each graph run installs MindSpore's SIGINT handler again (see mindcv_ext.cli)
             seconds = progress.end_step(first_step)
             if first_step and cfg.mode == 0:
@@ -222,9 +219,9 @@ def main(argv=None) -> int:
             log.info(f"validating on {_sample_count(val_loader, group_size)} images...")
             with (train_step.ema.swapped_in() if train_step.ema is not None else contextlib.nullcontext()):
                 # The first one compiles the eval graph: a signal there ends the process at once, as in step 1.
-                with cli.exit_at_once() if "evaluated" not in _RUN else contextlib.nullcontext():
+                with cli.exit_at_once() if not evaluated else contextlib.nullcontext():
                     result = evaluate(network, val_loader, all_reduce)
-                _RUN["evaluated"] = True
+                evaluated = True
                 if result["top1"] > best_acc:
                     best_acc = result["top1"]
                     ckpts.save_best(network, epoch, best_acc)  # while swapped in: the evaluated weights
@@ -318,7 +315,7 @@ def _nonfinite_message(loss, epoch, step, cfg, ckpts, bad=None) -> str:
             f"loss_scale_type dynamic if fp16 overflowed.")
 
 
-_RUN = {}  # what the error handlers below need to know about the run: latest path, claimed dir, training started
+RUN = RunEnd("train")  # how the run ends: exit codes, the error line, the run directory let go once
 
 
 def _refuse_a_finished_run(resuming: bool, latest_path: str, cfg) -> None:
@@ -360,87 +357,10 @@ def _sample_count(loader, group_size: int) -> int:
         return loader.get_dataset_size() * loader.get_batch_size() * group_size
 
 
-def _resume_hint() -> str:
-    latest = _RUN.get("latest") or "<ckpt_save_dir>/latest.ckpt"
-    if os.path.exists(latest):
-        return f"continue with --ckpt_path {latest} --resume_opt True"
-    return "no epoch was finished, so there is no checkpoint yet; start again"
-
-
-def _report_error(error) -> None:
-    """To stderr, and into train.log when it is open."""
-    error = cli.printable(error)  # it may quote class or file names read from the data or a checkpoint
-    print(f"error: {error}", file=sys.stderr, flush=True)
-    for handler in logging.getLogger("train").handlers:
-        if isinstance(handler, logging.FileHandler):
-            handler.emit(logging.makeLogRecord({"msg": f"error: {error}", "levelno": logging.ERROR,
-                                                "levelname": "ERROR"}))
-
-
-def _report_signal(signum: int) -> None:
-    _report_error(f"{cli.signal_line(signum)}; {_resume_hint()}")
-
-
-_ENDED = threading.Lock()  # the main thread's finally and the signal watchdog may both end the run
-
-
-def _end_run(exit_code: int) -> None:
-    """Release the run directory: a run stopped before its first step finished leaves no directory it created."""
-    if not _ENDED.acquire(blocking=False):
-        return
-    run_dir = _RUN.get("dir")
-    if run_dir is not None:
-        if exit_code != cli.OK and not _RUN.get("training"):
-            run_dir.remove_if_unused()
-        run_dir.release()
-
-
-def _on_forced_exit(signum: int) -> None:
-    """Ctrl-C / SIGTERM where the main thread cannot stop by itself (a graph compile, blocked in MindSpore's data
-    iterator): train.py's line, the lock released; mindcv_ext.cli then exits with 130 / 143."""
-    if _ENDED.locked():
-        return  # the main thread is ending the run already and says why
-    _report_signal(signum)
-    _end_run(128 + signum)
-
-
 if __name__ == "__main__":
-    exit_code = cli.FAILED
-    cli.install_signals(on_forced_exit=_on_forced_exit)
-    try:
-        exit_code = main()
-    except SystemExit as e:  # --help
-        exit_code = e.code if isinstance(e.code, int) else cli.OK
-    except CheckpointWriteError as e:  # full disk, read-only: after space is freed the run continues
-        _report_error(f"{e} Then {_resume_hint()}.")
-        exit_code = cli.BAD_INPUT
-    except NonFiniteWeightsError as e:  # a save refused NaN/inf (train.py checks first; this is the safety net)
-        _report_error(f"{e} Training stopped; {_resume_hint()} with a lower lr.")
-        exit_code = cli.DIVERGED
-    except (ConfigError, CheckpointError, FileNotFoundError) as e:
-        _report_error(e)
-        exit_code = cli.BAD_INPUT
-    except NonFiniteLossError as e:
-        _report_error(e)
-        exit_code = cli.DIVERGED
-    except KeyboardInterrupt:
-        _report_signal(signal.SIGINT)
-        exit_code = cli.INTERRUPTED
-    except cli.Terminated:
-        _report_signal(signal.SIGTERM)
-        exit_code = cli.TERMINATED
-    except BrokenPipeError:  # the output pipe closed (e.g. `| head`): nobody is left to read a traceback
-        exit_code = cli.FAILED
-    except BaseException:  # noqa: B902  (print it, then still skip the teardown below)
-        traceback.print_exc()
-    finally:
-        _end_run(exit_code)
-        logging.shutdown()
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        except BrokenPipeError:
-            pass
+    cli.install_signals(on_forced_exit=RUN.on_forced_exit)  # Ctrl-C -> KeyboardInterrupt, SIGTERM -> cli.Terminated
+    exit_code = RUN.run(main)
+    logging.shutdown()
     if any(v in os.environ for v in ("MS_ROLE", "RANK_TABLE_FILE")):
         sys.exit(exit_code)  # a normal exit: MindSpore reports this worker's end to the msrun scheduler on the way
     # os._exit skips MindSpore's interpreter-teardown destructors, which print pages of ignored exceptions.

@@ -16,14 +16,11 @@ import logging
 import math
 import os
 import sys
-import threading
 import time
-import traceback
 
 import mindcv_ext  # noqa: F401  (registers the RepMLPNets)
 from mindcv_ext import cli
-from mindcv_ext.checkpoint import CheckpointError, CheckpointWriteError, NonFiniteWeightsError, describe_nonfinite, \
-    nonfinite_tensors
+from mindcv_ext.checkpoint import CheckpointError, describe_nonfinite, nonfinite_tensors
 from mindcv_ext.seg.config import load_seg_config
 from mindcv_ext.seg.data import build_seg_eval_loader, build_seg_train_loader, check_pairs, list_pairs
 from mindcv_ext.seg.demo import ensure_seg_demo
@@ -36,10 +33,11 @@ from mindcv_ext.training.console import Progress, format_duration, setup_logging
 from mindcv_ext.training.metrics import MetricsLog
 from mindcv_ext.training.optim import build_loss_scale, build_optimizer
 from mindcv_ext.training.run_lock import check_output_dir, claim_run_dir
+from mindcv_ext.training.run_end import RunEnd
 from mindcv_ext.training.runtime import average_across_ranks, init_context
 from mindcv_ext.training.step import NonFiniteLossError, TrainStep
 
-_RUN = {}
+RUN = RunEnd("train")  # how the run ends: exit codes, the error line, the run directory let go once
 
 
 def poly_schedule(cfg):
@@ -58,14 +56,14 @@ def main(argv=None) -> int:
     cfg = load_seg_config(argv)
     resuming = bool(cfg.ckpt_path)
     latest = os.path.join(cfg.ckpt_save_dir, "latest.ckpt")
-    _RUN["latest"] = latest
+    RUN.latest = latest
     if not resuming and os.path.exists(latest):
         raise ConfigError(f"{cfg.ckpt_save_dir} already holds a run ({latest}). Continue it with --ckpt_path "
                           f"{latest} --resume_opt True, or pick another --ckpt_save_dir.")
     check_output_dir(cfg.ckpt_save_dir)
     rank, group_size = init_context(cfg)
     agree = _agree if group_size > 1 else None
-    _RUN["dir"] = claim_run_dir(cfg.ckpt_save_dir, rank, group_size, agree=agree)
+    RUN.run_dir = claim_run_dir(cfg.ckpt_save_dir, rank, group_size, agree=agree)
     log = setup_logging(cfg.ckpt_save_dir, rank, group_size)
     for note in cfg.notes:
         log.warning(note)
@@ -143,7 +141,7 @@ def main(argv=None) -> int:
         chunk_start, loss_sum, window = time.time(), 0.0, []
         for step in range(1, cfg.val_interval + 1):
             images, labels = next(batches)
-            # A signal during the graph compile ends the process at once (_forced_exit): an exception raised
+            # A signal during the graph compile ends the process at once (RUN.on_forced_exit): an exception raised
             # inside the compiler turns into pages of analyzer dump.
             with cli.exit_at_once() if first else contextlib.nullcontext():
                 if first:
@@ -151,7 +149,7 @@ def main(argv=None) -> int:
                 progress.start_step()
                 loss, _ = train_step(images, labels)
                 loss = float(loss.asnumpy())
-            _RUN["training"] = True  # from here on the run directory holds work: it is kept
+            RUN.trained = True  # from here on the run directory holds work: it is kept
             cli.keep_sigint()  # each graph run installs MindSpore's SIGINT handler, which turns Ctrl-C into SIGTERM
             seconds = progress.end_step(first)
             if first:
@@ -221,88 +219,14 @@ def _agree(flag: int) -> int:
     return int(round(float(AllReduceSum()(ms.Tensor(np.array([flag], np.float32))).asnumpy()[0])))
 
 
-def _resume_hint() -> str:
-    latest = _RUN.get("latest") or "<ckpt_save_dir>/latest.ckpt"
-    if os.path.exists(latest):
-        return f"continue with --ckpt_path {latest} --resume_opt True"
-    return "no checkpoint was written yet; start again"
-
-
-def _report(message) -> None:
-    print(f"error: {message}", file=sys.stderr, flush=True)
-    for handler in logging.getLogger("train").handlers:
-        if isinstance(handler, logging.FileHandler):
-            handler.emit(logging.makeLogRecord({"msg": f"error: {message}", "levelno": logging.ERROR,
-                                                "levelname": "ERROR"}))
-
-
 def run(argv=None) -> int:
     """main() with the project's exit codes; what the command line runs (tests call it too)."""
-    code = cli.FAILED
-    _RUN.clear()
-    _RUN["ended"] = threading.Lock()
-    try:
-        code = main(argv)
-    except SystemExit as e:  # --help
-        code = e.code if isinstance(e.code, int) else cli.OK
-    except CheckpointWriteError as e:
-        _report(f"{e} Then {_resume_hint()}.")
-        code = cli.BAD_INPUT
-    except NonFiniteWeightsError as e:
-        _report(f"{e} Training stopped; {_resume_hint()} with a lower lr.")
-        code = cli.DIVERGED
-    except (ConfigError, CheckpointError, FileNotFoundError) as e:
-        _report(e)
-        code = cli.BAD_INPUT
-    except ValueError as e:  # e.g. a data_dir holding another demo set; during training it is a bug: traceback
-        if _RUN.get("training"):
-            traceback.print_exc()
-        else:
-            _report(e)
-            code = cli.BAD_INPUT
-    except NonFiniteLossError as e:
-        _report(e)
-        code = cli.DIVERGED
-    except KeyboardInterrupt:
-        _report(f"interrupted; {_resume_hint()}")
-        code = cli.INTERRUPTED
-    except cli.Terminated:  # raised by cli.install_signals' handler (the __main__ block installs it)
-        _report(f"terminated (SIGTERM); {_resume_hint()}")
-        code = cli.TERMINATED
-    except BaseException:  # noqa: B902
-        traceback.print_exc()
-    finally:
-        _release(code)
-        sys.stdout.flush()
-        sys.stderr.flush()
-    return code
-
-
-def _release(code) -> None:
-    """Let go of the run directory (removing it if this run made it and never trained), once: the main thread's
-    finally and the signal watchdog may both get here."""
-    ended = _RUN.get("ended")
-    if ended is None or not ended.acquire(blocking=False):
-        return
-    run_dir = _RUN.get("dir")
-    if run_dir is not None:
-        if code != cli.OK and not _RUN.get("training"):
-            run_dir.remove_if_unused()
-        run_dir.release()
-
-
-def _forced_exit(signum) -> None:
-    """The main thread stayed blocked in native code (a data iterator, a graph compile) after Ctrl-C / SIGTERM:
-    cli's watchdog ends the process; say so and let go of the run directory first."""
-    ended = _RUN.get("ended")
-    if ended is not None and ended.locked():
-        return  # the main thread is ending the run already and says why
-    _report(f"{cli.signal_line(signum)}; {_resume_hint()}")
-    _release(128 + signum)
+    RUN.reset()
+    return RUN.run(lambda: main(argv))
 
 
 if __name__ == "__main__":
-    cli.install_signals(_forced_exit)  # Ctrl-C -> KeyboardInterrupt (130), SIGTERM -> cli.Terminated (143)
+    cli.install_signals(RUN.on_forced_exit)  # Ctrl-C -> KeyboardInterrupt (130), SIGTERM -> cli.Terminated (143)
     exit_code = run()
     logging.shutdown()
     if any(v in os.environ for v in ("MS_ROLE", "RANK_TABLE_FILE")):

@@ -110,8 +110,8 @@ def test_a_signal_while_compiling_is_one_line_and_leaves_nothing(data_dir, tmp_p
     stderr = err.read_text()
     signum = reported_signal(signum, proc.returncode)
     assert proc.returncode == 128 + signum, stderr[-3000:]
-    assert one_error_line(stderr) == (f"error: {cli.signal_line(signum)}; no epoch was finished, so there is no "
-                                       f"checkpoint yet; start again"), stderr[-3000:]
+    assert one_error_line(stderr) == (f"error: {cli.signal_line(signum)}; no checkpoint was written yet; start "
+                                       f"again"), stderr[-3000:]
     assert len(stderr.strip().splitlines()) == 1, stderr[-3000:]  # no analyzer dump
     _nothing_left(tmp_path, out)
 
