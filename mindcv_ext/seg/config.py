@@ -7,7 +7,7 @@ ones follow mmsegmentation's config vocabulary (crop_size, img_scale, ratio_rang
 import os
 from typing import Any, Dict, Optional, Sequence, Tuple
 
-from ..training.config import KEYS, ConfigError, _at_least, _choice, _fit_workers, parse_config
+from ..training.config import KEYS, ConfigError, _at_least, _choice, _fit_workers, check_runtime_keys, parse_config
 from ..training.runtime import _LAUNCHER_VARS
 from .data import LAYOUTS
 from .demo import SEG_DEMO_CLASSES as DEMO_CLASSES
@@ -102,16 +102,8 @@ def _dataset_defaults(cfg) -> None:
         cfg.class_names = [f"class_{i}" for i in range(cfg.num_classes)]
 
 
-def _common(cfg) -> None:
-    _choice(cfg, "mode", (0, 1), " Use 0 for graph mode (fast) or 1 for PyNative (eager, for debugging).")
-    cfg.device_target = {"ascend": "Ascend", "gpu": "GPU", "cpu": "CPU"}.get(str(cfg.device_target).lower(),
-                                                                               cfg.device_target)
-    _choice(cfg, "device_target", ("Ascend", "GPU", "CPU"))
-    cfg.jit_level = (cfg.jit_level or "").upper()
-    _choice(cfg, "jit_level", ("", "O0", "O1", "O2"))
-    if cfg.jit_level == "O2" and cfg.device_target != "Ascend":
-        raise ConfigError(f"jit_level O2 exists only on Ascend; on {cfg.device_target} use --jit_level O0 or O1 "
-                          f"(or leave it empty).")
+def _common(cfg, evaluating: bool = False) -> None:
+    check_runtime_keys(cfg, evaluating)
     for key in ("img_scale", "crop_size", "eval_scale", "eval_crop", "eval_stride"):
         _ints(cfg, key)
     cfg.eval_scale = cfg.eval_scale or cfg.img_scale
@@ -201,9 +193,7 @@ def load_seg_eval_config(argv: Optional[Sequence[str]] = None, prog: str = "vali
         cfg.device_target = "CPU"  # a training recipe's device on a machine without it: evaluate on CPU
     if cfg.distribute and "distribute" not in cfg._given and not any(v in os.environ for v in _LAUNCHER_VARS):
         cfg.distribute = False  # a training recipe's msrun setting, evaluated without msrun: one process
-    if cfg.jit_level == "O2" and str(cfg.device_target).lower() != "ascend":
-        cfg.jit_level = ""
-    _common(cfg)
+    _common(cfg, evaluating=True)
     if cfg.save_deploy:  # a directory, a file as parent, a read-only place, an unreadable suffix: refused now
         from ..checkpoint import check_output_path
         check_output_path(cfg.save_deploy, "--save_deploy", (".ckpt", ".safetensors"))

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
-__all__ = ["ConfigError", "KEYS", "parse_config", "load_config", "validate", "format_help"]
+__all__ = ["ConfigError", "KEYS", "parse_config", "load_config", "validate", "check_runtime_keys", "format_help"]
 
 
 class ConfigError(ValueError):
@@ -416,8 +416,9 @@ def schedule_notes(cfg) -> List[str]:
     return notes
 
 
-def validate(cfg: SimpleNamespace) -> SimpleNamespace:
-    """Check values and their combinations before any work starts. Normalizes a few spellings in place."""
+def check_runtime_keys(cfg, evaluating: bool = False) -> None:
+    """mode, device_target and jit_level, the same for every tool (spellings normalized in place). A training
+    recipe's Ascend-only jit_level O2 is refused for training elsewhere and dropped when evaluating elsewhere."""
     _choice(cfg, "mode", (0, 1), " Use 0 for graph mode (fast) or 1 for PyNative (eager, for debugging).")
     cfg.device_target = {"ascend": "Ascend", "gpu": "GPU", "cpu": "CPU"}.get(str(cfg.device_target).lower(),
                                                                                cfg.device_target)
@@ -425,8 +426,16 @@ def validate(cfg: SimpleNamespace) -> SimpleNamespace:
     cfg.jit_level = (cfg.jit_level or "").upper()
     _choice(cfg, "jit_level", ("", "O0", "O1", "O2"))
     if cfg.jit_level == "O2" and cfg.device_target != "Ascend":
+        if evaluating:
+            cfg.jit_level = ""
+            return
         raise ConfigError(f"jit_level O2 (the GE graph engine) exists only on Ascend; on {cfg.device_target} use "
                           f"--jit_level O0 or O1 (or leave it empty).")
+
+
+def validate(cfg: SimpleNamespace) -> SimpleNamespace:
+    """Check values and their combinations before any work starts. Normalizes a few spellings in place."""
+    check_runtime_keys(cfg)
     for key in ("amp_level", "val_amp_level"):
         setattr(cfg, key, str(getattr(cfg, key)).upper())
         _choice(cfg, key, ("O0", "O1", "O2", "O3"))
@@ -598,13 +607,7 @@ def load_eval_config(argv: Optional[Sequence[str]] = None, prog: str = "validate
                       ("ckpt_path", "weights to evaluate: --ckpt_path best.ckpt")):
         if not getattr(cfg, key):
             raise ConfigError(f"{prog} needs {what}.")
-    _choice(cfg, "mode", (0, 1), " Use 0 for graph mode or 1 for PyNative.")
-    cfg.device_target = {"ascend": "Ascend", "gpu": "GPU", "cpu": "CPU"}.get(str(cfg.device_target).lower(),
-                                                                               cfg.device_target)
-    _choice(cfg, "device_target", ("Ascend", "GPU", "CPU"))
-    cfg.jit_level = (cfg.jit_level or "").upper()
-    if cfg.jit_level == "O2" and cfg.device_target != "Ascend":
-        cfg.jit_level = ""  # a training recipe's Ascend-only compile level: evaluating elsewhere ignores it
+    check_runtime_keys(cfg, evaluating=True)
     for key, low in (("batch_size", 1), ("num_parallel_workers", 1), ("log_interval", 0), ("in_channels", 1)):
         _at_least(cfg, key, low)
     cfg.notes = _fit_workers(cfg)
