@@ -12,9 +12,7 @@ evaluates a shard and the confusion matrices are summed.
 """
 import json
 import os
-import sys
 import time
-import traceback
 
 import mindcv_ext  # noqa: F401
 from mindcv_ext import cli
@@ -78,22 +76,9 @@ def main(argv=None) -> int:
 
 
 def run(argv=None) -> int:
-    try:
-        return main(argv)
-    except SystemExit as e:
-        return e.code if isinstance(e.code, int) else cli.OK
-    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return cli.BAD_INPUT
-    except KeyboardInterrupt:
-        print("error: interrupted (Ctrl-C)", file=sys.stderr, flush=True)
-        return cli.INTERRUPTED
-    except cli.Terminated:
-        print("error: terminated (SIGTERM)", file=sys.stderr, flush=True)
-        return cli.TERMINATED
-    except Exception:  # noqa: BLE001
-        traceback.print_exc()
-        return cli.FAILED
+    """main() with the project's exit codes; what the command line runs (tests call it too)."""
+    return cli.guarded(lambda: main(argv), "validate_seg.py",
+                       bad_input=(ConfigError, CheckpointError, FileNotFoundError, ValueError))
 
 
 if __name__ == "__main__":

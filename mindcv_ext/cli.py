@@ -22,12 +22,13 @@ import socket
 import sys
 import threading
 import time
+import traceback
 import unicodedata
 from contextlib import contextmanager
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 __all__ = ["OK", "FAILED", "BAD_INPUT", "DIVERGED", "INTERRUPTED", "TERMINATED", "Terminated", "install_signals",
-           "exit_at_once", "signal_line", "run_tool", "quiet_exit", "printable", "keep_sigint"]
+           "exit_at_once", "signal_line", "guarded", "run_tool", "quiet_exit", "printable", "keep_sigint"]
 
 OK, FAILED, BAD_INPUT, DIVERGED = 0, 1, 2, 3
 INTERRUPTED, TERMINATED = 128 + signal.SIGINT, 128 + signal.SIGTERM
@@ -187,24 +188,36 @@ def quiet_exit(code: int) -> None:
     os._exit(code)
 
 
-def run_tool(main: Callable[[], int], prog: str) -> None:
-    """The __main__ block of validate.py and the scripts: run `main`, which returns an exit code from the table and
-    prints its own error lines; Ctrl-C and SIGTERM end with one line and 130 / 143 wherever they land. Tools that
-    set their own MindSpore context (export, benchmarks) get the compile-dump redirect too: no rank_0/ in the cwd."""
+def guarded(main: Callable[[], int], prog: str, bad_input: Tuple[type, ...] = ()) -> int:
+    """main()'s exit code, with the ways out a tool expects turned into one line and a code from the table:
+    `bad_input` exceptions (raised before the work) -> 2, Ctrl-C -> 130, SIGTERM -> 143, --help -> 0; anything
+    else is a bug: its traceback, 1. For the tools' run() functions, which tests also call in-process."""
+    try:
+        return main()
+    except SystemExit as e:  # --help, argparse's usage errors (2)
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+        return e.code if isinstance(e.code, int) else (OK if e.code is None else BAD_INPUT)
+    except bad_input as e:
+        print(f"{prog}: error: {printable(e)}", file=sys.stderr, flush=True)
+        return BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"{prog}: {signal_line(signal.SIGINT)}", file=sys.stderr)
+        return INTERRUPTED
+    except Terminated:
+        print(f"{prog}: {signal_line(signal.SIGTERM)}", file=sys.stderr)
+        return TERMINATED
+    except Exception:  # noqa: BLE001
+        traceback.print_exc()
+        return FAILED
+
+
+def run_tool(main: Callable[[], int], prog: str, bad_input: Tuple[type, ...] = ()) -> None:
+    """The __main__ block of validate.py and the scripts: guarded(main) under the signal watchdog, then an exit
+    without MindSpore's shutdown noise. Tools that set their own MindSpore context (export, benchmarks) get the
+    compile-dump redirect too: no rank_0/ in the cwd."""
     from .training.runtime import keep_compile_dumps_out_of_cwd
 
     keep_compile_dumps_out_of_cwd()
     install_signals(lambda signum: print(f"{prog}: {signal_line(signum)}", file=sys.stderr))
-    try:
-        code = main()
-    except SystemExit as e:  # --help, argparse's usage errors (2)
-        code = e.code if isinstance(e.code, int) else (OK if e.code is None else BAD_INPUT)
-        if isinstance(e.code, str):
-            print(e.code, file=sys.stderr)
-    except KeyboardInterrupt:
-        print(f"{prog}: {signal_line(signal.SIGINT)}", file=sys.stderr)
-        code = INTERRUPTED
-    except Terminated:
-        print(f"{prog}: {signal_line(signal.SIGTERM)}", file=sys.stderr)
-        code = TERMINATED
-    quiet_exit(code)
+    quiet_exit(guarded(main, prog, bad_input))

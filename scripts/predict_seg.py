@@ -13,7 +13,6 @@ Every input is opened and the output place checked before the model is loaded.
 import os
 import sys
 import time
-import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -116,22 +115,8 @@ def main(argv=None) -> int:
 
 
 def run(argv=None) -> int:
-    try:
-        return main(argv)
-    except SystemExit as e:
-        return e.code if isinstance(e.code, int) else cli.OK
-    except (ConfigError, CheckpointError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return cli.BAD_INPUT
-    except KeyboardInterrupt:
-        print("error: interrupted (Ctrl-C)", file=sys.stderr, flush=True)
-        return cli.INTERRUPTED
-    except cli.Terminated:
-        print("error: terminated (SIGTERM)", file=sys.stderr, flush=True)
-        return cli.TERMINATED
-    except Exception:  # noqa: BLE001
-        traceback.print_exc()
-        return cli.FAILED
+    """main() with the project's exit codes; what the command line runs (tests call it too)."""
+    return cli.guarded(lambda: main(argv), "predict_seg.py", bad_input=(ConfigError, CheckpointError, FileNotFoundError))
 
 
 if __name__ == "__main__":

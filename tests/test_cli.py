@@ -103,3 +103,20 @@ def test_run_tool_keeps_compile_dumps_out_of_the_working_directory(tmp_path):
                           env=env)
     assert proc.returncode == cli.BAD_INPUT, proc.stderr[-2000:]
     assert os.listdir(cwd) == []
+
+
+def test_guarded_maps_a_tools_ways_out_to_the_table(capsys):
+    def raising(error):
+        def main():
+            raise error
+        return main
+
+    assert cli.guarded(lambda: cli.OK, "tool.py") == cli.OK
+    assert cli.guarded(raising(ValueError("bad\nname")), "tool.py", bad_input=(ValueError,)) == cli.BAD_INPUT
+    assert capsys.readouterr().err == "tool.py: error: bad\\nname\n"  # one line, escaped
+    assert cli.guarded(raising(RuntimeError("bug")), "tool.py", bad_input=(ValueError,)) == cli.FAILED
+    assert "Traceback" in capsys.readouterr().err  # a bug shows where it is
+    assert cli.guarded(raising(KeyboardInterrupt()), "tool.py") == cli.INTERRUPTED
+    assert cli.guarded(raising(cli.Terminated()), "tool.py") == cli.TERMINATED
+    assert cli.guarded(raising(SystemExit(0)), "tool.py") == cli.OK
+    assert capsys.readouterr().err == "tool.py: interrupted (Ctrl-C)\ntool.py: terminated (SIGTERM)\n"
