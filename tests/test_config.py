@@ -349,3 +349,11 @@ def test_train_help_is_one_table(capsys):
         parse_config(["--help"])
     out = capsys.readouterr().out
     assert "training-recipe keys" not in out and out.count("  --") == len(KEYS)
+
+
+@pytest.mark.parametrize("value,message", [("[0.08", r"--scale: '\[0\.08' is not a valid value"),
+                                           ("&a [1, 2]", r"--scale line 1: YAML anchors and aliases")])
+def test_a_command_line_value_is_read_under_the_recipe_rules(value, message):
+    # A malformed list on the command line ended in a 47-line yaml traceback; anchors were refused only in files.
+    with pytest.raises(ConfigError, match=message):
+        parse_config(["--model", "demo_repmlp", "--scale", value])

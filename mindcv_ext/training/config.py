@@ -197,7 +197,7 @@ def _coerce(key: str, value: Any, where: str, table=None) -> Any:
         return str(value)
     if kind in ("pair", "floats", "ints"):
         if isinstance(value, str):
-            value = yaml.safe_load(value)
+            value = _yaml_value(value, f"{key} ({where})")
         if not isinstance(value, (list, tuple)):
             raise bad
         try:
@@ -257,6 +257,19 @@ class _RecipeLoader(yaml.SafeLoader):
                                   f"silently keep the last); keep one of them.")
             seen[key] = line
         return super().construct_mapping(node, deep)
+
+
+def _yaml_value(text: str, where: str) -> Any:
+    """One value written as YAML (`--lr 1e-3`, `--scale "[0.08, 1.0]"`), under the recipe loader's rules."""
+    loader = _RecipeLoader(text, where)
+    try:
+        return loader.get_single_data()
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{where}: {text!r} is not a valid value ({problem}); quote lists, e.g. "
+                          f"\"[0.08, 1.0]\".") from None
+    finally:
+        loader.dispose()
 
 
 def _read_yaml(path: str) -> Dict[str, Any]:
@@ -357,7 +370,7 @@ def parse_config(argv: Optional[Sequence[str]] = None, table: Optional[Dict[str,
         key = aliases.get(key, key)
         if key not in table:
             raise ConfigError(f"Unknown option --{key}.{_suggest(key)} (`python {prog} --help` lists the keys.)")
-        value = raw if table[key][1] == "str" or not isinstance(raw, str) else yaml.safe_load(raw)
+        value = raw if table[key][1] == "str" or not isinstance(raw, str) else _yaml_value(raw, f"--{key}")
         values[key] = _coerce(key, raw if isinstance(value, str) else value, f"--{key} on the command line", table)
     values["config"] = config_path or ""
     values["_given"] = sorted({aliases.get(k, k) for k, _ in pairs})  # what the command line set explicitly
