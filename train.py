@@ -37,7 +37,7 @@ from mindcv_ext.training.metrics import MetricsLog, plot_curves
 from mindcv_ext.training.optim import build_loss, build_loss_scale, build_lr_schedule, build_optimizer
 from mindcv_ext.training.run_lock import check_output_dir, claim_run_dir
 from mindcv_ext.training.run_end import RunEnd
-from mindcv_ext.training.runtime import average_across_ranks, init_context
+from mindcv_ext.training.runtime import average_across_ranks, init_context, sum_across_ranks
 from mindcv_ext.training.step import NonFiniteLossError, build_train_step
 
 
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     # One live run per ckpt_save_dir (rank 0 holds a lock until it exits); checked again under the lock, since
     # another run may have finished its first epoch in the meantime.
     RUN.run_dir = claim_run_dir(cfg.ckpt_save_dir, rank, group_size,
-                                agree=_agree_across_ranks if group_size > 1 else None)
+                                agree=sum_across_ranks if group_size > 1 else None)
     _refuse_a_finished_run(resuming, latest_path, cfg)
     log = setup_logging(cfg.ckpt_save_dir, rank, group_size)
     for note in cfg.notes:
@@ -322,13 +322,6 @@ def _refuse_a_finished_run(resuming: bool, latest_path: str, cfg) -> None:
     if not resuming and os.path.exists(latest_path):
         raise ConfigError(f"{cfg.ckpt_save_dir} already holds a run ({latest_path}). Continue it with "
                           f"--ckpt_path {latest_path} --resume_opt True, or pick another --ckpt_save_dir.")
-
-
-def _agree_across_ranks(flag: int) -> int:
-    import mindspore as ms
-    import numpy as np
-
-    return int(round(float(AllReduceSum()(ms.Tensor(np.array([flag], np.float32))).asnumpy()[0])))
 
 
 def _optimizer_step(optimizer) -> int:

@@ -34,7 +34,7 @@ from mindcv_ext.training.metrics import MetricsLog
 from mindcv_ext.training.optim import build_loss_scale, build_optimizer
 from mindcv_ext.training.run_lock import check_output_dir, claim_run_dir
 from mindcv_ext.training.run_end import RunEnd
-from mindcv_ext.training.runtime import average_across_ranks, init_context
+from mindcv_ext.training.runtime import average_across_ranks, init_context, sum_across_ranks
 from mindcv_ext.training.step import NonFiniteLossError, TrainStep
 
 RUN = RunEnd("train")  # how the run ends: exit codes, the error line, the run directory let go once
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
                           f"{latest} --resume_opt True, or pick another --ckpt_save_dir.")
     check_output_dir(cfg.ckpt_save_dir)
     rank, group_size = init_context(cfg)
-    agree = _agree if group_size > 1 else None
+    agree = sum_across_ranks if group_size > 1 else None
     RUN.run_dir = claim_run_dir(cfg.ckpt_save_dir, rank, group_size, agree=agree)
     log = setup_logging(cfg.ckpt_save_dir, rank, group_size)
     for note in cfg.notes:
@@ -210,13 +210,6 @@ def _diverged(what: str, ckpts, cfg) -> str:
     kept = (f"the last good checkpoint is {ckpts.latest_path}" if os.path.exists(ckpts.latest_path)
             else "no checkpoint was written")
     return f"{what}: training stopped; {kept}. Try a lower lr (now {cfg.lr}) or a longer warmup (warmup_iters)."
-
-
-def _agree(flag: int) -> int:
-    import mindspore as ms
-    import numpy as np
-    from mindcv.utils import AllReduceSum
-    return int(round(float(AllReduceSum()(ms.Tensor(np.array([flag], np.float32))).asnumpy()[0])))
 
 
 def run(argv=None) -> int:

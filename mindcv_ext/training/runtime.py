@@ -9,7 +9,8 @@ from mindspore import Parameter
 
 from .config import ConfigError
 
-__all__ = ["set_runtime", "init_context", "average_across_ranks", "keep_compile_dumps_out_of_cwd"]
+__all__ = ["set_runtime", "init_context", "average_across_ranks", "sum_across_ranks",
+           "keep_compile_dumps_out_of_cwd"]
 
 # Variables a MindSpore launcher sets in every worker: msrun / the dynamic cluster (MS_ROLE, MS_WORKER_NUM) or an
 # Ascend rank table.
@@ -70,6 +71,13 @@ def init_context(cfg) -> Tuple[int, int]:
     set_seed(cfg.seed)
     ms.dataset.config.set_seed(cfg.seed)
     return rank, group_size
+
+
+def sum_across_ranks(flag: int) -> int:
+    """An integer summed over all ranks (every rank must call it): how ranks agree on stopping together."""
+    from mindcv.utils import AllReduceSum
+
+    return int(round(float(AllReduceSum()(ms.Tensor(np.array([flag], np.float32))).asnumpy()[0])))
 
 
 def average_across_ranks(params: List[Parameter], all_reduce, group_size: int) -> None:
