@@ -105,6 +105,17 @@ def test_crop_size_must_fit_the_backbone(data, tmp_path, capsys):
     assert "multiples of demo_repmlp's native size 64" in capsys.readouterr().err
 
 
+def test_precision_keys_are_checked_as_train_py_checks_them(data, tmp_path, capsys):
+    # amp_cast_list reaches mindcv's eval(): train_seg.py passed any text through (a typo was a traceback from
+    # inside mindcv); it now shares train.py's checks of the precision and optimizer keys.
+    out = tmp_path / "r"
+    assert train_seg.run(_common(data) + ["--amp_cast_list", "[nn.Conv2dd]", "--ckpt_save_dir", str(out)]) == 2
+    assert "nn.Conv2dd is not one" in capsys.readouterr().err
+    assert train_seg.run(_common(data) + ["--loss_scale", "0.5", "--ckpt_save_dir", str(out)]) == 2
+    assert "loss_scale must be >= 1" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_diverging_run_exits_3_without_a_checkpoint(data, tmp_path, capsys):
     out = str(tmp_path / "run")
     code = train_seg.run(_common(data) + ["--total_iters", "2", "--lr", "1e30", "--warmup_iters", "0",

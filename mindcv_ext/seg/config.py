@@ -7,7 +7,8 @@ ones follow mmsegmentation's config vocabulary (crop_size, img_scale, ratio_rang
 import os
 from typing import Any, Dict, Optional, Sequence, Tuple
 
-from ..training.config import KEYS, ConfigError, _at_least, _choice, _fit_workers, check_runtime_keys, parse_config
+from ..training.config import (KEYS, ConfigError, _at_least, _choice, _fit_workers, check_precision_and_optimizer_keys,
+                               check_runtime_keys, parse_config)
 from ..training.runtime import _LAUNCHER_VARS
 from .data import LAYOUTS
 from .demo import SEG_DEMO_CLASSES as DEMO_CLASSES
@@ -157,17 +158,7 @@ def load_seg_config(argv: Optional[Sequence[str]] = None) -> Any:
         raise ConfigError(f"ratio_range must be [low, high] with 0 < low <= high; got {list(cfg.ratio_range)}.")
     if not 0.0 <= cfg.dropout < 1.0 or not 0.0 <= cfg.hflip <= 1.0:
         raise ConfigError("dropout must be in [0, 1) and hflip in [0, 1].")
-    cfg.opt = str(cfg.opt).lower()
-    _choice(cfg, "opt", ("sgd", "momentum", "nesterov", "adam", "adamw", "lion", "nadam", "adan", "rmsprop",
-                         "adagrad", "lamb"))
-    _choice(cfg, "weight_decay_filter", ("disable", "auto", "norm_and_bias"))
-    cfg.amp_level = str(cfg.amp_level).upper()
-    _choice(cfg, "amp_level", ("O0", "O1", "O2", "O3"))
-    cfg.loss_scale_type = str(cfg.loss_scale_type).lower()
-    _choice(cfg, "loss_scale_type", ("fixed", "dynamic"))
-    if cfg.device_target == "CPU" and (cfg.loss_scale_type == "dynamic" or cfg.drop_overflow_update):
-        raise ConfigError("loss_scale_type dynamic / drop_overflow_update need overflow detection, which MindSpore "
-                          "does not have on CPU; use loss_scale_type: fixed (and amp_level O0) there.")
+    check_precision_and_optimizer_keys(cfg)
     if cfg.resume_opt and not cfg.ckpt_path:
         raise ConfigError("resume_opt: True needs --ckpt_path <ckpt_save_dir>/latest.ckpt.")
     if cfg.ckpt_path and not cfg.resume_opt:

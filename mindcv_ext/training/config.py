@@ -15,7 +15,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
-__all__ = ["ConfigError", "KEYS", "parse_config", "load_config", "validate", "check_runtime_keys", "format_help"]
+__all__ = ["ConfigError", "KEYS", "parse_config", "load_config", "validate", "check_runtime_keys",
+           "check_precision_and_optimizer_keys", "format_help"]
 
 
 class ConfigError(ValueError):
@@ -446,15 +447,16 @@ def check_runtime_keys(cfg, evaluating: bool = False) -> None:
                           f"--jit_level O0 or O1 (or leave it empty).")
 
 
-def validate(cfg: SimpleNamespace) -> SimpleNamespace:
-    """Check values and their combinations before any work starts. Normalizes a few spellings in place."""
-    check_runtime_keys(cfg)
+def check_precision_and_optimizer_keys(cfg) -> None:
+    """amp_level, the loss scale, amp_cast_list and the optimizer, the same for every training tool (train.py,
+    train_seg.py); spellings normalized in place. Call after check_runtime_keys (the CPU check needs the device)."""
     for key in ("amp_level", "val_amp_level"):
-        setattr(cfg, key, str(getattr(cfg, key)).upper())
-        _choice(cfg, key, ("O0", "O1", "O2", "O3"))
+        if hasattr(cfg, key):
+            setattr(cfg, key, str(getattr(cfg, key)).upper())
+            _choice(cfg, key, ("O0", "O1", "O2", "O3"))
     cfg.loss_scale_type = str(cfg.loss_scale_type).lower()
     _choice(cfg, "loss_scale_type", ("fixed", "dynamic"),
-            " ('auto' is not supported: this train.py always builds its own train step.)")
+            " ('auto' is not supported: the training tools always build their own train step.)")
     if cfg.loss_scale < 1.0:
         raise ConfigError(f"loss_scale must be >= 1; got {cfg.loss_scale}.")
     if cfg.device_target == "CPU" and (cfg.loss_scale_type == "dynamic" or cfg.drop_overflow_update):
@@ -471,6 +473,12 @@ def validate(cfg: SimpleNamespace) -> SimpleNamespace:
     if cfg.opt == "lamb" and cfg.loss_scale != 1.0:
         raise ConfigError("opt lamb does not support a loss scale in mindcv; set loss_scale: 1.")
     _choice(cfg, "weight_decay_filter", ("disable", "auto", "norm_and_bias"))
+
+
+def validate(cfg: SimpleNamespace) -> SimpleNamespace:
+    """Check values and their combinations before any work starts. Normalizes a few spellings in place."""
+    check_runtime_keys(cfg)
+    check_precision_and_optimizer_keys(cfg)
     _choice(cfg, "scheduler", ("constant", "cosine_decay", "warmup_cosine_decay", "exponential_decay",
                                "polynomial_decay", "step_decay", "multi_step_decay", "one_cycle", "cyclic"))
     if cfg.scheduler in ("one_cycle", "cyclic") and (cfg.warmup_epochs > 0 or cfg.lr_epoch_stair):
