@@ -490,19 +490,28 @@ class Decoder:
             raise Bad("MindSpore cannot decode it: " + reason[:300])
 
 
-def check(path: str, mode: str, decoder: Decoder):
+def reason_of(check_fn, *args) -> Optional[str]:
+    """None when `check_fn(*args)` passes; else why not: the Bad message, or the error that kept it unread."""
     try:
-        try:
-            check_file(path)
-            if mode == "all":
-                decoder(path)
-        except NeedsDecode:
-            decoder(path)
+        check_fn(*args)
     except Bad as e:
         return str(e)
     except OSError as e:
         return f"cannot read: {e.strerror or e}"
     return None
+
+
+def _check_and_decode(path: str, mode: str, decoder: Decoder) -> None:
+    try:
+        check_file(path)
+        if mode == "all":
+            decoder(path)
+    except NeedsDecode:
+        decoder(path)
+
+
+def check(path: str, mode: str, decoder: Decoder):
+    return reason_of(_check_and_decode, path, mode, decoder)
 
 
 def main():

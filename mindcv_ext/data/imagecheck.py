@@ -17,7 +17,7 @@ import threading
 from typing import Iterable, List, Optional, Sequence, Tuple
 
 from ..cli import printable
-from ._scan_worker import Bad, check_format, read_head, stat_regular, stat_sample
+from ._scan_worker import check_format, read_head, reason_of, stat_regular, stat_sample
 
 __all__ = ["find_bad_images", "check_images", "list_image_entries", "scan_entries", "quick_check",
            "why_not_regular", "SPLIT_NAMES"]
@@ -70,13 +70,7 @@ _HEAD_BYTES = 64  # enough for every signature `sniff` knows, and a text/binary 
 def why_not_regular(path: str) -> Optional[str]:
     """None for a regular file (or a link to one); else what it is (directory, FIFO, socket, device, broken link,
     link loop), from stat alone: safe to call on anything, it never opens the path (a FIFO would block)."""
-    try:
-        stat_regular(path)
-    except Bad as e:
-        return str(e)
-    except OSError as e:
-        return f"cannot read: {e.strerror or e}"
-    return None
+    return reason_of(stat_regular, path)
 
 
 def quick_check(path: str) -> Optional[str]:
@@ -84,14 +78,12 @@ def quick_check(path: str) -> Optional[str]:
     non-regular file (a FIFO would block forever). Catches what needs no decoding: hidden files, directories,
     FIFOs, sockets, devices, broken links, empty files, and files whose first bytes are not an image format
     MindSpore decodes (text, .DS_Store, GIF, WebP, ...). Truncated or corrupt images need the full check."""
-    try:
-        stat_sample(path)
-        check_format(read_head(path, _HEAD_BYTES))
-    except Bad as e:
-        return str(e)
-    except OSError as e:
-        return f"cannot read: {e.strerror or e}"
-    return None
+    return reason_of(_sample_format, path)
+
+
+def _sample_format(path: str) -> None:
+    stat_sample(path)
+    check_format(read_head(path, _HEAD_BYTES))
 
 
 def _scan_class(cls: str) -> Tuple[List[str], List[Tuple[str, str]]]:
@@ -257,8 +249,8 @@ def check_images(root: str, workers: Optional[int] = None, splits: Optional[Sequ
     if bad:
         first = "; ".join(f"{printable(path)}: {printable(reason)}" for path, reason in bad[:5])
         more = f"; and {len(bad) - 5} more" if len(bad) > 5 else ""
-        raise ValueError(f"{len(bad)} unreadable image(s) under {printable(root)}: {first}{more}. Every entry of a class "
-                         f"folder is read as an image: delete these or move them out of the class folders "
+        raise ValueError(f"{len(bad)} unreadable image(s) under {printable(root)}: {first}{more}. Every entry of a "
+                         f"class folder is read as an image: delete these or move them out of the class folders "
                          f"(python scripts/check_dataset.py --data_dir {printable(root)} lists them all), then start "
                          f"again.")
     return len(entries)
