@@ -30,8 +30,8 @@ from mindcv_ext.training.config import ConfigError, load_config
 from mindcv_ext.training.console import Progress, format_duration, setup_logging
 from mindcv_ext.evaluation import evaluate
 from mindcv_ext.data import check_images
-from mindcv_ext.training.loaders import (build_eval_loader, build_train_loader, prepare_data_dir,
-                                         train_class_names)
+from mindcv_ext.training.loaders import (build_eval_loader, build_train_loader, check_save_dir_outside_data,
+                                         prepare_data_dir, train_class_names)
 from mindcv_ext.weights import build_model, check_class_names, recorded_class_names
 from mindcv_ext.training.metrics import MetricsLog, plot_curves
 from mindcv_ext.training.optim import build_loss, build_loss_scale, build_lr_schedule, build_optimizer
@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     RUN.latest = latest_path
     _refuse_a_finished_run(resuming, latest_path, cfg)
     check_output_dir(cfg.ckpt_save_dir)
-    mindcv_ext.training.loaders.check_save_dir_outside_data(cfg)  # before the run directory is created
+    check_save_dir_outside_data(cfg)  # before the run directory is created
     rank, group_size = init_context(cfg)
     is_main = rank == 0
     # One live run per ckpt_save_dir (rank 0 holds a lock until it exits); checked again under the lock, since

@@ -58,11 +58,6 @@ INFER_KEYS = {
 }
 
 
-def _show(path: str) -> str:
-    """A path printable on any console: non-UTF-8 bytes of a file name as \\xNN, control characters escaped."""
-    return printable(path)
-
-
 def _err(text: str) -> None:
     # Every stderr line may quote a file or class name: escaped, so a name cannot forge lines or colour the terminal
     print(printable(text), file=sys.stderr, flush=True)
@@ -79,7 +74,7 @@ def find_images(image_path: str) -> List[str]:
     if not os.path.isdir(image_path):
         reason = why_not_regular(image_path)
         if reason:
-            raise ConfigError(f"--image_path {_show(image_path)!r}: {reason}; pass an image file or a folder of "
+            raise ConfigError(f"--image_path {printable(image_path)!r}: {reason}; pass an image file or a folder of "
                               f"images.")
         return [image_path]  # named explicitly: checked like any other, whatever its extension
     found = []
@@ -88,7 +83,7 @@ def find_images(image_path: str) -> List[str]:
         for path in (os.path.join(root, f) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)):
             reason = why_not_regular(path)
             if reason:
-                _err(f"skipped {_show(path)}: {reason}")
+                _err(f"skipped {printable(path)}: {reason}")
             else:
                 found.append(path)
     return found
@@ -283,7 +278,7 @@ def _refuse_output_over_inputs(cfg, paths: List[str]) -> None:
             except OSError:
                 continue
             if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
-                raise ConfigError(f"--output {out!r} is the input image {_show(path)!r}; name another file, e.g. "
+                raise ConfigError(f"--output {out!r} is the input image {printable(path)!r}; name another file, e.g. "
                                   f"predictions.jsonl.")
     if os.path.isdir(cfg.image_path):
         root, real = os.path.realpath(cfg.image_path), os.path.realpath(out)
@@ -331,7 +326,7 @@ def run(cfg, prepared) -> int:
     net, w, image_size, paths, names, names_source, transforms = prepared
     k = min(TOPK, net.num_classes)
     _err(f"{cfg.model} ({w.form or 'plain'} form{', EMA weights' if w.ema else ''}) from {cfg.ckpt_path}: "
-         f"{len(paths)} image file(s) from {_show(cfg.image_path)}, {image_size}x{image_size}, crop_pct "
+         f"{len(paths)} image file(s) from {printable(cfg.image_path)}, {image_size}x{image_size}, crop_pct "
          f"{cfg.crop_pct}, {cfg.interpolation}; class names: {names_source}")
     out = tmp = None
     if cfg.output:  # a temporary beside the output, renamed when the run ends: the previous file is never emptied
@@ -347,7 +342,7 @@ def run(cfg, prepared) -> int:
 
     def on_skip(path, reason):
         skipped.append((path, reason))
-        _err(f"skipped {_show(path)}: {reason}")
+        _err(f"skipped {printable(path)}: {reason}")
 
     count, batches, start = 0, 0, time.perf_counter()
     try:
@@ -355,7 +350,7 @@ def run(cfg, prepared) -> int:
             for i, row in zip(index, logits):
                 top = top_k(row, names, k)
                 # Names recorded in a checkpoint are data: a newline in one would forge a prediction line
-                print(f"{_show(paths[i])}: " + " | ".join(
+                print(f"{printable(paths[i])}: " + " | ".join(
                     f"{printable(t['class']) if t['class'] is not None else '#' + str(t['index'])} ({t['index']}) "
                     f"{t['prob']:.4f}" for t in top))
                 if out:
