@@ -1,4 +1,4 @@
-"""Self-checks of the train -> deploy conversion, used by scripts/reparameterize.py, scripts/verify_reparam.py
+"""Self-checks of the train -> deploy conversion, used by scripts/reparameterize.py, bench/verify_reparam.py
 and the tests."""
 import numpy as np
 import mindspore as ms

@@ -1,4 +1,4 @@
-"""scripts/ascend_memory_plan.py: its activation count against a hand count, and the Ascend recipes against its
+"""bench/ascend_memory_plan.py: its activation count against a hand count, and the Ascend recipes against its
 plan (a changed figure or recipe that no longer agrees fails here)."""
 import json
 import os
@@ -8,7 +8,7 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
 import ascend_memory_plan as plan  # noqa: E402
 
 

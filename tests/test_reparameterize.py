@@ -98,7 +98,7 @@ def test_graph_mode_recompiles_after_conversion():
 
 @pytest.mark.slow
 def test_full_t224_in_both_modes():
-    sys.path.insert(0, f"{ROOT}/scripts")
+    sys.path.insert(0, f"{ROOT}/bench")
     from verify_reparam import check
 
     for mode in ("pynative", "graph"):

@@ -94,7 +94,7 @@ def test_bad_input_is_2_in_every_script(demo, tmp_path):
                            "--output", f"{out}5.mindir"),
         "export corrupt": ("export.py", "--model", "demo_repmlp", "--ckpt_path", corrupt, "--file_format",
                            "MINDIR", "--output", f"{out}6.mindir"),
-        "verify unknown": ("verify_reparam.py", "--models", "repmlp_x9"),
+        "verify unknown": (os.path.join("..", "bench", "verify_reparam.py"), "--models", "repmlp_x9"),
         "infer corrupt": ("infer.py", "--model", "demo_repmlp", "--ckpt_path", corrupt, "--image_path",
                           demo["data"]),
     }

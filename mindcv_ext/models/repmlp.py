@@ -281,7 +281,7 @@ def _scale(x, gate):
 
     Why: MindSpore's CPU graph runtime (2.10) does not reuse the memory around binary ops that broadcast
     implicitly (Mul / Add / RealDiv of differently shaped tensors): measured on 8 stacked (N, 64, 56, 56) layers,
-    x * gate kept ~26 MiB per image alive and took 4x the time of BroadcastTo + Mul (scripts/memory_probe.py).
+    x * gate kept ~26 MiB per image alive and took 4x the time of BroadcastTo + Mul (bench/memory_probe.py).
     Same products, exactly. On Ascend a broadcast Mul would be as good; the explicit form costs it nothing much."""
     return x * ops.broadcast_to(gate, x.shape)
 
@@ -427,7 +427,7 @@ class GELU(nn.GELU):
     Why not nn.GELU(approximate=False): ops.gelu's exact form is composed of RealDiv, Erf, Add and Mul.
     - The CPU graph runtime (2.10) does not reuse the buffers around that RealDiv by a 0-d tensor (like other
       implicitly broadcasting binary ops): measured on 8 stacked GELUs at (N, 64, 56, 56), ~26 MiB per image kept
-      alive, ~2 with x * (1/sqrt 2) (scripts/memory_probe.py). This was half of RepMLPNet's inference memory.
+      alive, ~2 with x * (1/sqrt 2) (bench/memory_probe.py). This was half of RepMLPNet's inference memory.
     - Autodiff of the composite keeps x/sqrt 2, erf and 1 + erf for the backward: two extra FFN-wide (4C)
       activations per block. The backward below keeps only x and recomputes the rest (one Erf, one Exp).
     Same forward up to the rounding of x/sqrt 2 (1 ulp); gradient dout * (Phi(x) + x * phi(x)), the exact

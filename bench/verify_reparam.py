@@ -1,7 +1,7 @@
 """Check Locality Injection on full-size variants: train form vs deploy form logits, with random BN statistics.
 
-    python scripts/verify_reparam.py                      # all six variants, PyNative and graph mode
-    python scripts/verify_reparam.py --models repmlp_t224 --modes graph
+    python bench/verify_reparam.py                      # all six variants, PyNative and graph mode
+    python bench/verify_reparam.py --models repmlp_t224 --modes graph
 
 Prints one JSON line per (variant, mode) and exits 1 if any relative error exceeds --tol (default 1e-5), 2 for an
 unknown model name.
@@ -10,9 +10,11 @@ variant and mode on a 2-core CPU.
 """
 import argparse
 import json
+import os
 import sys
 
-import _common  # noqa: F401
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+import _common  # noqa: E402  (scripts/_common.py, shared with the user tools: import path + helpers)
 import numpy as np
 
 from mindcv_ext.cli import BAD_INPUT, FAILED, OK, run_tool

@@ -1,6 +1,6 @@
 """Runs ONE benchmark configuration in a fresh process and prints its result as `BENCH_RESULT {json}`.
 
-Started by scripts/benchmark.py (one process per configuration, so peak memory and compile caches are per
+Started by bench/benchmark.py (one process per configuration, so peak memory and compile caches are per
 configuration); not meant to be called by hand. Everything measured here runs on the host CPU unless the config
 says otherwise.
 """

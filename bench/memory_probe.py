@@ -1,8 +1,8 @@
 """Peak memory per image of RepMLPNet (or one piece of it) in MindSpore, by batch-size slope.
 
-    python scripts/memory_probe.py --case model --model repmlp_t224 --form deploy --batch_sizes 2,8,16
-    python scripts/memory_probe.py --case unit --model repmlp_t224 --stage 0 --form train --task train_step
-    python scripts/memory_probe.py --case ffn --model repmlp_t224 --stage 0 --mode pynative
+    python bench/memory_probe.py --case model --model repmlp_t224 --form deploy --batch_sizes 2,8,16
+    python bench/memory_probe.py --case unit --model repmlp_t224 --stage 0 --form train --task train_step
+    python bench/memory_probe.py --case ffn --model repmlp_t224 --stage 0 --mode pynative
 
 Each (case, batch) runs in a fresh process; its peak RSS (VmHWM) minus the RSS before the first call is what the
 call took. The slope of that over the batch size is the memory kept per image: graph-mode buffers that are not

@@ -1,6 +1,6 @@
 """Inference and training-step benchmark of RepMLPNet in MindSpore graph mode, with optional baselines.
 
-    python scripts/benchmark.py --models repmlp_t224 --batch_sizes 8 --baselines mindcv,torch,gemm \\
+    python bench/benchmark.py --models repmlp_t224 --batch_sizes 8 --baselines mindcv,torch,gemm \\
         --output bench.jsonl --markdown True
 
 Each configuration (implementation x model x batch x form x task x dtype) runs in a fresh subprocess, so its
@@ -20,7 +20,8 @@ import sys
 import time
 from importlib import metadata
 
-import _common  # noqa: F401  (import path + helpers)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+import _common  # noqa: E402  (scripts/_common.py, shared with the user tools: import path + helpers)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "_bench_worker.py")
@@ -176,7 +177,7 @@ def record(cfg, args, machine, run_id):
         rec.update(form=cfg["form"], batch_size=cfg["batch_size"], image_size=cfg["image_size"],
                    flops_per_image=cfg.get("flops_per_image"))
     rec["machine"] = machine
-    rec["command"] = " ".join(["python", "scripts/benchmark.py"] + sys.argv[1:])
+    rec["command"] = " ".join(["python", "bench/benchmark.py"] + sys.argv[1:])
     return rec
 
 

@@ -1,6 +1,6 @@
-"""Turn scripts/benchmark.py's JSON lines into a Markdown table for the README.
+"""Turn bench/benchmark.py's JSON lines into a Markdown table for the README.
 
-    python scripts/bench_table.py benchmark.jsonl [--output table.md]
+    python bench/bench_table.py benchmark.jsonl [--output table.md]
 """
 import argparse
 import json
@@ -53,7 +53,7 @@ def mib_per_image(r):
     """(peak RSS - RSS before the first call) / batch: what compiling and running the batch added, per image.
     Compilation counts because MindSpore's CPU runtime plans part of the activation memory while compiling (it
     grows with the batch); gradients and optimizer state count too, so a training step's figure falls as the
-    batch grows. scripts/memory_probe.py gives the pure per-image slope over two batch sizes."""
+    batch grows. bench/memory_probe.py gives the pure per-image slope over two batch sizes."""
     if r.get("peak_rss_mib") is None or r.get("rss_before_first_call_mib") is None:
         return None
     return (r["peak_rss_mib"] - r["rss_before_first_call_mib"]) / r["batch_size"]
@@ -143,7 +143,7 @@ def render(records):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("jsonl", nargs="+", help="output(s) of scripts/benchmark.py")
+    p.add_argument("jsonl", nargs="+", help="output(s) of bench/benchmark.py")
     p.add_argument("--output", default="", help="write the Markdown here instead of printing it")
     args = p.parse_args(argv)
     missing = [p for p in args.jsonl if not os.path.isfile(p)]

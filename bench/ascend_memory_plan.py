@@ -1,7 +1,7 @@
 """On paper: memory per 32 GB Ascend 910 card for each RepMLPNet recipe, from activation bytes counted here.
 
-    python scripts/ascend_memory_plan.py --output bench/ascend_memory_plan.jsonl      # counts, then plans
-    python scripts/ascend_memory_plan.py --from_file bench/ascend_memory_plan.jsonl   # plans from saved figures
+    python bench/ascend_memory_plan.py --output bench/ascend_memory_plan.jsonl      # counts, then plans
+    python bench/ascend_memory_plan.py --from_file bench/ascend_memory_plan.jsonl   # plans from saved figures
 
 Counted (needs torch, the optional extra; a few seconds per variant): the activation bytes a training step keeps
 from the forward for the backward, per image. torch.autograd.graph.saved_tensors_hooks sees every tensor autodiff

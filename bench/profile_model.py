@@ -1,7 +1,7 @@
 """Where does the time go? Per-op profile of one RepMLPNet configuration in graph mode (MindSpore Profiler, CPU).
 
-    python scripts/profile_model.py --model repmlp_t224 --form deploy --batch_size 8
-    python scripts/profile_model.py --model repmlp_t224 --task train_step --batch_size 8 --output prof.json
+    python bench/profile_model.py --model repmlp_t224 --form deploy --batch_size 8
+    python bench/profile_model.py --model repmlp_t224 --task train_step --batch_size 8 --output prof.json
 
 Prints the time per step by op type, by module (stage indices folded: `repmlp_block.fc3` sums every block's fc3)
 and the hot spots (op type, module, input shapes). Read stages and sizes off the input shapes: MindSpore names the
@@ -16,11 +16,13 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
 from collections import defaultdict
 
-import _common  # noqa: F401  (import path + helpers)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+import _common  # noqa: E402  (scripts/_common.py, shared with the user tools: import path + helpers)
 import numpy as np
 
 
