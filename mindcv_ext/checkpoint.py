@@ -231,10 +231,13 @@ def creatable_under(path: str):
 CHECKPOINT_SUFFIXES = (".ckpt", ".safetensors")
 
 
-def check_output_path(path: str, what: str = "--output", suffixes: Optional[tuple] = None) -> str:
-    """Refuse, before any long work, an output file path that cannot be written: a directory, a parent that is a
-    file, a read-only location, or (with `suffixes`) a name the readers would not take back. Returns the absolute
-    path."""
+def check_output_path(path: str, what: str = "--output", suffixes: Optional[tuple] = None,
+                      tool: Optional[str] = None, overwrite: bool = False) -> str:
+    """Refuse (CheckpointError, one line), before any long work, an output file path that cannot be written: a
+    directory, a parent that is a file, a read-only location, (with `suffixes`) a name the readers would not take
+    back, or an existing file the output rule (mindcv_ext.outputs: only `tool`'s own marked outputs, or any with
+    `overwrite`; never a run's training state or a read-only file) does not let `tool` replace. Returns the
+    absolute path."""
     if suffixes and not str(path).endswith(tuple(suffixes)):
         stem = os.path.splitext(os.path.basename(os.fspath(path)))[0] or "model"
         raise CheckpointError(f"{what} {path}: name it {' or '.join(stem + s for s in suffixes)} (the format "
@@ -248,7 +251,18 @@ def check_output_path(path: str, what: str = "--output", suffixes: Optional[tupl
     if problem == "unwritable":
         raise CheckpointError(f"{what} {path}: cannot write in {existing} (read-only or no permission); choose "
                               f"another location.")
+    from .outputs import OutputError, check_replace
+    try:
+        check_replace(path, tool, overwrite, what)
+    except OutputError as e:
+        raise CheckpointError(str(e)) from None
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def save_checkpoint(obj, path: str, append_dict: Optional[dict] = None) -> str:
@@ -257,7 +271,8 @@ def save_checkpoint(obj, path: str, append_dict: Optional[dict] = None) -> str:
 
     Refuses (NonFiniteWeightsError) to write NaN/inf float values, so nothing saved is silently broken; a
     failing write (full disk, read-only, ...) raises CheckpointWriteError in one line, and in every case the
-    previous file stays as it was and no temporary file is left behind (also none of earlier killed saves)."""
+    previous file stays as it was and no temporary file is left behind (also none of earlier killed saves into
+    the same folder)."""
     path = os.fspath(path)
     fmt = checkpoint_format(path)
     save_list = _as_save_list(obj)
@@ -273,9 +288,12 @@ def save_checkpoint(obj, path: str, append_dict: Optional[dict] = None) -> str:
         ms_logger.addFilter(quiet)
     try:
         os.makedirs(directory, exist_ok=True)
-        remove_temp_files(directory, os.path.basename(path))  # leftovers of a killed save of this file
+        remove_temp_files(directory)  # leftovers of killed saves into this folder, whatever file they were for
         tmp = make_temp(path, suffix)
         ms.save_checkpoint(save_list, tmp, append_dict=append_dict, format=fmt)
+        # MindSpore leaves its files read-only (0400); an ordinary mode, so read-only means a user protected a file
+        # (mindcv_ext.outputs refuses to replace those)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except OSError as e:
         raise _write_error(e, path, directory, need) from None

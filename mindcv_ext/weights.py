@@ -25,6 +25,7 @@ import numpy as np
 from . import weight_formats as formats
 from .checkpoint import CheckpointError
 from .cli import printable
+from .outputs import MARK_KEY
 from .models.repmlp import MINDCV_EXTRA_KEYS, RepMLPNet, checkpoint_form, checkpoint_model_kwargs, \
     checkpoint_variant
 
@@ -41,6 +42,7 @@ TRAINING_STATE_SCALARS = frozenset({
     "global_step", "learning_rate", "scale_sense", "loss_scale", "epoch_num", "step_num", "epoch", "step",
     "cur_epoch_num", "cur_step_num", "current_iterator_step", "last_overflow_iterator_step", "best_acc",
     "beta1_power", "beta2_power", "steps_per_epoch",
+    "gelu_approximate", "crop_h", "crop_w",  # segmentation checkpoints' metadata (mindcv_ext.seg.model)
 })
 _FLOAT_KINDS = "f"  # numpy kind of float16/32/64 (bfloat16 is widened to float32 when read)
 
@@ -144,11 +146,16 @@ def encode_class_names(names: Sequence[str], fmt: str = "ckpt"):
     return text
 
 
-def save_weights(net, path: str, class_names: Optional[Sequence[str]] = None, append_dict: Optional[dict] = None):
-    """Save a network's weights (atomically, through checkpoint.save_checkpoint) with its class names."""
+def save_weights(net, path: str, class_names: Optional[Sequence[str]] = None, append_dict: Optional[dict] = None,
+                 tool: Optional[str] = None):
+    """Save a network's weights (atomically, through checkpoint.save_checkpoint) with its class names, and with
+    `tool`'s mark (mindcv_ext.outputs) so a later run of that tool may replace the file."""
     from .checkpoint import checkpoint_format, save_checkpoint
+    from .outputs import checkpoint_mark
 
     extra = dict(append_dict or {})
+    if tool:
+        extra.update(checkpoint_mark(tool, checkpoint_format(path)))
     if class_names:
         extra[CLASS_NAMES_KEY] = encode_class_names(class_names, checkpoint_format(path))
     return save_checkpoint(net, path, append_dict=extra or None)
@@ -201,6 +208,7 @@ def read_weights(path: str, ema: Optional[bool] = False) -> Weights:
     notes: List[str] = []
     if isinstance(raw, dict):
         names_value = raw.pop(CLASS_NAMES_KEY, None)
+        raw.pop(MARK_KEY, None)  # the writing tool's mark (mindcv_ext.outputs): metadata, not a weight
     else:
         names_value = None
     flat = formats.unwrap_state_dict(raw, notes)

@@ -25,6 +25,9 @@ def parse_args(argv=None):
     p.add_argument("--output", required=True, help="output .ckpt, or .safetensors (format chosen by the name)")
     p.add_argument("--num_classes", type=int, default=None,
                    help="classifier size; default: the source's")
+    p.add_argument("--overwrite", type=_common.str2bool, default=False,
+                   help="replace an existing --output this script did not write (default False; a run's training "
+                        "state, e.g. latest.ckpt, is never replaced)")
     args = p.parse_args(argv)
     # Cheap checks first, so a typo fails in a second rather than after loading hundreds of MB.
     if args.num_classes is not None and args.num_classes <= 0:
@@ -39,9 +42,10 @@ def parse_args(argv=None):
     from mindcv_ext.checkpoint import CHECKPOINT_SUFFIXES, CheckpointError, check_output_path
 
     try:  # cheap checks first, so a typo fails in a second rather than after loading hundreds of MB
-        check_output_path(args.output, suffixes=CHECKPOINT_SUFFIXES)
-    except CheckpointError as e:
-        p.error(str(e))
+        check_output_path(args.output, suffixes=CHECKPOINT_SUFFIXES, tool=PROG, overwrite=args.overwrite)
+    except CheckpointError as e:  # one line, as every bad input (no usage lines)
+        print(f"{PROG}: error: {printable(e)}", file=sys.stderr)
+        raise SystemExit(BAD_INPUT) from None
     return p, args
 
 
@@ -64,11 +68,11 @@ def main(argv=None) -> int:
     except (CheckpointError, OSError, ValueError) as e:  # FileNotFoundError is an OSError
         print(f"{PROG}: error: {printable(e)}", file=sys.stderr)
         return BAD_INPUT
-    try:
-        save_weights(net, args.output, w.class_names)
-    except CheckpointError as e:  # a full disk, a read-only folder: the previous file is unchanged
+    try:  # the mark lets a re-run of this script replace the file
+        save_weights(net, args.output, w.class_names, tool=PROG)
+    except CheckpointError as e:  # a full disk, a read-only folder: the output place's problem (2); nothing changed
         print(f"{PROG}: error: {printable(e)}", file=sys.stderr)
-        return FAILED
+        return BAD_INPUT
     n = sum(1 for _ in net.get_parameters())
     print(f"Wrote {printable(args.output)}: {n} tensors, {w.form} form. Load it with:")
     print(load_hint(args.model, args.output, net.num_classes, w.form == "deploy", w.in_channels))

@@ -28,14 +28,10 @@ def parse_args(argv=None):
     p.add_argument("--ema", type=_common.str2bool, default=False, help="convert the EMA weights (ema.* keys)")
     p.add_argument("--check", type=_common.str2bool, default=True,
                    help="compare train/deploy logits on a random batch before writing (default True)")
-    args = p.parse_args(argv)
-    from mindcv_ext.checkpoint import CHECKPOINT_SUFFIXES, CheckpointError, check_output_path
-
-    try:  # before loading anything: a path that cannot be written or read back is a one-line error
-        check_output_path(args.output, suffixes=CHECKPOINT_SUFFIXES)
-    except CheckpointError as e:
-        p.error(str(e))
-    return args
+    p.add_argument("--overwrite", type=_common.str2bool, default=False,
+                   help="replace an existing --output this script did not write (default False; a run's training "
+                        "state, e.g. latest.ckpt, is never replaced)")
+    return p.parse_args(argv)
 
 
 def _err(text) -> None:
@@ -44,21 +40,28 @@ def _err(text) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from mindcv_ext.checkpoint import CHECKPOINT_SUFFIXES, CheckpointError, check_output_path
+    from mindcv_ext.weights import same_file
+
+    try:  # before loading anything: a path that cannot be written or read back is a one-line error
+        if same_file(args.ckpt_path, args.output):
+            raise CheckpointError(f"--output {args.output} is the train-form checkpoint itself; write the deploy "
+                                  f"form to another file (e.g. {os.path.splitext(args.output)[0]}_deploy.ckpt).")
+        check_output_path(args.output, suffixes=CHECKPOINT_SUFFIXES, tool=PROG, overwrite=args.overwrite)
+    except CheckpointError as e:
+        _err(e)
+        return BAD_INPUT
     import mindcv
     import mindspore as ms
 
     import mindcv_ext
-    from mindcv_ext.checkpoint import CheckpointError
     from mindcv_ext.verify import reparam_error
-    from mindcv_ext.weights import build_model, load_hint, read_weights, same_file, save_weights
+    from mindcv_ext.weights import build_model, load_hint, read_weights, save_weights
 
     try:  # everything before the conversion: a problem here is the command's or the file's (exit 2)
         if not mindcv.is_model(args.model):
             raise CheckpointError(f"unknown model {args.model!r}; registered RepMLPNets: "
                                   f"{', '.join(mindcv.list_models('*repmlp*'))}")
-        if same_file(args.ckpt_path, args.output):
-            raise CheckpointError(f"--output {args.output} is the train-form checkpoint itself; write the deploy "
-                                  f"form to another file (e.g. {os.path.splitext(args.output)[0]}_deploy.ckpt).")
         w = read_weights(args.ckpt_path, ema=args.ema)  # read once: inspected here, loaded below
         if w.form == "deploy":
             raise CheckpointError(f"{args.ckpt_path} is already a deploy-form checkpoint: nothing to convert. Load "
@@ -82,11 +85,11 @@ def main(argv=None) -> int:
             return FAILED
     else:
         mindcv_ext.reparameterize(net)
-    try:
-        save_weights(net, args.output, w.class_names)  # the class names travel with the weights
-    except CheckpointError as e:  # a full disk, a read-only folder: the previous file is unchanged
+    try:  # the class names travel with the weights; the mark lets a re-run replace this file
+        save_weights(net, args.output, w.class_names, tool=PROG)
+    except CheckpointError as e:  # a full disk, a read-only folder: the output place's problem (2); nothing changed
         _err(e)
-        return FAILED
+        return BAD_INPUT
     n = sum(p.size for p in net.get_parameters())
     print(f"wrote deploy checkpoint {printable(args.output)} ({n:,} values) for {args.model}"
           + (f", {len(w.class_names)} class names" if w.class_names else "") + ". Load it with:")

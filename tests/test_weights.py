@@ -98,7 +98,7 @@ def test_class_names_survive_reparameterize_and_convert(src, fmt):
 
     _, path, d = src
     assert read_weights(path).class_names == NAMES
-    out = str(d / f"deploy{fmt}")
+    out = str(d / f"deploy_by_script{fmt}")  # not deploy.ckpt: another test wrote that, and the script keeps it
     r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "reparameterize.py"), "--model",
                         "demo_repmlp", "--ckpt_path", path, "--output", out], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

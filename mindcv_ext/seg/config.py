@@ -14,7 +14,7 @@ from .data import LAYOUTS
 from .demo import SEG_DEMO_CLASSES as DEMO_CLASSES
 from .model import HEADS
 
-__all__ = ["SEG_KEYS", "load_seg_config", "load_seg_eval_config", "DEMO_CLASSES"]
+__all__ = ["SEG_KEYS", "SEG_TRAIN_KEYS", "EVAL_ONLY", "load_seg_config", "load_seg_eval_config", "DEMO_CLASSES"]
 
 _SHARED = ("mode", "distribute", "log_interval", "seed", "device_target", "jit_level", "data_dir",
            "num_parallel_workers", "shuffle", "batch_size", "hflip", "mean", "std", "drop_path_rate", "ckpt_path",
@@ -24,17 +24,29 @@ _SHARED = ("mode", "distribute", "log_interval", "seed", "device_target", "jit_l
            "filter_bias_and_bn", "dynamic_loss_scale")  # the last two: parse_config's legacy-key step reads them
 
 SEG_KEYS: Dict[str, Tuple[Any, str, str]] = {k: KEYS[k] for k in _SHARED}
+# Segmentation's own defaults where train.py's would not fit: mmseg's 2 images per card (classification's 128 at
+# a 512x1024 crop fills any machine's memory), and the files a run writes.
+SEG_KEYS.update({
+    "batch_size": (2, "int", "images per device (mmseg: 2 per card; global batch = batch_size x devices)"),
+    "ckpt_save_dir": ("./outputs/seg", "str", "latest.ckpt, best.ckpt, periodic checkpoints, metrics.jsonl, "
+                                              "curves.png and train.log go here"),
+})
 SEG_KEYS.update({
     "dataset": ("cityscapes", "str", "cityscapes, ade20k (mmseg's layouts, see docs/segmentation.md) or demo (the "
                                      "generated Cityscapes-layout set, made in data_dir on first use)"),
     "train_split": (None, "str", "train split folder (default: train for cityscapes, training for ade20k)"),
     "val_split": (None, "str", "validation split folder (default: val / validation)"),
-    "num_classes": (None, "int", "classes (default: the dataset's: 19 cityscapes, 150 ade20k, 8 demo)"),
+    "num_classes": (None, "int", f"classes (default: the dataset's: 19 cityscapes, 150 ade20k, "
+                                 f"{len(DEMO_CLASSES)} demo)"),
     "check_data": (True, "bool", "open every image/label pair before work and stop on the first bad one"),
     "backbone": ("", "str", "RepMLPNet variant for the encoder, e.g. repmlp_t256 (required for training)"),
     "backbone_ckpt": ("", "str", "encoder weights (any format/layout mindcv_ext.weights reads; a classifier is "
                                  "left out). Empty: random init"),
-    "gelu_approximate": (False, "bool", "tanh GELU in the encoder (True only for mindcv's published t224 weights)"),
+    "gelu_approximate": (None, "bool", "tanh GELU in the encoder (training: default False; True only for "
+                                       "mindcv's published t224 weights). Checkpoints record it: evaluation reads it "
+                                       "from there"),
+    "sync_bn": (False, "bool", "SyncBatchNorm across the devices of a distributed run (mmseg's SyncBN; Ascend/GPU; "
+                               "a single process uses plain BatchNorm)"),
     "head": ("upernet", "str", "decode head: upernet (the paper's) or fpn (Semantic FPN, lighter)"),
     "head_channels": (None, "int", "decode head width (default: UPerNet 512, FPN 128, as mmseg)"),
     "aux_head": (True, "bool", "FCN auxiliary head on stage 3 (training only; mmseg's UPerNet configs have it)"),
@@ -65,7 +77,23 @@ SEG_KEYS.update({
     "output": ("", "str", "predict_seg.py: folder for the masks (default: next to each input)"),
     "overlay": (0.5, "float", "predict_seg.py: also write <name>_overlay.png blending the mask over the image "
                               "with this weight (0: off)"),
+    "overwrite": (False, "bool", "replace existing outputs this tool did not write (masks, --save_deploy); a run's "
+                                 "training state (latest.ckpt) is never replaced"),
 })
+# Keys only the evaluation tools read: accepted there (so one recipe serves all three), not by train_seg.py.
+EVAL_ONLY = ("save_deploy", "reparameterize", "image_path", "output", "overlay", "overwrite")
+SEG_TRAIN_KEYS = {k: v for k, v in SEG_KEYS.items() if k not in EVAL_ONLY}
+SEG_TRAIN_KEYS.update({  # train_seg.py's ckpt_path only continues a run (encoder weights: backbone_ckpt)
+    "ckpt_path": ("", "str", "continue a run: its <ckpt_save_dir>/latest.ckpt, with --resume_opt True"),
+    "resume_opt": (False, "bool", "with ckpt_path: restore the optimizer state, iteration, lr position and loss "
+                                  "scale"),
+})
+# train_seg.py's --help lists these first; the keys it shares with train.py follow.
+TRAIN_OWN = ["backbone", "backbone_ckpt", "dataset", "data_dir", "num_classes", "batch_size", "crop_size",
+             "total_iters", "val_interval", "ckpt_save_dir", "ckpt_path", "resume_opt"] + \
+    [k for k in SEG_TRAIN_KEYS if k not in _SHARED and k not in ("backbone", "backbone_ckpt", "dataset",
+                                                                  "num_classes", "crop_size", "total_iters",
+                                                                  "val_interval")]
 _ALIASES = {"iters": "total_iters", "max_iters": "total_iters", "model": "backbone", "pretrained": "backbone_ckpt",
             "decode_head": "head", "crop": "crop_size", "split": "val_split", "learning_rate": "lr",
             "output_dir": "ckpt_save_dir", "work_dir": "ckpt_save_dir"}
@@ -91,12 +119,17 @@ def _dataset_defaults(cfg) -> None:
     cfg.val_split = cfg.val_split or val_split
     cfg.reduce_zero_label = reduce_zero
     default_classes = len(DEMO_CLASSES) if cfg.dataset == "demo" else classes
-    cfg.num_classes = cfg.num_classes or default_classes
+    if cfg.num_classes is None:  # only None means "the dataset's": 0 is a value, and refused below
+        cfg.num_classes = default_classes
     if not 2 <= cfg.num_classes <= 255:
-        raise ConfigError(f"num_classes must be in 2..255 (255 is the ignore index); got {cfg.num_classes}.")
+        raise ConfigError(f"num_classes must be in 2..255 (255 is the ignore index); got {cfg.num_classes}. Leave "
+                          f"it out for the dataset's {default_classes}.")
     if cfg.dataset == "cityscapes" and cfg.num_classes == 19:
         from .data import CITYSCAPES_CLASSES
         cfg.class_names = list(CITYSCAPES_CLASSES)
+    elif cfg.dataset == "ade20k" and cfg.num_classes == 150:
+        from .data import ADE20K_CLASSES
+        cfg.class_names = list(ADE20K_CLASSES)
     elif cfg.dataset == "demo":
         cfg.class_names = list(DEMO_CLASSES[:cfg.num_classes])
     else:
@@ -126,7 +159,9 @@ def _native(backbone: str) -> int:
 
 def load_seg_config(argv: Optional[Sequence[str]] = None) -> Any:
     """train_seg.py's configuration, checked before any work."""
-    cfg = parse_config(argv, SEG_KEYS, _ALIASES, "train_seg.py")
+    cfg = parse_config(argv, SEG_TRAIN_KEYS, _ALIASES, "train_seg.py", own=TRAIN_OWN)
+    if cfg.gelu_approximate is None:
+        cfg.gelu_approximate = False  # the authors' and this project's encoders: exact (erf) GELU
     if not cfg.backbone:
         raise ConfigError("train_seg.py needs a recipe and a backbone: python train_seg.py --config "
                           "configs/seg/<recipe>.yaml (recipes: " + ", ".join(_recipes()) + ").")
@@ -187,7 +222,8 @@ def load_seg_eval_config(argv: Optional[Sequence[str]] = None, prog: str = "vali
     _common(cfg, evaluating=True)
     if cfg.save_deploy:  # a directory, a file as parent, a read-only place, an unreadable suffix: refused now
         from ..checkpoint import check_output_path
-        check_output_path(cfg.save_deploy, "--save_deploy", (".ckpt", ".safetensors"))
+        check_output_path(cfg.save_deploy, "--save_deploy", (".ckpt", ".safetensors"), tool=prog,
+                          overwrite=cfg.overwrite)
         os.makedirs(os.path.dirname(os.path.abspath(cfg.save_deploy)), exist_ok=True)
     if not 0.0 <= cfg.overlay <= 1.0:
         raise ConfigError(f"overlay must be in [0, 1]; got {cfg.overlay}.")

@@ -11,6 +11,16 @@ above it); `pad_to_multiple` / the inference helpers in seg/infer.py pad any ima
 Parameter names: `encoder.*` (the RepMLPNet's own names under it), `decode_head.*`, `aux_head.*`. Not
 `backbone.*`: that prefix is how mindcv_ext.weights recognises mmpretrain files.
 
+Metadata: every segmentation checkpoint train_seg.py writes (best, latest, periodic), and the deploy form
+validate_seg.py --save_deploy writes, records scalars beside the weights (seg_metadata): `gelu_approximate`
+(0: exact erf GELU in the encoder, 1: tanh), `crop_h` and `crop_w` (the training crop). load_seg_checkpoint reads
+them: the GELU flavour needs no flag (a contradicting one is refused), and the returned architecture dict holds
+`gelu_approximate` and `crop_size` ((h, w), or None for a file written before the crop was recorded).
+
+SyncBN: create_seg_model(sync_bn=True) builds every BatchNorm2d (encoder and heads) as nn.SyncBatchNorm, as
+mmseg's UPerNet configs do (norm_cfg SyncBN); the parameter names stay the same, so the checkpoints load into the
+plain-BN model inference builds.
+
 The decode heads follow mmsegmentation's UPerHead / FPN + FPNHead / FCNHead (conv + BN + ReLU units, bilinear
 resizing with align_corners False, dropout 0.1 before the 1x1 classifier). The encoder is re-parameterized by
 the generic pass (mindcv_ext.reparameterize); the heads have nothing to fuse and stay as they are.
@@ -21,9 +31,18 @@ import mindspore as ms
 from mindspore import nn, ops
 
 __all__ = ["ConvModule", "UPerHead", "FPNHead", "FCNHead", "SegModel", "SegWithLoss", "create_seg_model",
-           "seg_architecture", "load_seg_checkpoint", "load_for_inference", "HEADS"]
+           "seg_architecture", "seg_metadata", "load_seg_checkpoint", "load_for_inference", "HEADS", "METADATA_KEYS"]
 
 HEADS = ("upernet", "fpn")
+METADATA_KEYS = ("gelu_approximate", "crop_h", "crop_w")  # also in weights.TRAINING_STATE_SCALARS: not weights
+
+
+def seg_metadata(gelu_approximate: bool, crop_size: Optional[Sequence[int]]) -> Dict[str, int]:
+    """The metadata scalars of a segmentation checkpoint (see the module docstring)."""
+    meta = {"gelu_approximate": int(bool(gelu_approximate))}
+    if crop_size:
+        meta.update(crop_h=int(crop_size[0]), crop_w=int(crop_size[1]))
+    return meta
 
 
 def resize(x, size, mode="bilinear"):
@@ -255,16 +274,35 @@ def _build(backbone: str, head: str, num_classes: int, channels: Optional[int], 
     return SegModel(encoder, decode, aux_head, num_classes=num_classes, head=head)
 
 
+def use_sync_bn(model: nn.Cell) -> int:
+    """Replace every nn.BatchNorm2d in `model` by an nn.SyncBatchNorm with the same values and parameter names
+    (mmseg's SyncBN). Across the devices of a data-parallel run on Ascend/GPU it normalizes with the global batch's
+    statistics; in a single process it is a plain BatchNorm. Returns how many were replaced."""
+    count = 0
+    for _, cell in list(model.cells_and_names()):
+        for name, child in list(cell.name_cells().items()):
+            if type(child) is not nn.BatchNorm2d:  # noqa: E721  (subclasses may differ in what they compute)
+                continue
+            sync = nn.SyncBatchNorm(child.num_features, eps=child.eps, momentum=1.0 - child.momentum)
+            cell.insert_child_to_cell(name, sync)
+            for attr in ("gamma", "beta", "moving_mean", "moving_variance"):
+                old, new = getattr(child, attr), getattr(sync, attr)
+                new.set_data(old.data)
+                new.name = old.name  # the full name (encoder.stages...): checkpoints stay the same
+            count += 1
+    return count
+
+
 def create_seg_model(backbone: str, head: str = "upernet", num_classes: int = 19, checkpoint_path: str = "",
                      channels: Optional[int] = None, aux: bool = False, aux_channels: int = 256,
-                     deploy: bool = False, dropout: float = 0.1, log=None,
+                     deploy: bool = False, dropout: float = 0.1, log=None, sync_bn: bool = False,
                      **backbone_kwargs) -> Tuple[SegModel, object]:
     """A SegModel with a fresh head. `checkpoint_path`: encoder weights of any format and layout that
     mindcv_ext.weights reads (classification checkpoints: the classifier and head_norm are left out, one note).
     The encoder takes the file's form (train/deploy). Returns (model, the encoder's Weights or None).
 
     channels: the decode head's width (UPerNet 512, FPN 128 by default, as mmseg); aux: an FCN auxiliary head
-    of aux_channels on the third stage (training only)."""
+    of aux_channels on the third stage (training only); sync_bn: SyncBatchNorm everywhere (use_sync_bn)."""
     from ..weights import build_model
 
     weights = None
@@ -278,6 +316,8 @@ def create_seg_model(backbone: str, head: str = "upernet", num_classes: int = 19
                 f"out; everything else loaded strictly")
     model = _build(backbone, head, num_classes, channels, aux, deploy, dropout, aux_channels, encoder=encoder,
                    **backbone_kwargs)
+    if sync_bn:
+        use_sync_bn(model)
     return model, weights
 
 
@@ -305,9 +345,12 @@ def seg_architecture(params: Dict) -> Dict:
                 deploy=checkpoint_form(enc) == "deploy")
 
 
-def load_seg_checkpoint(path: str, log=None, **backbone_kwargs) -> Tuple[SegModel, object, Dict]:
+def load_seg_checkpoint(path: str, log=None, gelu_approximate: Optional[bool] = None,
+                        **backbone_kwargs) -> Tuple[SegModel, object, Dict]:
     """Build the SegModel a train_seg.py checkpoint (train or deploy form, any format weights.py reads) holds and
-    load it strictly. Returns (model, Weights, architecture dict)."""
+    load it strictly. Returns (model, Weights, architecture dict with the recorded gelu_approximate and
+    crop_size). `gelu_approximate`: None reads it from the file (False for files that do not record it); a value
+    that contradicts the record is refused."""
     from ..checkpoint import CheckpointError
     from ..weights import load_into, read_weights
 
@@ -316,8 +359,18 @@ def load_seg_checkpoint(path: str, log=None, **backbone_kwargs) -> Tuple[SegMode
         arch = seg_architecture(w.params)
     except ValueError as e:
         raise CheckpointError(f"{path}: {e}") from None
+    recorded = w.scalar("gelu_approximate")
+    if recorded is not None and gelu_approximate is not None and bool(recorded) != bool(gelu_approximate):
+        flavour = "tanh (approximate)" if recorded else "exact (erf)"
+        raise CheckpointError(f"{path} records that its encoder was trained with {flavour} GELU, but "
+                              f"gelu_approximate is {bool(gelu_approximate)}; leave gelu_approximate out (the file "
+                              f"says which).")
+    arch["gelu_approximate"] = bool(recorded if recorded is not None else gelu_approximate)
+    crop = (w.scalar("crop_h"), w.scalar("crop_w"))
+    arch["crop_size"] = (int(crop[0]), int(crop[1])) if None not in crop else None
     model = _build(arch["backbone"], arch["head"], arch["num_classes"], arch["channels"], arch["aux"],
-                   arch["deploy"], 0.1, arch["aux_channels"], **backbone_kwargs)
+                   arch["deploy"], 0.1, arch["aux_channels"], gelu_approximate=arch["gelu_approximate"],
+                   **backbone_kwargs)
     load_into(model, w, log=log)
     return model, w, arch
 
@@ -340,6 +393,8 @@ def load_for_inference(cfg, log=print) -> Tuple[SegModel, Optional[list], Dict]:
         arch["deploy"] = arch["reparameterized"] = True
         log(f"re-parameterized {cfg.ckpt_path} (train form) to the deploy form")
     if cfg.save_deploy:
-        save_weights(model, cfg.save_deploy, class_names=names)
+        # marked: a re-run may replace it; the metadata carried over (no flag needed for the deploy form either)
+        save_weights(model, cfg.save_deploy, class_names=names, tool="validate_seg.py",
+                     append_dict=seg_metadata(arch["gelu_approximate"], arch["crop_size"]))
         log(f"deploy-form checkpoint written: {cfg.save_deploy}")
     return model, names, arch
