@@ -124,6 +124,10 @@ def ms_build(cfg):
     import mindcv_ext  # noqa: F401  (registers ours over mindcv's entries)
     deploy = cfg["form"] == "deploy"
     if cfg["impl"] == "ours":
+        # The weights benchmark.py saved for this model (the ones ONNX Runtime runs too), when it made them.
+        ckpt = (cfg.get("ckpts") or {}).get(cfg["form"])
+        if ckpt:
+            return mindcv_ext.build_model(cfg["model"], ckpt)[0]
         return mindcv.create_model(cfg["model"], num_classes=NUM_CLASSES, deploy=deploy)
     # mindcv 0.3.0's own class, still importable although the registry now points to ours.
     import mindcv.models.repmlp as theirs
@@ -308,6 +312,155 @@ def forward_flops(channels, num_blocks, sharesets, image_size, num_classes=NUM_C
     return 2 * macs
 
 
+def run_prepare(cfg):
+    """One set of weights per model for every row: a train-form net with random BN statistics (fresh BNs are
+    identities, which would flatter nothing but also test nothing), saved, re-parameterized and saved again."""
+    import mindcv
+    import mindspore as ms
+
+    import mindcv_ext
+    from mindcv_ext.verify import perturb_bn
+
+    ms.set_context(mode=ms.PYNATIVE_MODE, device_target=cfg["device_target"])
+    ms.set_seed(0)
+    net = perturb_bn(mindcv.create_model(cfg["model"], num_classes=NUM_CLASSES), seed=0)
+    mindcv_ext.save_checkpoint(net, cfg["ckpts"]["train"])
+    mindcv_ext.save_checkpoint(mindcv_ext.reparameterize(net), cfg["ckpts"]["deploy"])
+    out = dict(saved=cfg["ckpts"])
+    if cfg.get("calib"):
+        from mindcv_ext.data.demo import ensure_demo_dataset
+        per_class = -(-cfg["calib"]["images"] // 10)  # 10 classes
+        root = ensure_demo_dataset(cfg["calib"]["root"], train_per_class=per_class, val_per_class=1)
+        out["calib_dir"] = os.path.join(root, "train")
+    return out
+
+
+# ---------------------------------------------------------------- ONNX Runtime
+
+def run_ort(cfg):
+    """The ONNX file scripts/export.py (fp32) or scripts/quantize.py (INT8) wrote, on ONNX Runtime's CPU provider
+    with the same thread count, at full graph optimization (ORT's default)."""
+    import onnxruntime as ort
+
+    rss_import = proc_status_mib("VmRSS")
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(cfg["threads"])
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    t0 = time.perf_counter()
+    sess = ort.InferenceSession(cfg["onnx"], so, providers=["CPUExecutionProvider"])
+    load_s = time.perf_counter() - t0
+    inp = sess.get_inputs()[0]
+    size = cfg["image_size"]
+    x = np.random.default_rng(0).standard_normal((cfg["batch_size"], 3, size, size)).astype(np.float32)
+    rss_before_call = proc_status_mib("VmRSS")
+    peak_before = proc_status_mib("VmHWM")
+    peak_reset = reset_peak_rss()
+    first, lat, cpu = timed_loop(lambda: sess.run(None, {inp.name: x}), cfg["warmup"], cfg["iters"])
+    res = summarize(first, lat, cfg["batch_size"], cpu, eager=True)
+    res.update(compile_s=round(load_s, 3), rss_after_import_mib=rss_import, rss_before_first_call_mib=rss_before_call,
+               peak_rss_before_mib=peak_before, peak_reset=peak_reset, peak_rss_run_mib=proc_status_mib("VmHWM"),
+               mode="onnxruntime " + ort.__version__, onnx_file_mb=round(os.path.getsize(cfg["onnx"]) / 1e6, 1))
+    return res
+
+
+# ---------------------------------------------------------------- the model's own matmul shapes
+
+def deploy_gemms(cfg):
+    """[(batch, m, k, n, count, op)] of every matmul the compiled deploy graph runs (MatMul, BatchMatMul, Conv2D,
+    Dense), read from the MindSpore profiler's record of one inference step: the graph's own ops and shapes."""
+    import tempfile
+    import shutil
+    from collections import Counter
+
+    import mindspore as ms
+
+    from profile_model import read_ops, run_profiler
+
+    net = ms_build(dict(cfg, impl="ours", form="deploy"))
+    net.set_train(False)
+    size = cfg["image_size"]
+    x = ms.Tensor(np.random.default_rng(0).standard_normal((cfg["batch_size"], 3, size, size)).astype(np.float32))
+    net(x).asnumpy()
+    out_dir = tempfile.mkdtemp(prefix="repmlp-shapes-")
+    try:
+        ops_ = read_ops(run_profiler(lambda: net(x).asnumpy(), 1, out_dir))
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+    gemms = Counter()
+    for o in ops_:
+        gemm = as_gemm(o["type"], [[int(d) for d in s.strip("[]").split(",") if d.strip()] for s in o["shapes"]])
+        if gemm:
+            gemms[gemm + (o["type"],)] += 1
+    if not gemms:
+        raise RuntimeError("the profiler recorded no matmul of the deploy graph (shapes not joined?)")
+    return [k[:4] + (n, k[4]) for k, n in sorted(gemms.items())]
+
+
+def as_gemm(op_type, shapes):
+    """(batch, m, k, n) of one matmul-like op from its input shapes, None for any other op.
+    MatMul (m, k) x (k, n) or (n, k) [transpose_b]; BatchMatMul (b, m, k) x (b, k, n) or (b, n, k), or a 2-d
+    right side broadcast over the batch; Conv2D 1x1 on (N, C, H, W) with weight (O, C, 1, 1): (N*H*W) x C x O,
+    the GEMM a 1x1 conv is. Other convs: an error (the deploy form has none; the bound would be wrong)."""
+    base = op_type.split("-")[0]
+    if base in ("MatMul", "MatMulExt", "Dense", "BatchMatMul", "BatchMatMulExt") and len(shapes) >= 2:
+        a, b = shapes[0], shapes[1]
+        batch = int(np.prod(a[:-2])) if len(a) > 2 else 1
+        m, k = a[-2], a[-1]
+        n = b[-1] if b[-2] == k else b[-2]  # (k, n), else transposed (n, k)
+        return (batch, m, k, n)
+    if base == "Conv2D" and len(shapes) >= 2:
+        (nb, c, h, w), (o, ci, kh, kw) = shapes[0], shapes[1]
+        if (kh, kw) != (1, 1) or ci != c:
+            raise RuntimeError(f"Conv2D {shapes}: not a 1x1 dense conv, its GEMM shape is not read here")
+        return (1, nb * h * w, c, o)
+    return None
+
+
+def run_shapes_mindspore(cfg):
+    """Each of the deploy graph's matmuls timed alone, back to back, as a plain MatMul / BatchMatMul graph of
+    the same shape; summed over the graph (with multiplicity) = the step time if everything else were free.
+    A call's fixed cost (graph launch + sync, measured on a 1x1x1 matmul) is taken off each shape's time."""
+    ms = ms_setup(cfg)
+    from mindspore import nn, ops
+
+    class MatMul(nn.Cell):
+        def construct(self, a, b):
+            return ops.matmul(a, b)
+
+    gemms = deploy_gemms(cfg)
+    rng = np.random.default_rng(0)
+    net = MatMul()
+
+    def time_shape(batch, m, k, n):
+        lead = (batch,) if batch > 1 else ()
+        a = ms.Tensor(rng.standard_normal(lead + (m, k)).astype(np.float32))
+        b = ms.Tensor(rng.standard_normal(lead + (k, n)).astype(np.float32))
+        fn = lambda: net(a, b).asnumpy()  # noqa: E731
+        first = timed_loop(fn, cfg["warmup"], 1)[1][0]
+        # Small shapes take ~0.1 ms: time at least ~0.3 s of them, so a median is one of many calls.
+        iters = int(min(max(cfg["iters"], 0.3 / max(first, 1e-6)), 200))
+        _, lat, _ = timed_loop(fn, 0, iters)
+        return float(np.median(lat)), float(min(lat))
+
+    null_p50, null_min = time_shape(1, 1, 1, 1)
+    rows, total_p50, total_min, flops = [], 0.0, 0.0, 0
+    for batch, m, k, n, count, op in gemms:
+        p50, best = time_shape(batch, m, k, n)
+        p50, best = max(p50 - null_p50, 0.0), max(best - null_min, 0.0)
+        total_p50 += count * p50
+        total_min += count * best
+        flops += count * 2 * batch * m * k * n
+        rows.append(dict(op=op, gemm=[batch, m, k, n], count=count, ms_p50=round(p50 * 1e3, 3),
+                         ms_min=round(best * 1e3, 3), gflops=round(2 * batch * m * k * n / p50 / 1e9, 1) if p50 else None))
+    bs = cfg["batch_size"]
+    return dict(gemms=rows, call_overhead_ms=dict(p50=round(null_p50 * 1e3, 3), min=round(null_min * 1e3, 3)),
+                bound_ms=round(total_p50 * 1e3, 2), bound_ms_min=round(total_min * 1e3, 2),
+                bound_img_s=round(bs / total_p50, 3), bound_img_s_best=round(bs / total_min, 3),
+                gemm_flops_per_image=flops // bs, mode="graph")
+
+
 def run_info(cfg):
     """Facts the parent needs without importing a framework itself: architectures and defaults per model."""
     import mindcv
@@ -329,7 +482,8 @@ def run_info(cfg):
 
 
 RUNNERS = {"ours": run_mindspore, "mindcv": run_mindspore, "torch": run_torch, "gemm-mindspore": run_gemm_mindspore,
-           "gemm-torch": run_torch, "gemm-numpy": run_gemm_numpy, "info": run_info}
+           "gemm-torch": run_torch, "gemm-numpy": run_gemm_numpy, "info": run_info, "prepare": run_prepare,
+           "ort": run_ort, "shapes-mindspore": run_shapes_mindspore}
 
 
 def main():

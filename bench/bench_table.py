@@ -33,6 +33,35 @@ def _key(r):
     return r.get("model"), r.get("batch_size"), r.get("task"), r.get("form"), r.get("dtype")
 
 
+def _round(r):
+    return r["run_id"], r.get("round", 0)
+
+
+def shapes_bound_fraction(r, bounds):
+    """img/s over the same round's own-shape bound (bench/_bench_worker.run_shapes_mindspore): the batch over the
+    summed time of the deploy graph's matmuls, each timed alone in MindSpore. For MindSpore fp32 deploy rows."""
+    if r["framework"] != "mindspore" or r.get("form") != "deploy" or r["task"] != "inference" or r["dtype"] != "fp32":
+        return None
+    b = bounds.get(_round(r) + (r["model"], r["batch_size"]))
+    return _ips(r) / b["bound_img_s"] if b else None
+
+
+def _median(values):
+    v = sorted(x for x in values if x is not None)
+    if not v:
+        return None
+    return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
+
+
+def _spread(values, fmt):
+    """'median' or 'median (min-max)' over rounds."""
+    v = [x for x in values if x is not None]
+    if not v:
+        return "-"
+    mid, lo, hi = fmt(_median(v)), fmt(min(v)), fmt(max(v))
+    return mid if lo == hi else f"{mid} ({lo}-{hi})"
+
+
 def gemm_bound_fraction(r, gemm):
     """img/s over the same run's GEMM bound: (GEMM FLOP/s) / (FLOPs per image), with 3x the deploy forward's FLOPs
     for a training step (forward + backward). Each framework against its own GEMM; MindSpore's for mindcv too."""
@@ -65,42 +94,75 @@ def header(records):
     if m.get("torch"):
         fw += f", torch {m['torch']} (eager)"
     loads = [r["loadavg_1m_before"] for r in records if "loadavg_1m_before" in r]
+    if m.get("onnxruntime") and any(r["framework"] == "onnxruntime" for r in records):
+        fw += f", onnxruntime {m['onnxruntime']} (CPU provider)"
+    rounds = max((r.get("round", 0) for r in records), default=0) + 1
     runs = {}
     for r in records:
         runs.setdefault(r["run_id"], r["command"])
     return (f"Measured on {m['cpu_model']} ({m['cores']} cores, {m['mem_gib']} GiB; no GPU/NPU: every figure is "
             f"{m['device_target']}), {fw}; {m['threads']} threads per framework; 1-minute load average "
             f"{m['loadavg_1m_at_start']} at start, {min(loads, default=0):.2f}-{max(loads, default=0):.2f} before "
-            f"each configuration. " + "; ".join(f"run {rid}: `{cmd}`" for rid, cmd in runs.items()) + "\n")
+            f"each configuration; {rounds} round(s), implementations alternating within each. "
+            + "; ".join(f"run {rid}: `{cmd}`" for rid, cmd in runs.items()) + "\n")
 
 
 def render(records):
     if not records:
         return "(no measurements)"
-    ok = [r for r in records if r["status"] == "ok" and r["task"] != "gemm"]
-    torch = {_key(r): r for r in ok if r["impl"] == "torch"}
+    ok = [r for r in records if r["status"] == "ok" and r["task"] not in ("gemm", "gemm-shapes")]
     gemm = {(r["run_id"], r["framework"]): r for r in records if r["task"] == "gemm" and r["status"] == "ok"}
-    lines = [header(records),
-             "| implementation | model | form | task | dtype | batch | img/s | fraction of GEMM bound | "
-             "latency p50 / p90 (ms) | compile (s) | peak RSS (MiB) | MiB per image | vs PyTorch |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    flagged = []
+    bounds = {_round(r) + (r["model"], r["batch_size"]): r for r in records
+              if r["task"] == "gemm-shapes" and r["status"] == "ok"}
+    same_round = {_round(r) + (r["impl"],) + _key(r): r for r in ok}
+
+    def ratio_to(r, impl, dtype=None):
+        """img/s over that of `impl` (same model, batch, task; fp32 unless dtype) in the same round."""
+        key = _key(r)[:3] + ("deploy" if impl == "ort" else r.get("form"), dtype or "fp32")
+        ref = same_round.get(_round(r) + (impl,) + key)
+        return _ips(r) / _ips(ref) if ref and ref is not r else None
+
+    groups = {}
     for r in ok:
-        ref = torch.get(_key(r)) if r["impl"] != "torch" else None
-        if ref is None and r["impl"] != "torch":
-            ref = torch.get(_key(r)[:4] + ("fp32",))
-        ratio = f"{_ips(r) / _ips(ref):.2f}x" if ref else "-"
-        others = r.get("cpu_during_timed_loop", {}).get("other_cpu_cores", 0.0)
+        groups.setdefault((r["impl"],) + _key(r), []).append(r)
+    lines = [header(records),
+             "| implementation | model | form | task | dtype | batch | img/s | vs ONNX Runtime fp32 | "
+             "fraction of own-shape bound | fraction of GEMM bound | latency p50 (ms) | compile / load (s) | "
+             "peak RSS (MiB) | MiB per image | vs PyTorch |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    flagged = []
+    names = {"ours": "this project", "mindcv": "mindcv 0.3.0", "torch": "PyTorch reimpl.*",
+             "ort": "ONNX Runtime"}
+    for (impl, model, bs, task, form, dtype), rs in groups.items():
+        others = max(r.get("cpu_during_timed_loop", {}).get("other_cpu_cores", 0.0) for r in rs)
         mark = ""
         if others > CONTENDED_CORES:
             flagged.append(others)
             mark = " (!)"
-        lat = r["latency_ms"]
-        name = {"ours": "this project", "mindcv": "mindcv 0.3.0", "torch": "PyTorch reimpl.*"}.get(r["impl"], r["impl"])
-        lines.append(f"| {name} | {r['model']} | {r['form']} | {r['task'].replace('_', ' ')} | {r['dtype']} | "
-                     f"{r['batch_size']} | {_ips(r):.2f}{mark} | {_fmt(gemm_bound_fraction(r, gemm))} | "
-                     f"{lat['p50']:.0f} / {lat['p90']:.0f} | {_fmt(r.get('compile_s'), 1)} | "
-                     f"{r.get('peak_rss_mib') or '-'} | {_fmt(mib_per_image(r), 0)} | {ratio} |")
+        f2 = lambda v: f"{v:.2f}"  # noqa: E731
+        vs_ort = _spread([ratio_to(r, "ort") for r in rs], lambda v: f"{v:.2f}x")
+        vs_torch = _spread([ratio_to(r, "torch") for r in rs] if impl != "torch" else [], lambda v: f"{v:.2f}x")
+        lines.append(
+            f"| {names.get(impl, impl)} | {model} | {form} | {task.replace('_', ' ')} | {dtype} | {bs} | "
+            f"{_spread([_ips(r) for r in rs], f2)}{mark} | {vs_ort} | "
+            f"{_spread([shapes_bound_fraction(r, bounds) for r in rs], f2)} | "
+            f"{_spread([gemm_bound_fraction(r, gemm) for r in rs], f2)} | "
+            f"{_spread([r['latency_ms']['p50'] for r in rs], lambda v: f'{v:.0f}')} | "
+            f"{_spread([r.get('compile_s') for r in rs], lambda v: f'{v:.1f}')} | "
+            f"{_spread([r.get('peak_rss_mib') for r in rs], lambda v: f'{v:.0f}')} | "
+            f"{_spread([mib_per_image(r) for r in rs], lambda v: f'{v:.0f}')} | {vs_torch} |")
+    if bounds:
+        lines += ["", "| own-shape bound (MindSpore) | model | batch | matmul calls | distinct shapes | "
+                      "summed time (ms) | img/s if all else were free | GEMM FLOPs per image |",
+                  "|---|---|---|---|---|---|---|---|"]
+        seen = {}
+        for b in bounds.values():
+            seen.setdefault((b["model"], b["batch_size"]), []).append(b)
+        for (model, bs), bs_ in seen.items():
+            lines.append(f"| each alone, summed | {model} | {bs} | {sum(g['count'] for g in bs_[0]['gemms'])} | "
+                         f"{len(bs_[0]['gemms'])} | {_spread([b['bound_ms'] for b in bs_], lambda v: f'{v:.1f}')} | "
+                         f"{_spread([b['bound_img_s'] for b in bs_], lambda v: f'{v:.2f}')} | "
+                         f"{bs_[0]['gemm_flops_per_image'] / 1e9:.2f} G |")
     notes = []
     if any(r["impl"] == "torch" for r in records):
         notes.append("\\* PyTorch reimplementation of the official RepMLPNet (not the authors' file): "
@@ -113,9 +175,22 @@ def render(records):
                  "eager PyTorch). Peak RSS "
                  "= high-water mark of the fresh process that ran the configuration (framework import included). "
                  "MiB per image = (peak RSS - RSS before the first call) / batch: graph compilation (which "
-                 "plans activation memory on CPU), gradients and optimizer state included. Fraction of GEMM bound = img/s x FLOPs per image / the same run's "
+                 "plans activation memory on CPU), gradients and optimizer state included. With several rounds a cell "
+                 "is the median over rounds (min-max); ratios pair rows of the same round. Fraction of GEMM bound = img/s x FLOPs per image / the same run's "
                  "2048^3 fp32 GEMM FLOP/s at its fastest call (each framework's own GEMM), with the deploy forward's FLOPs (t224: "
                  "5.6 GFLOP, l256: 23.2) for inference and 3x that for a training step.")
+    if bounds:
+        notes.append("Fraction of own-shape bound = img/s / the same round's own-shape bound: every MatMul, "
+                     "BatchMatMul and 1x1 Conv2D the compiled deploy graph ran (read from MindSpore's profiler "
+                     "record of one step, batch included; a 1x1 conv as the (N*H*W) x C x O GEMM it is), each timed "
+                     "alone back to back as a plain MindSpore matmul of that shape (median call, the fixed cost of "
+                     "a call taken off), summed with multiplicity: the step time if everything but the matmuls "
+                     "were free.")
+    if any(r["impl"] == "ort" for r in ok):
+        notes.append("ONNX Runtime rows: the files scripts/export.py --file_format ONNX (fp32) and "
+                     "scripts/quantize.py (INT8, calibrated on generated demo images) wrote from the same deploy "
+                     "weights as the MindSpore rows, at the same static batch; CPU execution provider, "
+                     "intra-op threads as above, sequential, ORT_ENABLE_ALL. compile / load = session creation.")
     if flagged:
         notes.append(f"(!) other processes used up to {max(flagged):.2f} cores during that row's timed loop: "
                      f"the figure is pessimistic.")
@@ -131,7 +206,9 @@ def render(records):
     for r in records:
         if r["status"] != "ok":
             what = " ".join(str(r.get(k)) for k in ("impl", "model", "form", "task", "dtype") if r.get(k))
-            not_run.setdefault((r["status"], r.get("reason", "")), []).append(what)
+            whats = not_run.setdefault((r["status"], r.get("reason", "")), [])
+            if what not in whats:
+                whats.append(what)
     for (status, reason), whats in not_run.items():
         notes.append(f"{status} ({reason}): " + "; ".join(whats))
     for r in ok:

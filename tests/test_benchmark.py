@@ -63,3 +63,88 @@ def test_benchmark_plan_skips_what_cannot_run(monkeypatch):
 def _installed(module):
     import importlib.util
     return importlib.util.find_spec(module) is not None
+
+
+def _demo_deploy_gemm_flops_per_image():
+    """By hand from demo_repmlp's architecture: every matmul of its deploy forward, 2 x multiply-adds per image."""
+    channels, blocks, size = (16, 32, 64, 128), (1, 1, 2, 1), 64
+    macs = (size // 4) ** 2 * channels[0] * 3 * 4 * 4  # 4x4/4 stem
+    for i, (c, n) in enumerate(zip(channels, blocks)):
+        hw = (size // 4 // 2 ** i) ** 2
+        # fc3 (one hw x hw FC per channel's map), FFN 1x1 convs (c -> 4c -> c), perceptron fc1/fc2 (c -> c/4 -> c)
+        # on the pooled vector, the pooling itself (a ones-vector matmul over hw)
+        macs += n * (c * hw * hw + 2 * c * 4 * c * hw + 2 * c * (c // 4) + c * hw)
+        if i + 1 < len(channels):
+            macs += hw // 4 * channels[i + 1] * c * 2 * 2  # 2x2/2 downsampling
+    macs += channels[-1] * (size // 32) ** 2 + channels[-1] * 1000  # head: pooling + classifier
+    return 2 * macs
+
+
+def test_benchmark_deploy_rows_ort_and_own_shape_bound(tmp_path):
+    out = tmp_path / "bench.jsonl"
+    rc, log = run_bench("benchmark.py", "--models", "demo_repmlp", "--batch_sizes", 2, "--forms", "deploy",
+                        "--tasks", "inference", "--warmup", 0, "--iters", 1, "--baselines", "shapes,ort",
+                        "--calib_images", 10, "--output", out, "--markdown", "True", cwd=tmp_path)
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    rows = {(r["impl"], r["dtype"]): r for r in recs}
+    assert set(rows) == {("ours", "fp32"), ("ort", "fp32"), ("ort", "int8"), ("shapes-mindspore", "fp32")}, log
+    # The bound's shapes come from the compiled graph (profiler); they must be exactly the model's matmuls.
+    bound = rows[("shapes-mindspore", "fp32")]
+    assert bound["status"] == "ok", bound
+    assert bound["gemm_flops_per_image"] == _demo_deploy_gemm_flops_per_image()
+    assert bound["bound_ms"] == pytest.approx(sum(g["count"] * g["ms_p50"] for g in bound["gemms"]), abs=0.05)
+    assert rows[("ort", "fp32")]["status"] == "ok", rows[("ort", "fp32")]  # scripts/export.py's file, loaded in ORT
+    assert rows[("ort", "fp32")]["onnx_file"] == "demo_repmlp_b2.onnx"
+    int8 = rows[("ort", "int8")]
+    if os.path.isfile(os.path.join(ROOT, "scripts", "quantize.py")):
+        assert int8["status"] == "ok", int8
+    else:
+        assert int8["status"] == "skipped" and "quantize.py does not exist" in int8["reason"]
+    assert rc == 0, log
+    assert "| ONNX Runtime | demo_repmlp | deploy | inference | fp32 | 2 |" in log
+    assert sorted(os.listdir(tmp_path)) == ["bench.jsonl"]  # weights and ONNX files went to a temporary dir
+
+
+def _rec(impl, ips, rnd, framework="mindspore", dtype="fp32", task="inference", **kw):
+    return dict(dict(status="ok", impl=impl, framework=framework, run_id="r", round=rnd, model="m", batch_size=8,
+                     task=task, form="deploy", dtype=dtype, throughput_img_s=ips, throughput_p50_img_s=ips,
+                     latency_ms={"p50": 8000 / ips}, machine={}), **kw)
+
+
+BOUND = dict(gemms=[dict(count=2)], bound_ms=320.0, gemm_flops_per_image=5e9)
+
+
+def test_table_pairs_rows_of_the_same_round(monkeypatch):
+    monkeypatch.syspath_prepend(BENCH)
+    import bench_table
+
+    recs = [_rec("ours", 20.0, 0), _rec("ort", 16.0, 0, "onnxruntime"), _rec("ort", 32.0, 0, "onnxruntime", "int8"),
+            dict(_rec("shapes-mindspore", 1, 0, task="gemm-shapes"), bound_img_s=25.0, **BOUND),
+            _rec("ours", 10.0, 1), _rec("ort", 10.0, 1, "onnxruntime"), _rec("ort", 15.0, 1, "onnxruntime", "int8"),
+            dict(_rec("shapes-mindspore", 1, 1, task="gemm-shapes"), bound_img_s=20.0, **BOUND)]
+    bounds = {("r", r["round"], "m", 8): r for r in recs if r["task"] == "gemm-shapes"}
+    # Each round against its own bound: 20/25 and 10/20, never 20/20.
+    assert [bench_table.shapes_bound_fraction(r, bounds) for r in recs if r["impl"] == "ours"] == [0.8, 0.5]
+    assert bench_table.shapes_bound_fraction(recs[1], bounds) is None  # ORT rows have no MindSpore bound
+    for r in recs:
+        r.update(run_id="r", command="c", machine=dict(cpu_model="x", cores=2, mem_gib=1, mindspore="2", mindcv="0",
+                                                        device_target="CPU", threads=2, loadavg_1m_at_start=0.0))
+    table = bench_table.render(recs)
+    # vs ORT fp32 within each round: ours 1.25x and 1.00x (median 1.12x), INT8 2.00x and 1.50x (median 1.75x).
+    assert "| this project | m | deploy | inference | fp32 | 8 | 15.00 (10.00-20.00) | 1.12x (1.00x-1.25x) | " \
+           "0.65 (0.50-0.80) |" in table
+    assert "| ONNX Runtime | m | deploy | inference | int8 | 8 | 23.50 (15.00-32.00) | 1.75x (1.50x-2.00x) |" in table
+
+
+def test_as_gemm_reads_matmul_shapes(monkeypatch):
+    monkeypatch.syspath_prepend(BENCH)
+    from _bench_worker import as_gemm
+
+    assert as_gemm("MatMul", [[512, 3136], [3136, 3136]]) == (1, 512, 3136, 3136)
+    assert as_gemm("MatMul", [[8, 512], [1000, 512]]) == (1, 8, 512, 1000)  # transpose_b weight (out, in)
+    assert as_gemm("BatchMatMul", [[4, 256, 784], [4, 784, 784]]) == (4, 256, 784, 784)
+    assert as_gemm("BatchMatMul", [[16, 128, 196], [16, 100, 196]]) == (16, 128, 196, 100)
+    assert as_gemm("Conv2D", [[8, 256, 14, 14], [1024, 256, 1, 1]]) == (1, 8 * 14 * 14, 256, 1024)
+    assert as_gemm("Erf", [[8, 256, 56, 56]]) is None
+    with pytest.raises(RuntimeError):
+        as_gemm("Conv2D", [[8, 4, 14, 14], [4, 1, 3, 3]])
