@@ -315,7 +315,7 @@ def _nonfinite_message(loss, epoch, step, cfg, ckpts, bad=None) -> str:
             f"loss_scale_type dynamic if fp16 overflowed.")
 
 
-RUN = RunEnd("train")  # how the run ends: exit codes, the error line, the run directory let go once
+RUN = RunEnd("train", "train.py")  # how the run ends: exit codes, the error line, the run directory let go once
 
 
 def _refuse_a_finished_run(resuming: bool, latest_path: str, cfg) -> None:

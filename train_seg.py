@@ -22,22 +22,23 @@ import mindcv_ext  # noqa: F401  (registers the RepMLPNets)
 from mindcv_ext import cli
 from mindcv_ext.checkpoint import CheckpointError, describe_nonfinite, nonfinite_tensors
 from mindcv_ext.seg.config import load_seg_config
-from mindcv_ext.seg.data import build_seg_eval_loader, build_seg_train_loader, check_pairs, list_pairs
+from mindcv_ext.seg.data import (DataError, build_seg_eval_loader, build_seg_train_loader, check_pairs, list_pairs,
+                                  read_image, rescale_size)
 from mindcv_ext.seg.demo import ensure_seg_demo
 from mindcv_ext.seg.inference import evaluate_seg
 from mindcv_ext.seg.metrics import format_table, seg_metrics
-from mindcv_ext.seg.model import SegWithLoss, create_seg_model
+from mindcv_ext.seg.model import SegWithLoss, create_seg_model, seg_metadata
 from mindcv_ext.training.ckpt_manager import CheckpointManager, restore_training_state, training_state
 from mindcv_ext.training.config import ConfigError
 from mindcv_ext.training.console import Progress, format_duration, setup_logging
-from mindcv_ext.training.metrics import MetricsLog
+from mindcv_ext.training.metrics import MetricsLog, plot_curves
 from mindcv_ext.training.optim import build_loss_scale, build_optimizer
 from mindcv_ext.training.run_lock import check_output_dir, claim_run_dir
 from mindcv_ext.training.run_end import RunEnd
 from mindcv_ext.training.runtime import average_across_ranks, init_context, sum_across_ranks
 from mindcv_ext.training.step import NonFiniteLossError, TrainStep
 
-RUN = RunEnd("train")  # how the run ends: exit codes, the error line, the run directory let go once
+RUN = RunEnd("train", "train_seg.py")  # how the run ends: exit codes, the error line, the run directory let go once
 
 
 def poly_schedule(cfg):
@@ -74,18 +75,25 @@ def main(argv=None) -> int:
     val_pairs = list_pairs(cfg.layout, data_dir, cfg.val_split) if cfg.val_while_train else []
     if cfg.check_data:
         t0 = time.time()
-        n = check_pairs(train_pairs + val_pairs, cfg.num_classes, cfg.reduce_zero_label,
-                        workers=max(1, (os.cpu_count() or 1) // group_size))
+        workers = max(1, (os.cpu_count() or 1) // group_size)
+        n = sum(check_pairs(pairs, cfg.num_classes, cfg.reduce_zero_label, workers=workers, split=split)
+                for pairs, split in ((train_pairs, cfg.train_split), (val_pairs, cfg.val_split)) if pairs)
         log.info(f"check_data: {n} image/label pairs under {data_dir} read, all consistent ({time.time() - t0:.1f} s)")
+    _check_crop_fits(cfg, train_pairs[0][0])
     loader, shard = build_seg_train_loader(train_pairs, cfg, rank, group_size)
     val_loader = build_seg_eval_loader(val_pairs, cfg, rank, group_size) if val_pairs else None
 
     # ---- model, optimizer, train step ---------------------------------------------------------------------------
+    sync_bn = cfg.sync_bn
+    if sync_bn and group_size > 1 and cfg.device_target == "CPU":  # MindSpore's SyncBatchNorm: Ascend and GPU only
+        log.warning("sync_bn: MindSpore's SyncBatchNorm runs on Ascend and GPU only; on CPU each rank normalizes "
+                    "with its own batch (plain BatchNorm; the statistics are averaged at every evaluation).")
+        sync_bn = False
     model, init = create_seg_model(cfg.backbone, cfg.head, cfg.num_classes,
                                    checkpoint_path="" if resuming else cfg.backbone_ckpt, channels=cfg.head_channels,
                                    aux=cfg.aux_head, aux_channels=cfg.aux_channels, dropout=cfg.dropout,
                                    log=log.info, form="train", gelu_approximate=cfg.gelu_approximate,
-                                   drop_path_rate=cfg.drop_path_rate or 0.0)
+                                   drop_path_rate=cfg.drop_path_rate or 0.0, sync_bn=sync_bn)
     if init is not None:
         log.info("encoder weights: " + init.describe().replace("\n", "\n    "))
     elif not resuming:
@@ -110,15 +118,20 @@ def main(argv=None) -> int:
             raise CheckpointError(f"{cfg.ckpt_path} was written with val_interval {old_interval or 'another value'} "
                                   f"(at iteration {old_step}); resume with the same --val_interval.")
         step_now = int(optimizer.global_step.asnumpy().reshape(-1)[0])
+        _check_recorded(cfg, state["scalars"], step_now, log)
         if step_now + (chunks - start_chunk) * cfg.val_interval > len(lrs):
             raise CheckpointError(f"{cfg.ckpt_path} is at iteration {step_now}; this recipe's schedule has "
                                   f"{len(lrs)}. Resume with the recipe the run was trained with.")
         log.info(f"resumed from {cfg.ckpt_path}: {start_chunk * cfg.val_interval} iterations done, best mIoU "
                  f"{best:.2f}")
+    # Every file records the encoder's GELU flavour and the crop (evaluation reads them) and the schedule's length.
     ckpts = CheckpointManager(cfg.ckpt_save_dir, f"{cfg.backbone}_{cfg.head}", cfg.val_interval,
-                              cfg.keep_checkpoint_max, enabled=rank == 0, class_names=cfg.class_names)
+                              cfg.keep_checkpoint_max, enabled=rank == 0, class_names=cfg.class_names,
+                              metadata={**seg_metadata(cfg.gelu_approximate, cfg.crop_size),
+                                        "total_iters": cfg.total_iters})
     metrics = MetricsLog(os.path.join(cfg.ckpt_save_dir, "metrics.jsonl"), enabled=rank == 0)
     metrics.start(start_chunk if resuming else None)
+    plot_path = os.path.join(cfg.ckpt_save_dir, "curves.png")
     params = sum(p.size for p in model.trainable_params())
     log.info(f"model {cfg.backbone} + {cfg.head}: {params / 1e6:.2f}M trainable parameters, {cfg.num_classes} "
              f"classes | data {data_dir} ({cfg.dataset}): {len(train_pairs)} train / {len(val_pairs)} val images, "
@@ -140,7 +153,7 @@ def main(argv=None) -> int:
     for chunk in range(start_chunk + 1, chunks + 1):
         chunk_start, loss_sum, window = time.time(), 0.0, []
         for step in range(1, cfg.val_interval + 1):
-            images, labels = next(batches)
+            images, labels = _next_batch(batches, loader)
             # A signal during the graph compile ends the process at once (RUN.on_forced_exit): an exception raised
             # inside the compiler turns into pages of analyzer dump.
             with cli.exit_at_once() if first else contextlib.nullcontext():
@@ -181,29 +194,86 @@ def main(argv=None) -> int:
         if val_loader is not None:
             t0 = time.time()
             with cli.exit_at_once() if chunk == start_chunk + 1 else contextlib.nullcontext():  # compiles
-                cm = evaluate_seg(model, val_loader, cfg.num_classes, all_reduce=all_reduce, mode=cfg.eval_mode,
-                                  crop_size=cfg.eval_crop, stride=cfg.eval_stride)
+                try:
+                    cm = evaluate_seg(model, val_loader, cfg.num_classes, all_reduce=all_reduce, mode=cfg.eval_mode,
+                                      crop_size=cfg.eval_crop, stride=cfg.eval_stride)
+                except Exception:  # noqa: BLE001  (a bad val pair met with check_data off: name it)
+                    _raise_bad_pair(val_loader)
+                    raise
             model.set_train(True)
             result = seg_metrics(cm, cfg.class_names)
             row.update(val_mIoU=result["mIoU"], val_mAcc=result["mAcc"], val_aAcc=result["aAcc"],
                        val_per_class_IoU={r["class"]: r["IoU"] for r in result["per_class"]})
-            miou = result["mIoU"] or 0.0
-            if miou > best:
-                best = miou
-                ckpts.save_best(model, chunk, best)
-            log.info(f"iter {iteration}: val mIoU {miou:.2f} mAcc {result['mAcc'] or 0:.2f} aAcc "
-                     f"{result['aAcc'] or 0:.2f} ({len(val_pairs)} images, {time.time() - t0:.0f} s) | best "
-                     f"{best:.2f}")
+            miou = result["mIoU"]
+            if miou is None:  # no labelled val pixel (check_data off): nothing scored, so best.ckpt is not chosen
+                log.warning(f"iter {iteration}: no pixel of the {len(val_pairs)} val labels is labelled (all "
+                            f"{255}, the ignore index): no mIoU, best.ckpt not updated")
+            else:
+                if miou > best:
+                    best = miou
+                    ckpts.save_best(model, chunk, best)
+                log.info(f"iter {iteration}: val mIoU {miou:.2f} mAcc {result['mAcc'] or 0:.2f} aAcc "
+                         f"{result['aAcc'] or 0:.2f} ({len(val_pairs)} images, {time.time() - t0:.0f} s) | best "
+                         f"{best:.2f}")
         metrics.append(row)
         ckpts.save_epoch(train_step, chunk, best, periodic=True)
+        if rank == 0:
+            plot_curves(metrics.rows(), plot_path, scores=(("val mIoU", "val_mIoU"), ("val mAcc", "val_mAcc")),
+                        score_title="mIoU / mAcc (%)", lr=True, x_label=f"x {cfg.val_interval} iterations")
     if val_loader is not None:
         for line in format_table(result):
             log.info(line)
     log.info(f"done: {cfg.total_iters - start_chunk * cfg.val_interval} iterations in "
              f"{format_duration(time.time() - run_start)}"
              + (f", best val mIoU {best:.2f} ({ckpts.best_path})" if val_loader is not None else "")
-             + f"; latest {ckpts.latest_path}, metrics {metrics.path}")
+             + f"; latest {ckpts.latest_path}, metrics {metrics.path}, plot {plot_path}")
     return 0
+
+
+def _check_crop_fits(cfg, first_image: str) -> None:
+    """A crop larger than the training images even at the largest rescale is padding wherever it falls: refuse
+    it before work (mmseg would pad every batch without a word)."""
+    h, w = read_image(first_image).shape[:2]
+    top = (int(cfg.img_scale[0] * cfg.ratio_range[1]), int(cfg.img_scale[1] * cfg.ratio_range[1]))
+    big_w, big_h = rescale_size(w, h, top)
+    if cfg.crop_size[0] > big_h or cfg.crop_size[1] > big_w:
+        raise DataError(f"crop_size {list(cfg.crop_size)} (h, w) does not fit the training images: {first_image} "
+                        f"({w}x{h}) is at most {big_w}x{big_h} after the largest rescale (img_scale "
+                        f"{list(cfg.img_scale)} x ratio {cfg.ratio_range[1]}), so every crop would be part padding. "
+                        f"Lower crop_size or raise img_scale (the dataset's recipe in configs/seg/ sets both).")
+
+
+def _check_recorded(cfg, recorded: dict, step: int, log) -> None:
+    """A resumed run keeps the encoder it was started with; another total_iters (training longer or shorter) is
+    said, with what it does to the lr."""
+    gelu = recorded.get("gelu_approximate")
+    if gelu is not None and bool(gelu) != cfg.gelu_approximate:
+        raise CheckpointError(f"{cfg.ckpt_path} was trained with gelu_approximate {bool(gelu)}; resume with "
+                              f"--gelu_approximate {bool(gelu)}.")
+    total = recorded.get("total_iters")
+    if total is not None and int(total) != cfg.total_iters and step < cfg.total_iters:
+        from types import SimpleNamespace
+        before = poly_schedule(SimpleNamespace(**{**vars(cfg), "total_iters": int(total)}))
+        now = poly_schedule(cfg)[step]
+        log.warning(f"{cfg.ckpt_path} was trained for total_iters {int(total)}, this run has {cfg.total_iters}: the "
+                    f"poly lr schedule is recomputed over {cfg.total_iters} iterations, so the lr at iteration "
+                    f"{step} is {now:.3e} instead of {before[min(step, len(before) - 1)]:.3e}. Pass --total_iters "
+                    f"{int(total)} to keep the run's schedule.")
+
+
+def _next_batch(batches, loader):
+    try:
+        return next(batches)
+    except Exception:  # noqa: BLE001  (MindSpore wraps a bad pair's DataError in pages of pipeline traceback)
+        _raise_bad_pair(loader)
+        raise
+
+
+def _raise_bad_pair(loader) -> None:
+    """The data pipeline stopped on a bad image/label pair (check_data off): that pair's one line instead."""
+    error = getattr(getattr(loader, "pair_source", None), "error", None)
+    if error is not None:
+        raise DataError(f"{error}; then {RUN.resume_hint()}.") from None
 
 
 def _diverged(what: str, ckpts, cfg) -> str:
@@ -214,7 +284,7 @@ def _diverged(what: str, ckpts, cfg) -> str:
 
 def run(argv=None) -> int:
     """main() with the project's exit codes; what the command line runs (tests call it too)."""
-    RUN.reset()
+    RUN.reset(argv)
     return RUN.run(lambda: main(argv))
 
 

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from typing import Callable, Optional, Tuple
 
 __all__ = ["OK", "FAILED", "BAD_INPUT", "DIVERGED", "INTERRUPTED", "TERMINATED", "Terminated", "install_signals",
-           "exit_at_once", "signal_line", "guarded", "run_tool", "quiet_exit", "printable", "keep_sigint"]
+           "exit_at_once", "signal_line", "guarded", "run_tool", "staged", "quiet_exit", "printable", "keep_sigint"]
 
 OK, FAILED, BAD_INPUT, DIVERGED = 0, 1, 2, 3
 INTERRUPTED, TERMINATED = 128 + signal.SIGINT, 128 + signal.SIGTERM
@@ -92,21 +92,25 @@ def _force_exit(signum: int) -> None:
         os._exit(128 + signum)
 
 
-def _sigint_action():
-    """(libc, the raw `struct sigaction` of SIGINT as installed now), or None where libc cannot be asked."""
+def _action(signum: int = signal.SIGINT):
+    """(libc, the raw `struct sigaction` of `signum` as installed now), or None where libc cannot be asked."""
     try:
         import ctypes
         libc = ctypes.CDLL(None)
         action = ctypes.create_string_buffer(512)  # more than glibc's struct sigaction (152 bytes)
-        return (libc, action) if libc.sigaction(signal.SIGINT, None, action) == 0 else None
+        return (libc, action) if libc.sigaction(signum, None, action) == 0 else None
     except (OSError, AttributeError):
         return None
 
 
-def _sigint_taken() -> bool:
-    """SIGINT's handler is not ours now: MindSpore's runtime replaced it (see keep_sigint)."""
-    ours, now = _state.get("sigint_action"), _sigint_action()
+def _taken(signum: int) -> bool:
+    """`signum`'s handler is not ours now: MindSpore replaced it (see keep_sigint)."""
+    ours, now = _state.get(f"action_{signum}"), _action(signum)
     return ours is not None and now is not None and now[1].raw[:8] != ours[1].raw[:8]
+
+
+def _sigint_taken() -> bool:
+    return _taken(signal.SIGINT)
 
 
 def _converted_ctrl_c(signum: int) -> bool:
@@ -120,10 +124,13 @@ def keep_sigint() -> None:
     """MindSpore's runtime installs its own SIGINT handler at its first op (in graph mode at every run), one that
     sends the process SIGTERM: Ctrl-C ended as "terminated", 143. Put ours back whenever it was replaced; the
     watchdog calls this ten times a second, a tool also right after each forward (in graph mode each run installs
-    MindSpore's handler again). A Ctrl-C that still meets MindSpore's handler is recognized by _converted_ctrl_c."""
-    if _sigint_taken():
-        libc, action = _state["sigint_action"]
-        libc.sigaction(signal.SIGINT, action, None)
+    MindSpore's handler again). A Ctrl-C that still meets MindSpore's handler is recognized by _converted_ctrl_c.
+    SIGTERM too: MindData installs its own SIGTERM handler when a GeneratorDataset with several workers first runs
+    (train_seg.py's, built after install_signals), which ended a run with exit 0, no line and its folder locked."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        if _taken(signum):
+            libc, action = _state[f"action_{signum}"]
+            libc.sigaction(signum, action, None)
 
 
 def _watch(reader: socket.socket) -> None:
@@ -165,7 +172,8 @@ def install_signals(on_forced_exit: Optional[Callable[[int], None]] = None) -> N
     _state["sockets"] = (reader, writer)  # kept alive for the life of the process
     signal.signal(signal.SIGINT, _python_handler)
     signal.signal(signal.SIGTERM, _python_handler)
-    _state["sigint_action"] = _sigint_action()  # to restore it after MindSpore replaces it (keep_sigint)
+    for signum in (signal.SIGINT, signal.SIGTERM):  # to restore them after MindSpore replaces them (keep_sigint)
+        _state[f"action_{signum}"] = _action(signum)
     threading.Thread(target=_watch, args=(reader,), name="signal-watchdog", daemon=True).start()
     _state["installed"] = True
 
@@ -221,3 +229,24 @@ def run_tool(main: Callable[[], int], prog: str, bad_input: Tuple[type, ...] = (
     keep_compile_dumps_out_of_cwd()
     install_signals(lambda signum: print(f"{prog}: {signal_line(signum)}", file=sys.stderr))
     quiet_exit(guarded(main, prog, bad_input))
+
+
+def staged(prepare: Callable[[], object], work: Callable[[object], int], prog: str,
+           bad_input: Tuple[type, ...] = (), failed: Tuple[type, ...] = ()) -> int:
+    """How every evaluation tool runs: prepare() does every check before the work (the command, the recipe, the
+    data, the weights, the output places) and builds what the work needs; one of its `bad_input` exceptions is
+    one 'prog: error:' line and 2. work(prepared) does the work: one of its `failed` exceptions (a file that
+    turned bad mid-run, a full disk) is one line and 1, never 2, since the input passed its checks. For run_tool /
+    guarded, which add the signals, --help and a bug's traceback."""
+    try:
+        prepared = prepare()
+    except bad_input as e:
+        print(f"{prog}: error: {printable(e)}", file=sys.stderr, flush=True)
+        return BAD_INPUT
+    try:
+        return work(prepared)
+    except failed as e:
+        text = str(e).strip()
+        print(f"{prog}: error: {printable(text.splitlines()[0] if text else type(e).__name__)}", file=sys.stderr,
+              flush=True)
+        return FAILED

@@ -31,6 +31,7 @@ from .models.repmlp import MINDCV_EXTRA_KEYS, RepMLPNet, checkpoint_form, checkp
 
 __all__ = ["Weights", "read_weights", "load_into", "build_model", "load_pretrained", "check_class_names",
            "save_weights", "encode_class_names", "recorded_class_names", "same_file", "load_hint",
+           "refuse_segmentation_checkpoint",
            "CLASS_NAMES_KEY", "HEAD_KEYS", "TRAINING_STATE_SCALARS", "install"]
 
 _log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ TRAINING_STATE_SCALARS = frozenset({
     "global_step", "learning_rate", "scale_sense", "loss_scale", "epoch_num", "step_num", "epoch", "step",
     "cur_epoch_num", "cur_step_num", "current_iterator_step", "last_overflow_iterator_step", "best_acc",
     "beta1_power", "beta2_power", "steps_per_epoch",
-    "gelu_approximate", "crop_h", "crop_w",  # segmentation checkpoints' metadata (mindcv_ext.seg.model)
+    "gelu_approximate", "crop_h", "crop_w", "total_iters",  # segmentation checkpoints' metadata (seg.model)
 })
 _FLOAT_KINDS = "f"  # numpy kind of float16/32/64 (bfloat16 is widened to float32 when read)
 
@@ -171,6 +172,16 @@ def load_hint(model: str, path: str, num_classes: int, deploy: bool, in_channels
         args.append("deploy=True")
     args.append(f"checkpoint_path={os.fspath(path)!r}")
     return f"import mindcv, mindcv_ext; net = mindcv.create_model({', '.join(args)})"
+
+
+def refuse_segmentation_checkpoint(path: str, tool: str) -> None:
+    """CheckpointError in one line if `path` is a train_seg.py checkpoint (encoder.* and decode_head.* keys),
+    naming the segmentation tool that reads it; the classification tools' own error listed the key names."""
+    from .outputs import checkpoint_keys
+
+    keys = checkpoint_keys(path)
+    if any(k.startswith("decode_head.") for k in keys) and any(k.startswith("encoder.") for k in keys):
+        raise CheckpointError(f"{path} is a segmentation checkpoint (train_seg.py): use {tool}.")
 
 
 def same_file(a: str, b: str) -> bool:

@@ -156,7 +156,7 @@ def test_loaders_yield_batches_and_whole_eval_images(tmp_path):
     cfg = SimpleNamespace(reduce_zero_label=False, shuffle=True, num_parallel_workers=1, img_scale=(64, 32),
                           ratio_range=(0.5, 2.0), crop_size=(32, 32), cat_max_ratio=0.75, hflip=0.5, photometric=True,
                           mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375), seed=0, batch_size=4,
-                          eval_scale=(64, 32))
+                          eval_scale=(64, 32), num_classes=19)
     loader, shard = build_seg_train_loader(pairs, cfg)
     assert shard == 6
     it = loader.create_tuple_iterator(num_epochs=1, output_numpy=True)
@@ -178,7 +178,7 @@ def test_train_loader_is_reproducible_with_two_threads(tmp_path):
     pairs = list_pairs("cityscapes", root, "train")
     cfg = SimpleNamespace(reduce_zero_label=False, shuffle=True, num_parallel_workers=2, img_scale=(64, 32),
                           ratio_range=(0.5, 2.0), crop_size=(32, 32), cat_max_ratio=0.75, hflip=0.5, photometric=True,
-                          mean=(0, 0, 0), std=(1, 1, 1), seed=0, batch_size=2)
+                          mean=(0, 0, 0), std=(1, 1, 1), seed=0, batch_size=2, num_classes=19)
     runs = []
     for _ in range(2):
         ms.dataset.config.set_seed(5)
@@ -192,3 +192,67 @@ def test_train_loader_is_reproducible_with_two_threads(tmp_path):
     first = {tuple(x.ravel()[:8]) for x in np.concatenate([runs[0][0][0], runs[0][1][0]])}
     second = {tuple(x.ravel()[:8]) for x in np.concatenate([runs[0][2][0], runs[0][3][0]])}
     assert first != second
+
+
+@pytest.mark.parametrize("layout", ["ade20k_all_0", "cityscapes_all_255"])
+def test_a_split_with_no_labelled_pixel_is_refused_naming_it(tmp_path, layout):
+    # all-0 ADE20K labels (0 is 'other', ignored) trained "successfully" to loss 0.0000 and mIoU 0.00
+    if layout == "ade20k_all_0":
+        root, split = make_ade(str(tmp_path)), "training"
+        for name in os.listdir(f"{root}/annotations/{split}"):
+            _save(f"{root}/annotations/{split}/{name}", np.zeros((20, 30), np.uint8))
+        pairs, classes, reduce = list_pairs("ade20k", root, split), 150, True
+    else:
+        root, split = make_cityscapes(str(tmp_path), split="val"), "val"
+        for path in [p for _, p in list_pairs("cityscapes", root, split)]:
+            _save(path, np.full((24, 40), 255, np.uint8))
+        pairs, classes, reduce = list_pairs("cityscapes", root, split), 19, False
+    with pytest.raises(DataError, match=f"no pixel of the {len(pairs)} labels of split '{split}' is labelled") as e:
+        check_pairs(pairs, classes, reduce_zero_label=reduce, split=split)
+    assert _one_line(e)
+
+
+def test_16_bit_png_images_are_scaled_not_clipped_to_white(tmp_path):
+    from mindcv_ext.seg.data import read_image
+    values = np.linspace(0, 65535, 40 * 24).reshape(24, 40).astype(np.uint16)
+    path = str(tmp_path / "grey16.png")
+    Image.fromarray(values).save(path)
+    with Image.open(path) as im:
+        assert im.mode.startswith("I")  # PIL reads it as 16-bit, which convert("RGB") clips at 255
+    img = read_image(path)
+    expected = np.round(values.astype(np.float64) * 255.0 / 65535.0)
+    assert img.shape == (24, 40, 3) and img.dtype == np.uint8
+    assert np.abs(img[..., 0].astype(np.float64) - expected).max() <= 1 and (img[..., 0] == img[..., 2]).all()
+    assert (img < 255).mean() > 0.9  # was: every value above 255 became white
+
+
+@pytest.mark.parametrize("damage, match", [
+    ("size", "must have the same size"),
+    ("values", "outside \\[0, 19\\)"),
+    ("rgb_label", "single-channel"),
+    ("truncated_image", "cannot be read"),
+])
+def test_without_check_data_the_loader_names_a_bad_pair(tmp_path, damage, match):
+    root = make_cityscapes(str(tmp_path), per_city=1, size=(32, 64))
+    img = f"{root}/leftImg8bit/train/aachen/aachen_000000_000019_leftImg8bit.png"
+    lab = f"{root}/gtFine/train/aachen/aachen_000000_000019_gtFine_labelTrainIds.png"
+    pairs = list_pairs("cityscapes", root, "train")
+    if damage == "size":
+        _save(lab, np.zeros((32, 65), np.uint8))
+    elif damage == "values":
+        _save(lab, np.full((32, 64), 40, np.uint8))
+    elif damage == "rgb_label":
+        _save(lab, np.zeros((32, 64, 3), np.uint8))
+    else:
+        data = open(img, "rb").read()
+        with open(img, "wb") as f:
+            f.write(data[:len(data) // 2])
+    cfg = SimpleNamespace(reduce_zero_label=False, shuffle=False, num_parallel_workers=1, img_scale=(64, 32),
+                          ratio_range=(1.0, 1.0), crop_size=(32, 32), cat_max_ratio=1.0, hflip=0.0, photometric=False,
+                          mean=(0, 0, 0), std=(1, 1, 1), seed=0, batch_size=2, num_classes=19)
+    loader, _ = build_seg_train_loader(pairs, cfg)
+    with pytest.raises(Exception):  # MindSpore wraps it in its own error and pages of traceback
+        next(loader.create_tuple_iterator(num_epochs=1))
+    error = loader.pair_source.error  # what train_seg.py reports instead, in one line
+    assert isinstance(error, DataError) and "aachen_000000_000019" in str(error)
+    assert __import__("re").search(match, str(error)) and "\n" not in str(error)

@@ -164,3 +164,27 @@ def test_encoder_from_a_pytorch_release_file(tmp_path, layout):
     for k, v in enc.items():
         np.testing.assert_array_equal(v, ref_params[k], err_msg=k)
     assert np.abs(enc["stages.0.0.prebn1.moving_mean"]).max() > 0  # the file's statistics, not fresh ones
+
+
+def test_sync_bn_switch_builds_syncbatchnorm_with_the_same_names_and_results():
+    # mmseg's UPerNet configs normalize with SyncBN; in one process (CPU) nn.SyncBatchNorm is a plain BatchNorm,
+    # so the switched model must compute what the plain one computes, under the same parameter names.
+    kwargs = dict(head="upernet", num_classes=5, channels=8, aux=True, aux_channels=8, dropout=0.0)  # no randomness
+    plain, _ = create_seg_model("demo_repmlp", **kwargs)
+    sync, _ = create_seg_model("demo_repmlp", sync_bn=True, **kwargs)
+    kinds = {type(c) for _, c in sync.cells_and_names()}
+    assert nn.SyncBatchNorm in kinds and nn.BatchNorm2d not in kinds
+    n_bn = sum(type(c) is nn.BatchNorm2d for _, c in plain.cells_and_names())
+    assert sum(type(c) is nn.SyncBatchNorm for _, c in sync.cells_and_names()) == n_bn > 10  # encoder and heads
+    plain_params = {p.name: p for p in plain.get_parameters()}
+    assert sorted(plain_params) == sorted(p.name for p in sync.get_parameters())
+    rng = np.random.default_rng(0)
+    for p in sync.get_parameters():  # the same non-trivial values in both (BN statistics included)
+        value = (rng.random(p.shape) + 0.5).astype(np.float32)
+        p.set_data(ms.Tensor(value))
+        plain_params[p.name].set_data(ms.Tensor(value))
+    x = _x(2, 64, 128)
+    for train in (False, True):
+        plain.set_train(train)
+        sync.set_train(train)
+        np.testing.assert_allclose(sync(x).asnumpy(), plain(x).asnumpy(), rtol=1e-4, atol=1e-4)

@@ -243,7 +243,8 @@ def test_resume_with_another_batch_size_full_disk_and_nonfinite_weights(data_dir
             assert b.returncode == 2, explain(b)
             line = one_error_line(b.stderr)
             assert "no space left on the device of " + str(out) in line and "needs about" in line
-            assert f"continue with --ckpt_path {out / 'latest.ckpt'} --resume_opt True" in line
+            assert "continue with: python train.py --config " in line  # the whole command, not just flags
+            assert line.endswith(f"--ckpt_path {out / 'latest.ckpt'} --resume_opt True.")
             assert temp_leftovers(out) == []
             assert int(load_np(out / "latest.ckpt")["epoch"]) == 1  # intact
             filler.unlink()

@@ -29,6 +29,7 @@ from ..training.config import ConfigError
 
 __all__ = ["DataError", "LAYOUTS", "list_pairs", "check_pairs", "read_image", "read_label", "TrainTransform",
            "rescale_size", "normalize", "build_seg_train_loader", "build_seg_eval_loader", "CITYSCAPES_CLASSES",
+           "ADE20K_CLASSES",
            "CITYSCAPES_PALETTE", "palette_for"]
 
 Image.MAX_IMAGE_PIXELS = None  # large panoramas are legitimate here
@@ -43,6 +44,24 @@ class DataError(ConfigError):
 CITYSCAPES_CLASSES = ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
                       "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
                       "motorcycle", "bicycle")
+# ADE20K (SceneParsing, 150 classes): the first name of each entry of the dataset's objectInfo150 list, in label
+# order (label v is class v - 1 after reduce_zero_label), as mmseg's ADE20KDataset names them.
+ADE20K_CLASSES = (
+    "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass", "cabinet",
+    "sidewalk", "person", "earth", "door", "table", "mountain", "plant", "curtain", "chair", "car", "water",
+    "painting", "sofa", "shelf", "house", "sea", "mirror", "rug", "field", "armchair", "seat", "fence", "desk",
+    "rock", "wardrobe", "lamp", "bathtub", "railing", "cushion", "base", "box", "column", "signboard",
+    "chest of drawers", "counter", "sand", "sink", "skyscraper", "fireplace", "refrigerator", "grandstand", "path",
+    "stairs", "runway", "case", "pool table", "pillow", "screen door", "stairway", "river", "bridge", "bookcase",
+    "blind", "coffee table", "toilet", "flower", "book", "hill", "bench", "countertop", "stove", "palm",
+    "kitchen island", "computer", "swivel chair", "boat", "bar", "arcade machine", "hovel", "bus", "towel", "light",
+    "truck", "tower", "chandelier", "awning", "streetlight", "booth", "television receiver", "airplane",
+    "dirt track", "apparel", "pole", "land", "bannister", "escalator", "ottoman", "bottle", "buffet", "poster",
+    "stage", "van", "ship", "fountain", "conveyer belt", "canopy", "washer", "plaything", "swimming pool", "stool",
+    "barrel", "basket", "waterfall", "tent", "bag", "minibike", "cradle", "oven", "ball", "food", "step", "tank",
+    "trade name", "microwave", "pot", "animal", "bicycle", "lake", "dishwasher", "screen", "blanket", "sculpture",
+    "hood", "sconce", "vase", "traffic light", "tray", "ashcan", "fan", "pier", "crt screen", "plate", "monitor",
+    "bulletin board", "shower", "radiator", "glass", "clock", "flag")
 CITYSCAPES_PALETTE = ((128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153),
                       (153, 153, 153), (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152),
                       (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100),
@@ -112,8 +131,15 @@ def list_pairs(layout: str, root: str, split: str) -> List[Tuple[str, str]]:
 
 
 def read_image(path: str) -> np.ndarray:
-    """RGB uint8 (H, W, 3)."""
+    """RGB uint8 (H, W, 3). 16-bit greyscale PNGs are scaled to 8 bits (PIL's convert would clip every value above
+    255 to white); other modes PIL cannot map to RGB faithfully (32-bit int, float) are refused."""
     with Image.open(path) as im:
+        if im.mode in ("I;16", "I;16L", "I;16B", "I;16N"):
+            grey = (np.asarray(im, np.float32) / 257.0 + 0.5).astype(np.uint8)  # 65535 -> 255
+            return np.repeat(grey[:, :, None], 3, axis=2)
+        if im.mode in ("I", "F"):
+            raise DataError(f"{path} is a {'32-bit integer' if im.mode == 'I' else 'floating-point'} image (PIL "
+                            f"mode {im.mode}); images must be 8-bit or 16-bit RGB or greyscale: convert it.")
         return np.asarray(im.convert("RGB"))
 
 
@@ -130,7 +156,24 @@ def read_label(path: str, reduce_zero_label: bool = False) -> np.ndarray:
     return label.astype(np.uint8) if label.max(initial=0) <= 255 and label.min(initial=0) >= 0 else label
 
 
-def _check_one(pair, num_classes: int, reduce_zero_label: bool) -> Optional[str]:
+def _pair_problem(image_path: str, size, label_path: str, label: np.ndarray, num_classes: int,
+                  reduce_zero_label: bool) -> Optional[str]:
+    """What is wrong with a decoded label against its image's (w, h) size, or None."""
+    if (label.shape[1], label.shape[0]) != tuple(size):
+        return (f"{image_path} is {size[0]}x{size[1]} but its label {label_path} is {label.shape[1]}x"
+                f"{label.shape[0]}; image and label must have the same size")
+    values = np.unique(label)
+    bad = values[(values >= num_classes) & (values != IGNORE)]
+    if bad.size or (values < 0).any():
+        shown = ", ".join(str(int(v)) for v in (bad[:5] if bad.size else values[values < 0][:5]))
+        raw = " (after reduce_zero_label's shift by -1)" if reduce_zero_label else ""
+        return (f"{label_path} holds label value(s) {shown}{raw} outside [0, {num_classes}) and not the ignore "
+                f"index {IGNORE}; num_classes is {num_classes}")
+    return None
+
+
+def _check_one(pair, num_classes: int, reduce_zero_label: bool) -> Tuple[Optional[str], int]:
+    """(problem or None, labelled pixels of the pair)."""
     image_path, label_path = pair
     try:
         with Image.open(image_path) as im:
@@ -138,37 +181,34 @@ def _check_one(pair, num_classes: int, reduce_zero_label: bool) -> Optional[str]
             im.verify()  # reads the whole file's structure (PNG: every chunk's checksum) without decoding
     except Exception as e:  # noqa: BLE001
         reason = str(e).splitlines()[0] if str(e) else ""
-        return f"{image_path} cannot be read as an image ({type(e).__name__}: {reason})"
+        return f"{image_path} cannot be read as an image ({type(e).__name__}: {reason})", 0
     try:
-        with Image.open(label_path) as im:
-            label_size = im.size
         label = read_label(label_path, reduce_zero_label)
     except DataError as e:
-        return str(e)
+        return str(e), 0
     except Exception as e:  # noqa: BLE001
-        return f"{label_path} cannot be read as a label image ({type(e).__name__})"
-    if label_size != size:
-        return (f"{image_path} is {size[0]}x{size[1]} but its label {label_path} is {label_size[0]}x{label_size[1]}; "
-                f"image and label must have the same size")
-    values = np.unique(label)
-    bad = values[(values >= num_classes) & (values != IGNORE)]
-    if bad.size or (values < 0).any():
-        shown = ", ".join(str(int(v)) for v in bad[:5])
-        raw = " (after reduce_zero_label's shift by -1)" if reduce_zero_label else ""
-        return (f"{label_path} holds label value(s) {shown}{raw} outside [0, {num_classes}) and not the ignore "
-                f"index {IGNORE}; num_classes is {num_classes}")
-    return None
+        return f"{label_path} cannot be read as a label image ({type(e).__name__})", 0
+    return (_pair_problem(image_path, size, label_path, label, num_classes, reduce_zero_label),
+            int((label != IGNORE).sum()))
 
 
 def check_pairs(pairs: Sequence[Tuple[str, str]], num_classes: int, reduce_zero_label: bool = False,
-                workers: int = 2) -> int:
+                workers: int = 2, split: str = "") -> int:
     """Open every pair (image structure, full label decode) and raise DataError on the first bad one, counting
-    the others. Returns the number of pairs checked."""
+    the others, or when no pixel of the split is labelled (all 255 after reduce_zero_label: nothing to learn or
+    score). Returns the number of pairs checked."""
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        problems = [p for p in pool.map(lambda pair: _check_one(pair, num_classes, reduce_zero_label), pairs) if p]
+        results = list(pool.map(lambda pair: _check_one(pair, num_classes, reduce_zero_label), pairs))
+    problems = [p for p, _ in results if p]
     if problems:
         more = f" ({len(problems) - 1} more bad pair(s))" if len(problems) > 1 else ""
         raise DataError(f"{problems[0]}{more}. Fix or remove the file(s) (or set num_classes), then run again.")
+    if pairs and not sum(n for _, n in results):
+        zero = (" (ade20k's reduce_zero_label makes label 0, 'other', the ignore index: all-0 labels are empty)"
+                if reduce_zero_label else "")
+        raise DataError(f"no pixel of the {len(pairs)} labels of split {split or '?'!r} is labelled: every value is "
+                        f"the ignore index {IGNORE}{zero}. Training or scoring on it means nothing; check the labels "
+                        f"and the dataset setting.")
     return len(pairs)
 
 
@@ -278,16 +318,32 @@ class _PairSource:
     """Decoded (image, label) by index; with a transform, transformed with randomness keyed by (index, times this
     index was read), so augmentations do not depend on the order the pipeline's threads run in."""
 
-    def __init__(self, pairs, reduce_zero_label: bool, transform=None):
+    def __init__(self, pairs, reduce_zero_label: bool, transform=None, num_classes: int = IGNORE):
         self.pairs, self.reduce_zero_label, self.transform = list(pairs), reduce_zero_label, transform
+        self.num_classes = num_classes
         self.reads = [itertools.count() for _ in self.pairs]
+        self.error: Optional[DataError] = None  # the first bad pair met (check_data off): the tool reports it
 
     def __len__(self):
         return len(self.pairs)
 
     def __getitem__(self, i):
+        # With check_data off this is the only check: a bad pair is kept as one DataError naming the file, which
+        # the tool reports instead of the pages MindSpore's pipeline wraps an exception in.
         image_path, label_path = self.pairs[i]
-        img, label = read_image(image_path), read_label(label_path, self.reduce_zero_label)
+        try:
+            img, label = read_image(image_path), read_label(label_path, self.reduce_zero_label)
+            problem = _pair_problem(image_path, (img.shape[1], img.shape[0]), label_path, label, self.num_classes,
+                                    self.reduce_zero_label)
+        except DataError as e:
+            problem = str(e)
+        except Exception as e:  # noqa: BLE001  (PIL: truncated or unreadable files)
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            problem = f"{image_path} or its label {label_path} cannot be read ({type(e).__name__}: {reason})"
+        if problem:
+            self.error = self.error or DataError(f"{problem}. Fix or remove the file (check_data: True finds every "
+                                                 f"such pair before work)")
+            raise self.error
         if self.transform is None:
             return img, label
         return self.transform(img, label, key=(int(i), next(self.reads[i])))
@@ -296,8 +352,8 @@ class _PairSource:
 class _EvalSource(_PairSource):
     """(normalized image resized to eval_scale, original label, index): prediction goes back to label size."""
 
-    def __init__(self, pairs, reduce_zero_label, eval_scale, mean, std):
-        super().__init__(pairs, reduce_zero_label)
+    def __init__(self, pairs, reduce_zero_label, eval_scale, mean, std, num_classes: int = IGNORE):
+        super().__init__(pairs, reduce_zero_label, num_classes=num_classes)
         self.eval_scale, self.mean, self.std = eval_scale, mean, std
 
     def __getitem__(self, i):
@@ -320,7 +376,8 @@ def build_seg_train_loader(pairs, cfg, rank: int = 0, group_size: int = 1):
                                cfg.photometric, cfg.mean, cfg.std, seed=cfg.seed, rank=rank)
     # Decoding and augmentation run in the source's threads (GeneratorDataset workers; PIL and NumPy release the
     # GIL for the heavy parts), keyed per image so a run is reproducible.
-    data = ds.GeneratorDataset(_PairSource(pairs, cfg.reduce_zero_label, transform), column_names=["image", "label"],
+    source = _PairSource(pairs, cfg.reduce_zero_label, transform, cfg.num_classes)
+    data = ds.GeneratorDataset(source, column_names=["image", "label"],
                                shuffle=cfg.shuffle, num_shards=group_size if group_size > 1 else None,
                                shard_id=rank if group_size > 1 else None,
                                num_parallel_workers=cfg.num_parallel_workers, python_multiprocessing=False)
@@ -328,7 +385,9 @@ def build_seg_train_loader(pairs, cfg, rank: int = 0, group_size: int = 1):
     if shard < cfg.batch_size:
         raise DataError(f"batch_size {cfg.batch_size} is larger than this device's {shard} training images; "
                         f"lower batch_size.")
-    return data.batch(cfg.batch_size, drop_remainder=True).repeat(), shard
+    loader = data.batch(cfg.batch_size, drop_remainder=True).repeat()
+    loader.pair_source = source  # its .error names a bad pair the pipeline stopped on
+    return loader, shard
 
 
 def build_seg_eval_loader(pairs, cfg, rank: int = 0, group_size: int = 1):
@@ -336,10 +395,12 @@ def build_seg_eval_loader(pairs, cfg, rank: int = 0, group_size: int = 1):
     index). Unshuffled; each rank reads its shard (pad images are not added: every image counts once)."""
     import mindspore.dataset as ds
 
-    source = _EvalSource(pairs, cfg.reduce_zero_label, cfg.eval_scale, cfg.mean, cfg.std)
-    if group_size > 1:  # contiguous shards by index, no repeats, so the confusion matrices just add up
+    source = _EvalSource(pairs, cfg.reduce_zero_label, cfg.eval_scale, cfg.mean, cfg.std, cfg.num_classes)
+    if group_size > 1:  # round-robin shards (image i on rank i % group_size), no repeats: the matrices add up
         mine = [p for i, p in enumerate(pairs) if i % group_size == rank]
-        source = _EvalSource(mine, cfg.reduce_zero_label, cfg.eval_scale, cfg.mean, cfg.std)
-    return ds.GeneratorDataset(source, column_names=["image", "label", "index"], shuffle=False,
-                               num_parallel_workers=min(cfg.num_parallel_workers, 2),
-                               python_multiprocessing=False)
+        source = _EvalSource(mine, cfg.reduce_zero_label, cfg.eval_scale, cfg.mean, cfg.std, cfg.num_classes)
+    loader = ds.GeneratorDataset(source, column_names=["image", "label", "index"], shuffle=False,
+                                 num_parallel_workers=min(cfg.num_parallel_workers, 2),
+                                 python_multiprocessing=False)
+    loader.pair_source = source  # its .error names a bad pair the pipeline stopped on
+    return loader

@@ -40,9 +40,10 @@ def training_state(train_step: nn.Cell) -> Dict[str, Parameter]:
 
 class CheckpointManager:
     def __init__(self, save_dir: str, model_name: str, steps_per_epoch: int, keep_max: int,
-                 policy: str = "latest_k", enabled: bool = True, class_names=None):
+                 policy: str = "latest_k", enabled: bool = True, class_names=None, metadata=None):
         self.save_dir = save_dir
         self.class_names = class_names  # recorded in every file, so predictions and validation can name classes
+        self.metadata = dict(metadata or {})  # more scalars for every file (train_seg.py: GELU flavour, crop)
         self.model_name = model_name
         self.steps_per_epoch = steps_per_epoch
         self.keep_max = keep_max
@@ -65,14 +66,15 @@ class CheckpointManager:
             self._prune()
 
     def _scalars(self, epoch: int, best_acc: float) -> dict:
-        entries = {"epoch": int(epoch), "best_acc": float(best_acc), "steps_per_epoch": int(self.steps_per_epoch)}
+        entries = {"epoch": int(epoch), "best_acc": float(best_acc), "steps_per_epoch": int(self.steps_per_epoch),
+                   **self.metadata}
         if self.class_names:
             entries[CLASS_NAMES_KEY] = encode_class_names(self.class_names)
         return entries
 
     def save_best(self, network: nn.Cell, epoch: int, acc: float) -> None:
         if self.enabled:
-            entries = {"epoch": int(epoch), "best_acc": float(acc)}
+            entries = {"epoch": int(epoch), "best_acc": float(acc), **self.metadata}
             if self.class_names:
                 entries[CLASS_NAMES_KEY] = encode_class_names(self.class_names)
             save_checkpoint(network, self.best_path, append_dict=entries)
@@ -122,8 +124,8 @@ def restore_training_state(path: str, train_step: nn.Cell, network: nn.Cell, ema
                            restore_loss_scale: bool = True, steps_per_epoch: Optional[int] = None) -> Dict:
     """Resume: weights, optimizer state (incl. global_step = lr position), EMA averages and the loss scale.
     Returns {'epoch': epochs finished, 'best_acc': ..., 'ema_restarted': ..., 'moved_step': None or
-    (old global_step, old steps per epoch or None, new global_step)}. Raises CheckpointError naming what is
-    missing.
+    (old global_step, old steps per epoch or None, new global_step), 'scalars': the file's other scalars by
+    name}. Raises CheckpointError naming what is missing.
 
     With `steps_per_epoch` (this run's), a checkpoint written with another number of steps per epoch has its
     global_step moved to the same point of the lr schedule in epochs: the optimizer indexes the rebuilt per-step
@@ -160,9 +162,10 @@ def restore_training_state(path: str, train_step: nn.Cell, network: nn.Cell, ema
     if steps_per_epoch:
         saved_spe = int(scalar(params["steps_per_epoch"])) if "steps_per_epoch" in params else None
         moved = _move_global_step(train_step, epoch, saved_spe, int(steps_per_epoch))
+    scalars = {k: scalar(v) for k, v in params.items() if k not in net_names and k not in wanted and v.size == 1}
     return {"epoch": epoch,
             "best_acc": scalar(params["best_acc"]) if "best_acc" in params else -1.0,
-            "ema_restarted": bool(ema is not None and missing_ema), "moved_step": moved}
+            "ema_restarted": bool(ema is not None and missing_ema), "moved_step": moved, "scalars": scalars}
 
 
 def _move_global_step(train_step: nn.Cell, epoch: int, saved_spe: Optional[int], spe: int):

@@ -63,11 +63,18 @@ def _jsonable(v):
 
 _W, _H, _PAD_L, _PAD_R, _PAD_T, _PAD_B = 520, 360, 64, 16, 30, 44
 _COLORS = {"train loss": (31, 119, 180), "val loss": (255, 127, 14), "val top-1": (44, 160, 44),
-           "val top-5": (148, 103, 189)}
+           "val top-5": (148, 103, 189), "val mIoU": (44, 160, 44), "val mAcc": (148, 103, 189),
+           "lr": (214, 39, 40)}
 
 
-def plot_curves(rows: List[Dict], path: str) -> Optional[str]:
-    """Two panels: loss (train steps, val per epoch) and val accuracy per epoch, against epochs."""
+_CLASSIFICATION = (("val top-1", "val_top1"), ("val top-5", "val_top5"))
+
+
+def plot_curves(rows: List[Dict], path: str, scores=_CLASSIFICATION, score_title: str = "accuracy (%)",
+                lr: bool = False, x_label: str = "epoch") -> Optional[str]:
+    """Panels against epochs (x_label: what an epoch row is): loss (train steps, val per epoch), the val scores
+    per epoch ((legend name, row key) pairs: train.py's top-1/top-5, train_seg.py's mIoU/mAcc) and, with `lr`,
+    the learning rate of the logged steps."""
     try:
         from PIL import Image, ImageDraw, ImageFont
     except ImportError:  # Pillow comes with MindSpore; without it we just skip the picture
@@ -82,12 +89,15 @@ def plot_curves(rows: List[Dict], path: str) -> Optional[str]:
         or [(r["epoch"], r["train_loss"]) for r in epochs if _finite(r.get("train_loss"))],
         "val loss": [(r["epoch"], r["val_loss"]) for r in epochs if _finite(r.get("val_loss"))],
     }
-    acc_series = {name: [(r["epoch"], r[key]) for r in epochs if _finite(r.get(key))]
-                  for name, key in (("val top-1", "val_top1"), ("val top-5", "val_top5"))}
-    image = Image.new("RGB", (2 * _W, _H), "white")
+    acc_series = {name: [(r["epoch"], r[key]) for r in epochs if _finite(r.get(key))] for name, key in scores}
+    panels = [("loss", loss_series), (score_title, acc_series)]
+    if lr:
+        panels.append(("learning rate", {"lr": [(r["epoch"] - 1 + r["step"] / spe[r["epoch"]], r["lr"])
+                                                for r in steps if _finite(r.get("lr"))]}))
+    image = Image.new("RGB", (len(panels) * _W, _H), "white")
     font = ImageFont.load_default()
-    _panel(ImageDraw.Draw(image), font, 0, "loss", loss_series)
-    _panel(ImageDraw.Draw(image), font, _W, "accuracy (%)", acc_series)
+    for i, (title, series) in enumerate(panels):
+        _panel(ImageDraw.Draw(image), font, i * _W, title, series, x_label)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp.png"
     image.save(tmp)
@@ -109,7 +119,7 @@ def _ticks(lo: float, hi: float, n: int = 5) -> List[float]:
     return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
 
 
-def _panel(draw, font, x0: int, title: str, series: Dict[str, list]) -> None:
+def _panel(draw, font, x0: int, title: str, series: Dict[str, list], x_label: str = "epoch") -> None:
     points = [p for pts in series.values() for p in pts]
     left, top, right, bottom = x0 + _PAD_L, _PAD_T, x0 + _W - _PAD_R, _H - _PAD_B
     draw.text((left, 8), title, fill="black", font=font)
@@ -136,7 +146,7 @@ def _panel(draw, font, x0: int, title: str, series: Dict[str, list]) -> None:
         px, _ = to_px(t, ylo)
         draw.line([px, bottom, px, bottom + 4], fill="black")
         draw.text((px - 6, bottom + 6), f"{t:g}", fill="black", font=font)
-    draw.text(((left + right) // 2 - 15, _H - 16), "epoch", fill="black", font=font)
+    draw.text(((left + right) // 2 - 3 * len(x_label), _H - 16), x_label, fill="black", font=font)
     # Legend in the right-hand corner the curves end away from (loss falls, accuracy rises).
     ends = [pts[-1][1] for pts in series.values() if pts]
     curves_end_high = sum(ends) / len(ends) > (ylo + yhi) / 2

@@ -22,18 +22,40 @@ class RunEnd:
     """The main script sets `latest` (its latest.ckpt path), `run_dir` (the claimed RunDir) and `trained` (a step
     finished: the directory now holds work and is kept) as the run gets there."""
 
-    def __init__(self, logger: str = "train"):
-        self.logger = logger
+    def __init__(self, logger: str = "train", prog: str = ""):
+        self.logger, self.prog = logger, prog
         self.reset()
 
-    def reset(self) -> None:
+    def reset(self, argv=None) -> None:
+        """`argv`: the command line (default sys.argv's), for the command that continues the run."""
         self.latest, self.run_dir, self.trained = None, None, False
+        self.argv = list(sys.argv[1:] if argv is None else argv)
         self._ended = threading.Lock()
+
+    def resume_command(self, latest: str) -> str:
+        """The command line that started this run with --ckpt_path <latest> --resume_opt True in place of any it
+        had: pasted as it is, it continues the run."""
+        import shlex
+
+        from .config import _split_cli
+
+        try:
+            config, pairs, _ = _split_cli(self.argv)
+        except ConfigError:
+            config, pairs = None, []
+        words = ["python", self.prog or os.path.basename(sys.argv[0]) or "train.py"]
+        if config:
+            words += ["--config", config]
+        for key, value in pairs:
+            if key not in ("ckpt_path", "resume_opt", "resume"):
+                words += [f"--{key}", "True" if value is True else str(value)]
+        words += ["--ckpt_path", latest, "--resume_opt", "True"]
+        return " ".join(shlex.quote(w) for w in words)
 
     def resume_hint(self) -> str:
         latest = self.latest or "<ckpt_save_dir>/latest.ckpt"
         if os.path.exists(latest):
-            return f"continue with --ckpt_path {latest} --resume_opt True"
+            return f"continue with: {self.resume_command(latest)}"
         return "no checkpoint was written yet; start again"
 
     def report(self, message) -> None:

@@ -1,0 +1,45 @@
+"""train_seg.py's configuration: segmentation's own defaults, values refused before work, its --help."""
+import os
+
+import pytest
+
+from mindcv_ext.seg.config import load_seg_config
+from mindcv_ext.training.config import ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECIPES = os.path.join(ROOT, "configs", "seg")
+
+
+def test_num_classes_0_is_refused_not_the_datasets_count():
+    # `num_classes or default` turned an explicit 0 into Cityscapes' 19 without a word
+    with pytest.raises(ConfigError, match="num_classes must be in 2..255.*got 0"):
+        load_seg_config(["--backbone", "demo_repmlp", "--crop_size", "[64, 64]", "--num_classes", "0"])
+
+
+def test_without_a_recipe_the_defaults_are_segmentations():
+    cfg = load_seg_config(["--model", "repmlp_t256", "--dataset", "demo", "--device_target", "CPU"])
+    assert cfg.batch_size == 2  # mmseg's 2 images per card, not classification's 128
+    assert cfg.gelu_approximate is False
+
+
+def test_ade20k_classes_are_named():
+    cfg = load_seg_config(["--config", os.path.join(RECIPES, "repmlp_t256_upernet_ade20k_ascend.yaml")])
+    assert len(cfg.class_names) == 150 == len(set(cfg.class_names))
+    # objectInfo150: index 1 wall, 2 building, 3 sky, ..., 13 person, ..., 150 flag; label 0 (other) is ignored
+    assert cfg.class_names[:3] == ["wall", "building", "sky"] and cfg.class_names[12] == "person"
+    assert cfg.class_names[-1] == "flag" and not any(n.startswith("class_") for n in cfg.class_names)
+
+
+def test_help_lists_its_own_keys_first_and_no_evaluation_keys(capsys):
+    with pytest.raises(SystemExit):
+        load_seg_config(["--help"])
+    text = capsys.readouterr().out
+    lines = text.splitlines()
+    assert lines[0] == "usage: python train_seg.py --config RECIPE.yaml [--key value ...]"
+    keys = [line.split()[0] for line in lines if line.startswith("  --")]
+    assert keys.index("--backbone") < keys.index("--mode") and keys.index("--crop_size") < keys.index("--opt")
+    for eval_only in ("--overlay", "--save_deploy", "--image_path", "--output", "--reparameterize"):
+        assert eval_only not in keys
+    assert "6 demo" in text  # the demo set has 6 classes
+    with pytest.raises(ConfigError, match="Unknown option --overlay"):
+        load_seg_config(["--backbone", "demo_repmlp", "--crop_size", "[64, 64]", "--overlay", "0.3"])
