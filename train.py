@@ -14,10 +14,8 @@ the loss is checked after every step, and at ~0.5 s per RepMLPNet step on Ascend
 """
 import contextlib
 import difflib
-import logging
 import math
 import os
-import sys
 import time
 
 import mindcv_ext  # noqa: F401  (registers repmlp_* and demo_repmlp with mindcv)
@@ -35,9 +33,9 @@ from mindcv_ext.training.loaders import (build_eval_loader, build_train_loader, 
 from mindcv_ext.weights import build_model, check_class_names, recorded_class_names
 from mindcv_ext.training.metrics import MetricsLog, plot_curves
 from mindcv_ext.training.optim import build_loss, build_loss_scale, build_lr_schedule, build_optimizer
-from mindcv_ext.training.run_lock import check_output_dir, claim_run_dir
 from mindcv_ext.training.run_end import RunEnd
-from mindcv_ext.training.runtime import average_across_ranks, init_context, sum_across_ranks
+from mindcv_ext.training.runner import check_run_folder, claim_run_folder, diverged, script_exit
+from mindcv_ext.training.runtime import average_across_ranks, init_context
 from mindcv_ext.training.step import NonFiniteLossError, build_train_step
 
 
@@ -53,18 +51,11 @@ def main(argv=None) -> int:
     resuming = bool(cfg.ckpt_path) and cfg.resume_opt
     if cfg.ckpt_path and not os.path.isfile(cfg.ckpt_path):
         raise ConfigError(_missing_weights_message(cfg, resuming))
-    latest_path = os.path.join(cfg.ckpt_save_dir, "latest.ckpt")
-    RUN.latest = latest_path
-    _refuse_a_finished_run(resuming, latest_path, cfg)
-    check_output_dir(cfg.ckpt_save_dir)
+    check_run_folder(RUN, cfg.ckpt_save_dir, resuming)
     check_save_dir_outside_data(cfg)  # before the run directory is created
     rank, group_size = init_context(cfg)
     is_main = rank == 0
-    # One live run per ckpt_save_dir (rank 0 holds a lock until it exits); checked again under the lock, since
-    # another run may have finished its first epoch in the meantime.
-    RUN.run_dir = claim_run_dir(cfg.ckpt_save_dir, rank, group_size,
-                                agree=sum_across_ranks if group_size > 1 else None)
-    _refuse_a_finished_run(resuming, latest_path, cfg)
+    claim_run_folder(RUN, cfg.ckpt_save_dir, resuming, rank, group_size)  # one live run per ckpt_save_dir
     log = setup_logging(cfg.ckpt_save_dir, rank, group_size)
     for note in cfg.notes:
         log.warning(note)
@@ -301,27 +292,15 @@ def _evals_left(cfg, epoch: int) -> int:
 
 
 def _nonfinite_message(loss, epoch, step, cfg, ckpts, bad=None) -> str:
-    # latest.ckpt is replaced only at the end of an epoch, after this check, and never with non-finite values.
-    if os.path.exists(ckpts.latest_path):
-        kept = (f"The last good checkpoint is {ckpts.latest_path} (end of epoch {epoch - 1}); nothing was written "
-                f"after it.")
-    else:
-        kept = "No checkpoint was written (it happened in the first epoch of this run)."
     what = (f"Loss became {loss} at epoch {epoch}, step {step}" if bad is None else
             f"The weights became non-finite during epoch {epoch} while the loss stayed finite "
             f"({describe_nonfinite(bad)})")
-    return (f"{what}: training stopped. {kept} Usual fixes: a lower lr "
-            f"(now {cfg.lr}), a longer warmup (warmup_epochs {cfg.warmup_epochs}), clip_grad: True, or amp_level O0 / "
-            f"loss_scale_type dynamic if fp16 overflowed.")
+    return diverged(what, ckpts.latest_path, f"end of epoch {epoch - 1}",
+                    f"a lower lr (now {cfg.lr}), a longer warmup (warmup_epochs {cfg.warmup_epochs}), clip_grad: "
+                    f"True, or amp_level O0 / loss_scale_type dynamic if fp16 overflowed")
 
 
 RUN = RunEnd("train", "train.py")  # how the run ends: exit codes, the error line, the run directory let go once
-
-
-def _refuse_a_finished_run(resuming: bool, latest_path: str, cfg) -> None:
-    if not resuming and os.path.exists(latest_path):
-        raise ConfigError(f"{cfg.ckpt_save_dir} already holds a run ({latest_path}). Continue it with "
-                          f"--ckpt_path {latest_path} --resume_opt True, or pick another --ckpt_save_dir.")
 
 
 def _optimizer_step(optimizer) -> int:
@@ -351,10 +330,4 @@ def _sample_count(loader, group_size: int) -> int:
 
 
 if __name__ == "__main__":
-    cli.install_signals(on_forced_exit=RUN.on_forced_exit)  # Ctrl-C -> KeyboardInterrupt, SIGTERM -> cli.Terminated
-    exit_code = RUN.run(main)
-    logging.shutdown()
-    if any(v in os.environ for v in ("MS_ROLE", "RANK_TABLE_FILE")):
-        sys.exit(exit_code)  # a normal exit: MindSpore reports this worker's end to the msrun scheduler on the way
-    # os._exit skips MindSpore's interpreter-teardown destructors, which print pages of ignored exceptions.
-    os._exit(exit_code)
+    script_exit(RUN, main)  # signals, the exit-code table, an exit without MindSpore's teardown noise

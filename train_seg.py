@@ -12,10 +12,8 @@ atomically with the optimizer state (a killed run resumes from it), and a period
 <backbone>_<head>-<n>_<val_interval>.ckpt. metrics.jsonl and train.log go to ckpt_save_dir as well.
 """
 import contextlib
-import logging
 import math
 import os
-import sys
 import time
 
 import mindcv_ext  # noqa: F401  (registers the RepMLPNets)
@@ -29,13 +27,12 @@ from mindcv_ext.seg.inference import evaluate_seg
 from mindcv_ext.seg.metrics import format_table, seg_metrics
 from mindcv_ext.seg.model import SegWithLoss, create_seg_model, seg_metadata
 from mindcv_ext.training.ckpt_manager import CheckpointManager, restore_training_state, training_state
-from mindcv_ext.training.config import ConfigError
 from mindcv_ext.training.console import Progress, format_duration, setup_logging
 from mindcv_ext.training.metrics import MetricsLog, plot_curves
 from mindcv_ext.training.optim import build_loss_scale, build_optimizer
-from mindcv_ext.training.run_lock import check_output_dir, claim_run_dir
 from mindcv_ext.training.run_end import RunEnd
-from mindcv_ext.training.runtime import average_across_ranks, init_context, sum_across_ranks
+from mindcv_ext.training.runner import check_run_folder, claim_run_folder, diverged, script_exit
+from mindcv_ext.training.runtime import average_across_ranks, init_context
 from mindcv_ext.training.step import NonFiniteLossError, TrainStep
 
 RUN = RunEnd("train", "train_seg.py")  # how the run ends: exit codes, the error line, the run directory let go once
@@ -56,15 +53,9 @@ def poly_schedule(cfg):
 def main(argv=None) -> int:
     cfg = load_seg_config(argv)
     resuming = bool(cfg.ckpt_path)
-    latest = os.path.join(cfg.ckpt_save_dir, "latest.ckpt")
-    RUN.latest = latest
-    if not resuming and os.path.exists(latest):
-        raise ConfigError(f"{cfg.ckpt_save_dir} already holds a run ({latest}). Continue it with --ckpt_path "
-                          f"{latest} --resume_opt True, or pick another --ckpt_save_dir.")
-    check_output_dir(cfg.ckpt_save_dir)
+    check_run_folder(RUN, cfg.ckpt_save_dir, resuming)
     rank, group_size = init_context(cfg)
-    agree = sum_across_ranks if group_size > 1 else None
-    RUN.run_dir = claim_run_dir(cfg.ckpt_save_dir, rank, group_size, agree=agree)
+    claim_run_folder(RUN, cfg.ckpt_save_dir, resuming, rank, group_size)  # one live run per ckpt_save_dir
     log = setup_logging(cfg.ckpt_save_dir, rank, group_size)
     for note in cfg.notes:
         log.warning(note)
@@ -170,7 +161,7 @@ def main(argv=None) -> int:
                 first = False
             iteration = (chunk - 1) * cfg.val_interval + step
             if not math.isfinite(loss):
-                raise NonFiniteLossError(_diverged(f"loss became {loss} at iteration {iteration}", ckpts, cfg))
+                raise NonFiniteLossError(_diverged(f"Loss became {loss} at iteration {iteration}", chunk, cfg))
             loss_sum += loss
             window.append(loss)
             lr = lrs[iteration - 1]
@@ -187,7 +178,8 @@ def main(argv=None) -> int:
         average_across_ranks(rank_local, all_reduce, group_size)
         bad = nonfinite_tensors(training_state(train_step))
         if bad:
-            raise NonFiniteLossError(_diverged(f"weights became non-finite ({describe_nonfinite(bad)})", ckpts, cfg))
+            raise NonFiniteLossError(_diverged(f"The weights became non-finite ({describe_nonfinite(bad)})", chunk,
+                                               cfg))
         iteration = chunk * cfg.val_interval
         row = {"kind": "epoch", "epoch": chunk, "iteration": iteration, "train_loss": loss_sum / cfg.val_interval,
                "lr": lr, "time_s": time.time() - chunk_start}
@@ -276,10 +268,10 @@ def _raise_bad_pair(loader) -> None:
         raise DataError(f"{error}; then {RUN.resume_hint()}.") from None
 
 
-def _diverged(what: str, ckpts, cfg) -> str:
-    kept = (f"the last good checkpoint is {ckpts.latest_path}" if os.path.exists(ckpts.latest_path)
-            else "no checkpoint was written")
-    return f"{what}: training stopped; {kept}. Try a lower lr (now {cfg.lr}) or a longer warmup (warmup_iters)."
+def _diverged(what: str, chunk: int, cfg) -> str:
+    return diverged(what, RUN.latest, f"iteration {(chunk - 1) * cfg.val_interval}",
+                    f"a lower lr (now {cfg.lr}), a longer warmup (warmup_iters {cfg.warmup_iters}), clip_grad: True, "
+                    f"or amp_level O0 if fp16 overflowed")
 
 
 def run(argv=None) -> int:
@@ -289,9 +281,4 @@ def run(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    cli.install_signals(RUN.on_forced_exit)  # Ctrl-C -> KeyboardInterrupt (130), SIGTERM -> cli.Terminated (143)
-    exit_code = run()
-    logging.shutdown()
-    if any(v in os.environ for v in ("MS_ROLE", "RANK_TABLE_FILE")):
-        sys.exit(exit_code)
-    os._exit(exit_code)  # skip MindSpore's teardown destructors (pages of ignored exceptions)
+    script_exit(RUN, main)  # signals, the exit-code table, an exit without MindSpore's teardown noise

@@ -45,7 +45,8 @@ def test_train_resume_validate_both_forms_and_predict(data, tmp_path, capsys):
     assert os.path.isfile(latest) and os.path.isfile(best)
     # a second start into the same directory is refused; resuming continues the schedule
     assert train_seg.run(_common(data) + ["--total_iters", "4", "--ckpt_save_dir", out]) == 2
-    assert "already holds a run" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and "Continue it with: python train_seg.py --config " in err  # a command
     resume = ["--ckpt_save_dir", out, "--ckpt_path", latest, "--resume_opt", "True"]
     assert train_seg.run(_common(data) + ["--total_iters", "4", "--val_interval", "1"] + resume) == 2
     assert "resume with the same --val_interval" in capsys.readouterr().err
@@ -256,3 +257,45 @@ def test_a_crop_larger_than_the_rescaled_images_is_refused_before_work(data, tmp
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "does not fit the training images" in err[0] and "img_scale [128, 64]" in err[0]
     assert not out.exists()  # no folder, no .train.lock
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/wchan"), reason="needs Linux /proc")
+def test_sigterm_while_the_loader_is_blocked_exits_143_with_the_resume_command(data, tmp_path):
+    # The images turn into FIFOs after the first steps read them: the pipeline's reader threads block opening them
+    # and the main thread waits in the iterator's native code; cli's watchdog ends the run (as for train.py).
+    import shutil
+    import signal
+    import subprocess
+    import time
+    from test_train_exits import _blocked_on_a_fifo
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    out = str(tmp_path / "run")
+    log = tmp_path / "stdout.txt"
+    cmd = [sys.executable, os.path.join(ROOT, "train_seg.py")] + _common(str(copy)) + [
+        "--total_iters", "2000", "--ckpt_save_dir", out, "--check_data", "False"]
+    with open(log, "w") as stdout:
+        proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.PIPE, text=True, cwd=str(tmp_path))
+        deadline = time.time() + 120
+        while "iter 3/" not in log.read_text() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        for root, _, files in os.walk(copy / "leftImg8bit" / "train"):
+            for name in files:
+                fifo = os.path.join(root, "." + name + ".fifo")
+                os.mkfifo(fifo)
+                os.replace(fifo, os.path.join(root, name))  # atomic: a reader finds a file or a FIFO
+        while not _blocked_on_a_fifo(proc.pid) and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        time.sleep(2.0)  # the prefetched batches run out
+        proc.send_signal(signal.SIGTERM)
+        try:
+            _, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            pytest.fail("SIGTERM did not end train_seg.py blocked in its loader")
+    assert proc.returncode == 143, err[-2000:]
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and lines[0].startswith("error: terminated (SIGTERM); continue with: python "
+                                                   "train_seg.py --config "), err[-2000:]
+    assert lines[0].endswith(f"--ckpt_path {out}/latest.ckpt --resume_opt True")
+    assert not os.path.exists(os.path.join(out, ".train.lock"))
