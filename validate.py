@@ -18,7 +18,7 @@ import os
 import sys
 
 from mindcv_ext.checkpoint import CheckpointError
-from mindcv_ext.cli import BAD_INPUT, FAILED, OK, printable, run_tool
+from mindcv_ext.cli import OK, printable, run_tool, staged
 from mindcv_ext.training.config import ConfigError, load_eval_config
 
 PROG = "validate.py"
@@ -33,11 +33,12 @@ def prepare(cfg):
     from mindcv_ext.data import check_images, create_eval_loader
     from mindcv_ext.data.loaders import class_folders
     from mindcv_ext.evaluation import build_eval_model, set_eval_context
-    from mindcv_ext.weights import check_class_names
+    from mindcv_ext.weights import check_class_names, refuse_segmentation_checkpoint
 
     if not mindcv.is_model(cfg.model):  # before the data checks, which can take seconds
         raise ConfigError(f"unknown model {cfg.model!r}; use one of {', '.join(mindcv.list_models('*repmlp*'))} "
                           f"(or another registered mindcv model).")
+    refuse_segmentation_checkpoint(cfg.ckpt_path, "validate_seg.py")
     if not cfg.data_dir:
         raise ConfigError("validate.py needs the data: --data_dir with <val_split>/<class>/<images> (or a recipe "
                           "with data_dir).")
@@ -81,24 +82,24 @@ def run(cfg, prepared) -> dict:
 def main(argv=None) -> int:
     """The exit codes of mindcv_ext.cli: 2 for bad input found before the evaluation (the command, the recipe, the
     weights, the data), 1 when the evaluation itself fails."""
-    try:
-        cfg = load_eval_config(argv, prog=PROG)
+    state = {}
+
+    def setup():
+        state["cfg"] = cfg = load_eval_config(argv, prog=PROG)
         for note in cfg.notes:
             print(f"note: {printable(note)}", file=sys.stderr)
-        prepared = prepare(cfg)
-    except (ConfigError, CheckpointError, OSError, ValueError) as e:
-        print(f"{PROG}: error: {printable(e)}", file=sys.stderr)
-        return BAD_INPUT
-    try:
-        result = run(cfg, prepared)
-    except (CheckpointError, OSError, ValueError, RuntimeError) as e:  # e.g. an image MindSpore refused mid-run
-        print(f"{PROG}: error: {printable(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)}",
-              file=sys.stderr)
-        return FAILED
-    print(f"Top-1 {result['top1']:.2f}%  Top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}  "
-          f"({result['num_samples']} images)")
-    print(json.dumps(result), flush=True)
-    return OK
+        return prepare(cfg)
+
+    def work(prepared) -> int:
+        result = run(state["cfg"], prepared)
+        print(f"Top-1 {result['top1']:.2f}%  Top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}  "
+              f"({result['num_samples']} images)")
+        print(json.dumps(result), flush=True)
+        return OK
+
+    # mid-run failures: e.g. an image MindSpore refused mid-run
+    return staged(setup, work, PROG, bad_input=(ConfigError, CheckpointError, OSError, ValueError),
+                  failed=(CheckpointError, OSError, ValueError, RuntimeError))
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ __all__ = [
     "describe_nonfinite",
     "remove_temp_files",
     "make_temp",
+    "is_temp_name",
 ]
 
 class CheckpointError(ValueError):
@@ -98,10 +99,11 @@ def describe_nonfinite(bad, limit: int = 6) -> str:
     return f"{sum(c for _, c in bad)} NaN/inf value(s) in {len(bad)} tensor(s): {shown}{more}"
 
 
-# `.<file name>.<pid>-<8 random characters>.tmp...`: our temporary files and folders (make_temp below), and
+# `.<file name>.<pid>-<8 random characters>.tmp...`: our temporary files and folders (make_temp below; the suffix
+# tells a writer the format: .ckpt, .safetensors, .png), and
 # MindSpore's own `<ours minus extension>.tmp` next to them. The pid tells a killed run's leftovers from a live run's;
 # names without one are from versions before it.
-_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.(?:(?P<pid>\d+)-)?[A-Za-z0-9_]{8}\.tmp(\.(ckpt|safetensors|tmp))*$")
+_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.(?:(?P<pid>\d+)-)?[A-Za-z0-9_]{8}\.tmp(\.(ckpt|safetensors|tmp|png))*$")
 _LEGACY_EXPORT_RE = re.compile(r"^\.export-[A-Za-z0-9_]{8}$")  # scripts/export.py's folders before the pid
 _PROCESS_START = time.time()
 _TEMP_CHARS = string.ascii_letters + string.digits
@@ -126,6 +128,11 @@ def _stale(path: str, pid: Optional[str]) -> bool:
         return os.path.getmtime(path) < _PROCESS_START
     except OSError:
         return False
+
+
+def is_temp_name(name: str) -> bool:
+    """A make_temp temporary's name (a live or a killed run's): never an input, never an output name."""
+    return bool(_TEMP_RE.match(os.path.basename(name)))
 
 
 def make_temp(path: str, suffix: str = "", directory: bool = False) -> str:

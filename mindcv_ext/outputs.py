@@ -14,11 +14,13 @@ Marks (key MARK_KEY = "written_by", value "mindcv_ext <tool>"):
     adds it when given `tool`, and read_weights drops it like the class names);
   - .png: a tEXt chunk (png_mark -> PIL PngInfo for Image.save(..., pnginfo=...));
   - .onnx: a metadata_props entry (mark_onnx(model_proto, tool));
-  - formats with no place for metadata (MINDIR, JSON lines, ...): no mark, so an existing file needs --overwrite.
+  - infer.py's .jsonl predictions: no room for a mark; known by their form (each line {"path", "top5"});
+  - formats with no place for metadata (MINDIR, ...): no mark, so an existing file needs --overwrite.
 
 Public API (all refusals are OutputError, a ValueError: bad input, exit 2, one line):
     MARK_KEY, mark(tool), checkpoint_mark(tool, fmt), png_mark(tool), mark_onnx(model, tool)
     written_by(path) -> the tool named in the file's mark, or None (unmarked, unreadable, unknown format)
+    checkpoint_keys(path) -> the key names of a .ckpt / .safetensors, reading no tensor
     training_state(path) -> why `path` is a run's training state, or None
     check_replace(path, tool, overwrite=False, what="--output") -> raise OutputError unless `path` may be written
     OutputNames(tool, overwrite=False, what="output").claim(path, source) -> abspath; refuses collisions and
@@ -26,13 +28,14 @@ Public API (all refusals are OutputError, a ValueError: bad input, exit 2, one l
 checkpoint.check_output_path (the entry the tools call for one output file) applies check_replace after its own
 checks of the place.
 """
+import json
 import os
 import re
 import stat
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 __all__ = ["OutputError", "MARK_KEY", "mark", "checkpoint_mark", "png_mark", "mark_onnx", "written_by",
-           "training_state", "check_replace", "OutputNames"]
+           "training_state", "check_replace", "OutputNames", "checkpoint_keys"]
 
 MARK_KEY = "written_by"
 _PREFIX = "mindcv_ext "
@@ -115,6 +118,18 @@ def _checkpoint_entries(path: str):
     return names, found
 
 
+def checkpoint_keys(path: str) -> List[str]:
+    """The key names of a .ckpt / .safetensors file without reading its tensors; [] for other formats or a file that
+    cannot be read (the full read that follows names the problem)."""
+    path = os.fspath(path)
+    if not path.endswith((".ckpt", ".safetensors")) or not os.path.isfile(path):
+        return []
+    try:
+        return _checkpoint_entries(path)[0]
+    except Exception:  # noqa: BLE001
+        return []
+
+
 def written_by(path: str) -> Optional[str]:
     """The tool named in `path`'s mark, or None: unmarked, unreadable, or a format without metadata."""
     path = os.fspath(path)
@@ -129,6 +144,10 @@ def written_by(path: str) -> Optional[str]:
             import onnx
             model = onnx.load(path, load_external_data=False)
             return _tool_of(next((p.value for p in model.metadata_props if p.key == MARK_KEY), None))
+        if path.endswith(".jsonl"):  # JSON lines have no room for a mark: infer.py's are known by their form
+            with open(path, encoding="utf-8") as f:
+                first = json.loads(f.readline(1 << 20) or "null")
+            return "scripts/infer.py" if isinstance(first, dict) and set(first) == {"path", "top5"} else None
     except Exception:  # noqa: BLE001 - an unreadable file carries no mark; refusing it is the safe side
         return None
     return None

@@ -38,11 +38,11 @@ import _common  # noqa: F401  (puts the repository root on sys.path)
 import numpy as np
 
 from mindcv_ext.checkpoint import CheckpointError
-from mindcv_ext.cli import BAD_INPUT, FAILED, OK, keep_sigint, printable, run_tool
+from mindcv_ext.cli import FAILED, OK, keep_sigint, printable, run_tool, staged
+from mindcv_ext.data.imagecheck import IMAGE_EXTENSIONS, find_images
 from mindcv_ext.training.config import ConfigError, load_eval_config
 
 PROG = "scripts/infer.py"
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".tif", ".tiff")  # what MindSpore decodes
 TOPK = 5
 
 INFER_KEYS = {
@@ -50,7 +50,9 @@ INFER_KEYS = {
                               f"{' '.join(IMAGE_EXTENSIONS)} files (required)"),
     "output": ("", "str", "also write one JSON object per image to this .jsonl file, when the run ends: written "
                           "beside it under a temporary name and renamed at the end, so an interrupted or failed run "
-                          "leaves an existing file as it was (its predictions so far are on stdout only)"),
+                          "leaves an existing file as it was (its predictions so far are on stdout only). An "
+                          "existing file that is not infer.py's predictions is replaced only with --overwrite True"),
+    "overwrite": (False, "bool", "replace an existing --output file that is not an earlier run's predictions"),
     "class_names": ("", "str", "text file with one class name per line, in label order (default: the names the "
                                "checkpoint records; without either, class indices)"),
     "batch_size": (32, "int", "images per batch"),
@@ -64,30 +66,6 @@ def _err(text: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ the images
-
-def find_images(image_path: str) -> List[str]:
-    """The image named, or the image files under the folder (recursively, sorted, symlinked folders not followed).
-    FIFOs, sockets, devices and broken links are told from their stat and never opened (reading a FIFO blocks
-    forever): one named is an error, one in the folder is reported and left out."""
-    from mindcv_ext.data.imagecheck import why_not_regular
-
-    if not os.path.isdir(image_path):
-        reason = why_not_regular(image_path)
-        if reason:
-            raise ConfigError(f"--image_path {printable(image_path)!r}: {reason}; pass an image file or a folder of "
-                              f"images.")
-        return [image_path]  # named explicitly: checked like any other, whatever its extension
-    found = []
-    for root, dirs, files in os.walk(image_path):
-        dirs.sort()
-        for path in (os.path.join(root, f) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)):
-            reason = why_not_regular(path)
-            if reason:
-                _err(f"skipped {printable(path)}: {reason}")
-            else:
-                found.append(path)
-    return found
-
 
 def check_image_bytes(data: bytes) -> Optional[str]:
     """None if MindSpore can safely be given these bytes, else why not. Pure Python and PIL, no MindSpore: the
@@ -296,11 +274,14 @@ def prepare(cfg):
     from mindcv_ext.data.loaders import eval_transforms
     from mindcv_ext.evaluation import build_eval_model, set_eval_context
 
+    from mindcv_ext.weights import refuse_segmentation_checkpoint
+
+    refuse_segmentation_checkpoint(cfg.ckpt_path, "scripts/predict_seg.py")
     if not cfg.image_path:
         raise ConfigError("no images given: pass --image_path photo.jpg, or --image_path a folder of images.")
     if not os.path.exists(cfg.image_path):
         raise ConfigError(f"--image_path {cfg.image_path!r} does not exist; pass an image file or a folder of images.")
-    paths = find_images(cfg.image_path)
+    paths, cfg.special_files = find_images(cfg.image_path)  # special files: counted as skipped by run()
     if not paths:
         raise ConfigError(f"no image files under {cfg.image_path!r} (searched recursively for "
                           f"{', '.join(IMAGE_EXTENSIONS)}); point --image_path at a folder that holds images.")
@@ -312,6 +293,8 @@ def prepare(cfg):
                 "it is a directory; name a file such as predictions.jsonl." if os.path.isdir(cfg.output) else
                 f"the folder {parent!r} does not exist or is not writable; create it or choose another path."))
         _refuse_output_over_inputs(cfg, paths)
+        from mindcv_ext.outputs import check_replace
+        check_replace(cfg.output, PROG, cfg.overwrite)  # the one output rule; OutputError is a ValueError (2)
     if not mindcv.is_model(cfg.model):
         raise ConfigError(f"unknown model {cfg.model!r}; use one of {', '.join(mindcv.list_models('*repmlp*'))} "
                           f"(or another registered mindcv model).")
@@ -344,6 +327,9 @@ def run(cfg, prepared) -> int:
         skipped.append((path, reason))
         _err(f"skipped {printable(path)}: {reason}")
 
+    for path, reason in cfg.special_files:  # FIFOs, sockets, ...: left out by the finder, counted like the rest
+        on_skip(path, reason)
+
     count, batches, start = 0, 0, time.perf_counter()
     try:
         for index, logits in predict(net, paths, transforms, cfg.batch_size, cfg.num_parallel_workers, on_skip):
@@ -360,7 +346,8 @@ def run(cfg, prepared) -> int:
             batches += 1
             sys.stdout.flush()
             if cfg.log_interval and batches % cfg.log_interval == 0:
-                _err(f"[{count + len(skipped)}/{len(paths)}] {count} predicted, {len(skipped)} skipped "
+                total = len(paths) + len(cfg.special_files)
+                _err(f"[{count + len(skipped)}/{total}] {count} predicted, {len(skipped)} skipped "
                      f"({count / (time.perf_counter() - start):.1f} img/s)")
         if out:
             out.close()
@@ -389,22 +376,23 @@ def run(cfg, prepared) -> int:
 
 
 def main(argv=None) -> int:
-    try:  # everything before the first image: a problem here is the command's, the weights' or the files'
-        cfg = load_eval_config(argv, prog=PROG, extra=INFER_KEYS)
+    state = {}
+
+    def setup():  # everything before the first image: a problem here is the command's, the weights' or the files'
+        state["cfg"] = cfg = load_eval_config(argv, prog=PROG, extra=INFER_KEYS)
         for note in cfg.notes:
             _err(f"note: {note}")
-        prepared = prepare(cfg)
-    except (ConfigError, CheckpointError, OSError, ValueError) as e:
-        _err(f"{PROG}: error: {e}")
-        return BAD_INPUT
-    try:
-        return run(cfg, prepared)
-    except BrokenPipeError:  # the reader stopped early (`infer.py ... | head`): no error line, as other tools
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
-        return FAILED  # the run did not finish (and --output was not written)
-    except OSError as e:  # e.g. the disk filled up under --output
-        _err(f"{PROG}: error: {e}")
-        return FAILED
+        return prepare(cfg)
+
+    def work(prepared) -> int:
+        try:
+            return run(state["cfg"], prepared)
+        except BrokenPipeError:  # the reader stopped early (`infer.py ... | head`): no error line, as other tools
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
+            return FAILED  # the run did not finish (and --output was not written)
+
+    # OSError in the work: e.g. the disk filled up under --output
+    return staged(setup, work, PROG, bad_input=(ConfigError, CheckpointError, OSError, ValueError), failed=(OSError,))
 
 
 if __name__ == "__main__":

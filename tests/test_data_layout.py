@@ -236,28 +236,25 @@ def test_train_refuses_bad_entries_by_default(demo_data, tmp_path):
 
 # ---------------------------------------------------------------------------------------------------- scripts/infer.py
 
-def test_infer_find_images_leaves_out_special_files_without_opening_them(tmp_path, capsys):
-    # before: the FIFO was listed, and infer.py's read of it blocked forever
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
-    try:
-        import infer
-    finally:
-        sys.path.pop(0)
+def test_image_finder_leaves_out_special_files_without_opening_them(tmp_path):
+    # before: the FIFO was listed, and infer.py's read of it blocked forever. One finder for infer.py and
+    # predict_seg.py (their extension lists differed).
+    from mindcv_ext.data.imagecheck import find_images
+
     folder = tmp_path / "photos"
     (folder / "sub").mkdir(parents=True)
     (folder / "a.jpg").write_bytes(JPEG)
-    (folder / "sub" / "b.png").write_bytes(b"")  # empty: left to infer's own check, which counts it as skipped
+    (folder / "sub" / "b.png").write_bytes(b"")  # empty: left to the tool's own check, which counts it as skipped
     os.mkfifo(folder / "sub" / "pipe.jpg")
     os.symlink("gone.jpg", folder / "broken.jpg")
-    found = _no_hang(infer.find_images, str(folder))
+    found, skipped = _no_hang(find_images, str(folder))
     assert found == [str(folder / "a.jpg"), str(folder / "sub" / "b.png")]
-    err = capsys.readouterr().err.splitlines()
-    assert err == [f"skipped {folder / 'broken.jpg'}: broken symbolic link",
-                   f"skipped {folder / 'sub' / 'pipe.jpg'}: a FIFO (named pipe), not a regular file (MindSpore's "
-                   f"reader would block or fail on it)"]
-    with pytest.raises(infer.ConfigError, match=r"--image_path '.*pipe\.jpg': a FIFO \(named pipe\)"):
-        _no_hang(infer.find_images, str(folder / "sub" / "pipe.jpg"))
-    assert infer.find_images(str(folder / "a.jpg")) == [str(folder / "a.jpg")]
+    assert skipped == [(str(folder / "broken.jpg"), "broken symbolic link"),
+                       (str(folder / "sub" / "pipe.jpg"), "a FIFO (named pipe), not a regular file (MindSpore's "
+                                                          "reader would block or fail on it)")]
+    with pytest.raises(ValueError, match=r"--image_path '.*pipe\.jpg': a FIFO \(named pipe\)"):
+        _no_hang(find_images, str(folder / "sub" / "pipe.jpg"))
+    assert find_images(str(folder / "a.jpg")) == ([str(folder / "a.jpg")], [])
 
 
 # ---------------------------------------------------------------------------------------- ckpt_save_dir inside a split

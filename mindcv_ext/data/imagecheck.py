@@ -20,7 +20,9 @@ from ..cli import printable
 from ._scan_worker import check_format, read_head, reason_of, stat_regular, stat_sample
 
 __all__ = ["find_bad_images", "check_images", "list_image_entries", "scan_entries", "quick_check",
-           "why_not_regular", "SPLIT_NAMES"]
+           "why_not_regular", "special_files", "find_images", "IMAGE_EXTENSIONS", "SPLIT_NAMES"]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".tif", ".tiff")  # what MindSpore decodes
 
 SPLIT_NAMES = ("train", "val", "validation", "test")
 _WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_scan_worker.py")
@@ -71,6 +73,33 @@ def why_not_regular(path: str) -> Optional[str]:
     """None for a regular file (or a link to one); else what it is (directory, FIFO, socket, device, broken link,
     link loop), from stat alone: safe to call on anything, it never opens the path (a FIFO would block)."""
     return reason_of(stat_regular, path)
+
+
+def special_files(paths: Iterable[str]) -> List[Tuple[str, str]]:
+    """(path, why) for each of `paths` that is not a regular file: FIFOs, sockets, devices, directories, broken
+    links, link loops. From stat alone, so it is safe before anything opens the files (a FIFO blocks its reader)."""
+    return [(p, r) for p, r in ((p, why_not_regular(p)) for p in paths) if r]
+
+
+def find_images(image_path: str, what: str = "--image_path") -> Tuple[List[str], List[Tuple[str, str]]]:
+    """(image files, [(path, why)] left out) for an image or a folder searched recursively (sorted, symlinked
+    folders not followed) for IMAGE_EXTENSIONS: the one finder of the prediction tools (infer.py, predict_seg.py).
+    Special files in the folder are left out from their stat, never opened; one named directly, or a path that
+    does not exist, is a ValueError (bad input)."""
+    if not os.path.isdir(image_path):
+        if not os.path.lexists(image_path):
+            raise ValueError(f"{what} {image_path!r} does not exist; pass an image file or a folder of images.")
+        reason = why_not_regular(image_path)
+        if reason:
+            raise ValueError(f"{what} {image_path!r}: {reason}; pass an image file or a folder of images.")
+        return [image_path], []  # named explicitly: checked like any other, whatever its extension
+    found = []
+    for root, dirs, files in os.walk(image_path):
+        dirs.sort()
+        found.extend(os.path.join(root, f) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS))
+    skipped = special_files(found)
+    left_out = {p for p, _ in skipped}
+    return [p for p in found if p not in left_out], skipped
 
 
 def quick_check(path: str) -> Optional[str]:

@@ -14,7 +14,8 @@ from .data import LAYOUTS
 from .demo import SEG_DEMO_CLASSES as DEMO_CLASSES
 from .model import HEADS
 
-__all__ = ["SEG_KEYS", "SEG_TRAIN_KEYS", "EVAL_ONLY", "load_seg_config", "load_seg_eval_config", "DEMO_CLASSES"]
+__all__ = ["SEG_KEYS", "SEG_TRAIN_KEYS", "SEG_EVAL_KEYS", "EVAL_ONLY", "EVAL_OWN", "load_seg_config",
+           "load_seg_eval_config", "DEMO_CLASSES"]
 
 _SHARED = ("mode", "distribute", "log_interval", "seed", "device_target", "jit_level", "data_dir",
            "num_parallel_workers", "shuffle", "batch_size", "hflip", "mean", "std", "drop_path_rate", "ckpt_path",
@@ -141,8 +142,13 @@ def _common(cfg, evaluating: bool = False) -> None:
     for key in ("img_scale", "crop_size", "eval_scale", "eval_crop", "eval_stride"):
         _ints(cfg, key)
     cfg.eval_scale = cfg.eval_scale or cfg.img_scale
-    cfg.eval_crop = cfg.eval_crop or cfg.crop_size
-    cfg.eval_stride = cfg.eval_stride or (max(1, cfg.eval_crop[0] * 2 // 3), max(1, cfg.eval_crop[1] * 2 // 3))
+    cfg.eval_crop = cfg.eval_crop or cfg.crop_size  # the evaluation tools may know neither: the checkpoint's then
+    if cfg.eval_crop and not cfg.eval_stride:
+        cfg.eval_stride = (max(1, cfg.eval_crop[0] * 2 // 3), max(1, cfg.eval_crop[1] * 2 // 3))
+    if cfg.eval_crop and cfg.eval_stride and any(s > c for s, c in zip(cfg.eval_stride, cfg.eval_crop)):
+        raise ConfigError(f"eval_stride {list(cfg.eval_stride)} is larger than eval_crop {list(cfg.eval_crop)}: "
+                          f"sliding windows would never cover the pixels between them. Use a stride <= the window "
+                          f"(default: 2/3 of it).")
     _choice(cfg, "eval_mode", ("whole", "slide"))
     for key, low in (("num_parallel_workers", 1), ("log_interval", 1), ("batch_size", 1)):
         _at_least(cfg, key, low)
@@ -206,25 +212,53 @@ def load_seg_config(argv: Optional[Sequence[str]] = None) -> Any:
     return cfg
 
 
+# The evaluation tools' keys, listed first by their --help (each reads what it lists; the rest of a training recipe
+# is accepted so -c reads unchanged, and refused on the command line, where it would mean nothing).
+_EVAL_COMMON = ["ckpt_path", "eval_mode", "eval_scale", "eval_crop", "eval_stride", "img_scale", "crop_size",
+                "mean", "std", "reparameterize", "gelu_approximate", "overwrite", "device_target", "mode",
+                "jit_level"]
+EVAL_OWN = {
+    "validate_seg.py": ["ckpt_path", "dataset", "data_dir", "val_split", "num_classes", "check_data", "save_deploy",
+                        *_EVAL_COMMON, "distribute", "num_parallel_workers", "log_interval"],
+    "predict_seg.py": ["ckpt_path", "image_path", "output", "overlay", *_EVAL_COMMON],
+}
+# Without a recipe the evaluation tools take no training-size default (Cityscapes' 2048x1024 scale upsampled the
+# demo's 256x128 images 8x, mIoU 16.60 where the recipe gives 68): images keep their size, the window is the
+# training crop the checkpoint records (seg.inference.resolve_test_cfg).
+SEG_EVAL_KEYS = dict(SEG_KEYS, img_scale=(None, "pair", "eval_scale's default (a recipe's RandomResize scale); "
+                                                        "none: images at their own size"),
+                     crop_size=(None, "pair", "eval_crop's default (a recipe's training crop); none: the crop the "
+                                              "checkpoint records"))
+
+
 def load_seg_eval_config(argv: Optional[Sequence[str]] = None, prog: str = "validate_seg.py") -> Any:
-    """validate_seg.py / predict_seg.py: the training keys are accepted (a recipe reads unchanged); the model is
-    read from the checkpoint."""
-    cfg = parse_config(argv, SEG_KEYS, _ALIASES, prog)
+    """validate_seg.py / predict_seg.py: a training recipe reads unchanged (its training-only keys unused); the
+    model, and the eval window when no recipe gives one, are read from the checkpoint. Nothing is created here."""
+    own = EVAL_OWN[prog]
+    unused = [k for k in SEG_EVAL_KEYS if k not in own]
+    cfg = parse_config(argv, SEG_EVAL_KEYS, _ALIASES, prog, own=own, unused=unused)
+    given_unused = [k for k in cfg._given if k in unused]
+    if given_unused:
+        other = "validate_seg.py" if any(k in EVAL_OWN["validate_seg.py"] for k in given_unused) else "train_seg.py"
+        raise ConfigError(f"--{given_unused[0]} is {other}'s; {prog} does not use it (`python {prog} --help` lists "
+                          f"its keys).")
     if not cfg.ckpt_path:
         raise ConfigError(f"{prog} needs --ckpt_path (a checkpoint written by train_seg.py, train or deploy form).")
     if not os.path.isfile(cfg.ckpt_path):
         raise ConfigError(f"checkpoint not found: {cfg.ckpt_path!r}; pass best.ckpt (or latest.ckpt) of a "
                           f"train_seg.py run.")
+    notes = []
     if "device_target" not in cfg._given and cfg.device_target == "Ascend" and not _has_ascend():
         cfg.device_target = "CPU"  # a training recipe's device on a machine without it: evaluate on CPU
+        notes.append("the recipe's device_target Ascend is not available here: evaluating on CPU")
     if cfg.distribute and "distribute" not in cfg._given and not any(v in os.environ for v in _LAUNCHER_VARS):
         cfg.distribute = False  # a training recipe's msrun setting, evaluated without msrun: one process
     _common(cfg, evaluating=True)
+    cfg.notes = notes + cfg.notes
     if cfg.save_deploy:  # a directory, a file as parent, a read-only place, an unreadable suffix: refused now
         from ..checkpoint import check_output_path
         check_output_path(cfg.save_deploy, "--save_deploy", (".ckpt", ".safetensors"), tool=prog,
                           overwrite=cfg.overwrite)
-        os.makedirs(os.path.dirname(os.path.abspath(cfg.save_deploy)), exist_ok=True)
     if not 0.0 <= cfg.overlay <= 1.0:
         raise ConfigError(f"overlay must be in [0, 1]; got {cfg.overlay}.")
     return cfg

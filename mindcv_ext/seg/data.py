@@ -25,10 +25,12 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
+from ..data.imagecheck import special_files
 from ..training.config import ConfigError
 
 __all__ = ["DataError", "LAYOUTS", "list_pairs", "check_pairs", "read_image", "read_label", "TrainTransform",
            "rescale_size", "normalize", "build_seg_train_loader", "build_seg_eval_loader", "CITYSCAPES_CLASSES",
+           "eval_preprocess",
            "ADE20K_CLASSES",
            "CITYSCAPES_PALETTE", "palette_for"]
 
@@ -108,6 +110,11 @@ def list_pairs(layout: str, root: str, split: str) -> List[Tuple[str, str]]:
     labels = sorted(glob.glob(os.path.join(labels_root, pattern + lab_sfx)))
     if not images:
         raise DataError(f"no {pattern + img_sfx} images under {images_root}; is data_dir the dataset root?")
+    special = special_files(images + labels)  # from stat alone: reading a FIFO would block the run forever
+    if special:
+        (path, why), more = special[0], len(special) - 1
+        raise DataError(f"{path}: {why}{f' ({more} more such file(s))' if more else ''}. Remove it, or replace it "
+                        f"with the image file it stands for.")
 
     def key(path, base, sfx):
         return os.path.relpath(path, base)[:-len(sfx)]
@@ -226,6 +233,16 @@ def normalize(img: np.ndarray, mean, std) -> np.ndarray:
     """uint8/float (H, W, 3) RGB -> float32 (3, H, W)."""
     img = (np.asarray(img, np.float32) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return np.ascontiguousarray(img.transpose(2, 0, 1))
+
+
+def eval_preprocess(img: np.ndarray, scale: Optional[Sequence[int]], mean, std) -> np.ndarray:
+    """The evaluation's preprocessing (mmseg's test pipeline): RGB uint8 (H, W, 3) resized to `scale` (w, h),
+    aspect kept (None: its own size), then normalized -> float32 (3, H', W'). Predictions go back to (H, W)."""
+    if scale:
+        size = rescale_size(img.shape[1], img.shape[0], scale)
+        if size != (img.shape[1], img.shape[0]):
+            img = np.asarray(Image.fromarray(img).resize(size, Image.BILINEAR))
+    return normalize(img, mean, std)
 
 
 def _resize_pair(img, label, size):
@@ -358,11 +375,7 @@ class _EvalSource(_PairSource):
 
     def __getitem__(self, i):
         img, label = super().__getitem__(i)
-        if self.eval_scale:
-            size = rescale_size(img.shape[1], img.shape[0], self.eval_scale)
-            if size != (img.shape[1], img.shape[0]):
-                img = np.asarray(Image.fromarray(img).resize(size, Image.BILINEAR))
-        return normalize(img, self.mean, self.std), label.astype(np.int32), np.array(i, np.int32)
+        return eval_preprocess(img, self.eval_scale, self.mean, self.std), label.astype(np.int32), np.array(i, np.int32)
 
 
 def build_seg_train_loader(pairs, cfg, rank: int = 0, group_size: int = 1):

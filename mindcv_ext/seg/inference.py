@@ -1,10 +1,20 @@
-"""Whole-image and sliding-window inference, and evaluation over a loader (mmseg's test_cfg modes).
+"""Segmentation inference, mmseg style: load a model from a checkpoint, predict an image with the evaluation's
+preprocessing, evaluate over a loader. validate_seg.py and scripts/predict_seg.py both go through it.
 
+    model = init_segmentor("best.ckpt", reparameterize=True)       # eval mode; model.dataset_meta, model.test_cfg
+    mask = inference_segmentor(model, "photo.png")                  # (H, W) class indices at the image's size
+
+Test modes (mmseg's test_cfg):
 - whole: the image is padded at the bottom and right to a multiple of the model's native size (the encoder's
   FC sizes need that), run once, and the logits cropped back.
 - slide: crop_size windows every stride pixels (the last window of a row or column flush with the border, as
-  mmseg), each padded like whole, logits summed and divided by the number of windows covering each pixel.
-Logits are then resized (bilinear) to the label's size and arg-maxed.
+  mmseg), each padded like whole, logits summed and divided by the number of windows covering each pixel. A stride
+  larger than the window would leave pixels no window covers: refused (check_slide).
+Logits are then resized (bilinear) to the image's (the label's) size and arg-maxed.
+
+test_cfg defaults (resolve_test_cfg), what a checkpoint alone allows: the window is the training crop the checkpoint
+records; the stride 2/3 of it (mmseg's 341x682 for 512x1024); images at their own size unless a scale is given
+(a recipe's img_scale); ImageNet mean/std.
 """
 import math
 from typing import Optional, Sequence
@@ -14,9 +24,93 @@ import numpy as np
 from mindspore import ops
 
 from ..cli import keep_sigint
+from .data import eval_preprocess, palette_for, read_image
 from .metrics import confusion_matrix
 
-__all__ = ["pad_to_multiple", "infer_logits", "predict_mask", "evaluate_seg"]
+__all__ = ["init_segmentor", "inference_segmentor", "resolve_test_cfg", "check_slide", "save_deploy",
+           "pad_to_multiple", "infer_logits", "predict_mask", "evaluate_seg"]
+
+_MEAN, _STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
+
+
+def check_slide(crop_size: Sequence[int], stride: Sequence[int], native: int, where: str = "") -> None:
+    """ValueError unless sliding windows of crop_size every stride cover every pixel and fit the encoder: each
+    stride at most the window (a larger one skips the pixels between windows; their logits were 0/0, NaN) and the
+    window a multiple of the native size."""
+    for name, c, s in (("height", crop_size[0], stride[0]), ("width", crop_size[1], stride[1])):
+        if s > c:
+            raise ValueError(f"eval_stride {list(stride)} is larger than eval_crop {list(crop_size)} in {name}: the "
+                             f"pixels between windows would never be predicted. Use a stride <= the window, e.g. "
+                             f"--eval_stride [{max(1, crop_size[0] * 2 // 3)}, {max(1, crop_size[1] * 2 // 3)}]"
+                             f"{where}.")
+        if c % native:
+            raise ValueError(f"eval_crop {list(crop_size)} must be multiples of the encoder's native size {native} "
+                             f"(its FCs are built for {native}x{native} partitions){where}.")
+
+
+def resolve_test_cfg(arch: dict, native: int, mode: str = "whole", scale=None, crop_size=None, stride=None,
+                     mean=None, std=None) -> dict:
+    """mmseg's test_cfg plus the test pipeline's resize and normalization, with the defaults a checkpoint allows
+    (module docstring). Raises ValueError, before any work, for a slide setting that cannot fit."""
+    if mode not in ("whole", "slide"):
+        raise ValueError(f"eval_mode must be whole or slide; got {mode!r}.")
+    crop = tuple(crop_size) if crop_size else arch.get("crop_size")
+    if mode == "slide":
+        if not crop:
+            raise ValueError("eval_mode slide needs a window: this checkpoint does not record its training crop; pass "
+                             f"--eval_crop H W (multiples of {native}) or -c <the training recipe>.")
+        stride = tuple(stride) if stride else (max(1, crop[0] * 2 // 3), max(1, crop[1] * 2 // 3))
+        check_slide(crop, stride, native)
+    return dict(mode=mode, scale=tuple(scale) if scale else None, crop_size=tuple(crop) if crop else None,
+                stride=tuple(stride) if stride else None, mean=tuple(mean or _MEAN), std=tuple(std or _STD))
+
+
+def init_segmentor(checkpoint: str, reparameterize: bool = False, gelu_approximate: Optional[bool] = None,
+                   log=None, **test_cfg):
+    """mmseg's init_model for a train_seg.py checkpoint (train or deploy form, any format mindcv_ext.weights reads):
+    the SegModel in eval mode, re-parameterized if asked, with
+      model.dataset_meta = {"classes": names, "palette": (num_classes + 1, 3) uint8} (recorded names, or indices),
+      model.arch (seg_architecture + gelu_approximate, crop_size; "reparameterized" when done here),
+      model.test_cfg (resolve_test_cfg(**test_cfg)).
+    Raises CheckpointError (not a segmentation checkpoint, damaged) or ValueError (a test setting that cannot fit)."""
+    from ..reparameterize import reparameterize as fuse
+    from .model import load_seg_checkpoint
+
+    model, w, arch = load_seg_checkpoint(checkpoint, log=log, gelu_approximate=gelu_approximate)
+    model.set_train(False)
+    if reparameterize and not arch["deploy"]:
+        fuse(model)
+        arch["deploy"] = arch["reparameterized"] = True
+    n = arch["num_classes"]
+    names = list(w.class_names) if w.class_names and len(w.class_names) == n else None
+    model.dataset_meta = {"classes": names or [str(i) for i in range(n)], "recorded": bool(names),
+                          "palette": palette_for(n)}
+    model.arch = arch
+    model.test_cfg = resolve_test_cfg(arch, model.native_size, **test_cfg)
+    return model
+
+
+def save_deploy(model, path: str, tool: str) -> str:
+    """Write a re-parameterized model's deploy-form checkpoint (atomically, marked as `tool`'s output, with its
+    class names and metadata, so it loads with no flag)."""
+    from ..weights import save_weights
+    from .model import seg_metadata
+
+    arch = model.arch
+    names = model.dataset_meta["classes"] if model.dataset_meta["recorded"] else None
+    return save_weights(model, path, class_names=names, tool=tool,
+                        append_dict=seg_metadata(arch["gelu_approximate"], arch["crop_size"]))
+
+
+def inference_segmentor(model, image) -> np.ndarray:
+    """mmseg's inference_model for one image (a path or an RGB uint8 (H, W, 3) array): the evaluation's
+    preprocessing (model.test_cfg), whole or sliding-window inference, class index per pixel (H, W) int32 at
+    the image's own size."""
+    rgb = read_image(image) if isinstance(image, str) else np.asarray(image)
+    cfg = model.test_cfg
+    img = eval_preprocess(rgb, cfg["scale"], cfg["mean"], cfg["std"])
+    return predict_mask(model, img, out_size=rgb.shape[:2], mode=cfg["mode"], crop_size=cfg["crop_size"],
+                        stride=cfg["stride"])
 
 
 def pad_to_multiple(img: np.ndarray, multiple: int) -> np.ndarray:
@@ -45,6 +139,8 @@ def infer_logits(model, img: np.ndarray, mode: str = "whole", crop_size: Optiona
     h, w = img.shape[-2:]
     ch, cw = crop_size
     sh, sw = stride
+    if sh > ch or sw > cw:  # resolve_test_cfg refuses this before work; never a silent NaN here
+        raise ValueError(f"stride {tuple(stride)} larger than the window {tuple(crop_size)} leaves pixels uncovered")
     rows = max(h - ch + sh - 1, 0) // sh + 1
     cols = max(w - cw + sw - 1, 0) // sw + 1
     total, count = None, np.zeros((h, w), np.float32)

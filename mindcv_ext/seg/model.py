@@ -1,12 +1,12 @@
 """Semantic segmentation with a RepMLPNet encoder: UPerNet (as in the paper) or Semantic FPN decode heads.
 
-    model, note = create_seg_model("repmlp_t256", head="upernet", num_classes=19,
-                                   checkpoint_path="RepMLPNet-T256-train.pth")   # any format weights.py reads
+    model, encoder_weights = create_seg_model("repmlp_t256", head="upernet", num_classes=19,
+                                              checkpoint_path="RepMLPNet-T256-train.pth")  # any format weights.py reads
 
 The encoder is the classification network built with `features_only=True` (strides 4, 8, 16, 32); its weights
 go through mindcv_ext.weights (strict; the classifier and head_norm of a classification file are left out, with
 a note). Inputs must be multiples of the variant's native size in height and width (the partitions stay correct
-above it); `pad_to_multiple` / the inference helpers in seg/infer.py pad any image to that.
+above it); seg/inference.py (init_segmentor, inference_segmentor) pads any image to that.
 
 Parameter names: `encoder.*` (the RepMLPNet's own names under it), `decode_head.*`, `aux_head.*`. Not
 `backbone.*`: that prefix is how mindcv_ext.weights recognises mmpretrain files.
@@ -31,7 +31,7 @@ import mindspore as ms
 from mindspore import nn, ops
 
 __all__ = ["ConvModule", "UPerHead", "FPNHead", "FCNHead", "SegModel", "SegWithLoss", "create_seg_model",
-           "seg_architecture", "seg_metadata", "load_seg_checkpoint", "load_for_inference", "HEADS", "METADATA_KEYS"]
+           "seg_architecture", "seg_metadata", "load_seg_checkpoint", "HEADS", "METADATA_KEYS"]
 
 HEADS = ("upernet", "fpn")
 METADATA_KEYS = ("gelu_approximate", "crop_h", "crop_w")  # also in weights.TRAINING_STATE_SCALARS: not weights
@@ -373,28 +373,3 @@ def load_seg_checkpoint(path: str, log=None, gelu_approximate: Optional[bool] = 
                    **backbone_kwargs)
     load_into(model, w, log=log)
     return model, w, arch
-
-
-def load_for_inference(cfg, log=print) -> Tuple[SegModel, Optional[list], Dict]:
-    """validate_seg.py / predict_seg.py: (model in eval mode, recorded class names or None, architecture) from
-    cfg.ckpt_path, re-parameterized when cfg.reparameterize or cfg.save_deploy asks (the deploy form is then saved
-    to cfg.save_deploy, atomically, with the class names)."""
-    from ..reparameterize import reparameterize
-    from ..training.config import ConfigError
-    from ..weights import same_file, save_weights
-
-    if cfg.save_deploy and same_file(cfg.ckpt_path, cfg.save_deploy):
-        raise ConfigError(f"save_deploy {cfg.save_deploy} is the checkpoint being read; pick another name.")
-    model, w, arch = load_seg_checkpoint(cfg.ckpt_path, gelu_approximate=cfg.gelu_approximate)
-    names = w.class_names if w.class_names and len(w.class_names) == arch["num_classes"] else None
-    model.set_train(False)
-    if (cfg.reparameterize or cfg.save_deploy) and not arch["deploy"]:
-        reparameterize(model)
-        arch["deploy"] = arch["reparameterized"] = True
-        log(f"re-parameterized {cfg.ckpt_path} (train form) to the deploy form")
-    if cfg.save_deploy:
-        # marked: a re-run may replace it; the metadata carried over (no flag needed for the deploy form either)
-        save_weights(model, cfg.save_deploy, class_names=names, tool="validate_seg.py",
-                     append_dict=seg_metadata(arch["gelu_approximate"], arch["crop_size"]))
-        log(f"deploy-form checkpoint written: {cfg.save_deploy}")
-    return model, names, arch

@@ -347,18 +347,19 @@ def _is_number(text: str) -> bool:
 
 def parse_config(argv: Optional[Sequence[str]] = None, table: Optional[Dict[str, Tuple[Any, str, str]]] = None,
                  aliases: Optional[Dict[str, str]] = None, prog: str = "train.py",
-                 own: Optional[Sequence[str]] = None) -> SimpleNamespace:
+                 own: Optional[Sequence[str]] = None, unused: Sequence[str] = ()) -> SimpleNamespace:
     """Defaults < YAML (--config) < command line. Raises ConfigError; does not validate values across keys.
 
     `table` replaces KEYS (validate.py and infer.py add their own keys to the training ones, so a training recipe
     reads unchanged there); `aliases` maps other option names to keys (e.g. validate.py's old --split); `own`
-    names the tool's own keys, which --help lists first."""
+    names the tool's own keys, which --help lists first; `unused` the recipe keys a tool accepts and does not use,
+    which --help names in one line."""
     table = table or KEYS
     aliases = aliases or {}
     argv = sys.argv[1:] if argv is None else argv
     config_path, pairs, wants_help = _split_cli(argv)
     if wants_help:
-        print(format_help(table, prog, own))
+        print(format_help(table, prog, own, unused))
         raise SystemExit(0)
     values = {k: v[0] for k, v in table.items()}
     if config_path:
@@ -568,14 +569,26 @@ def load_config(argv: Optional[Sequence[str]] = None) -> SimpleNamespace:
     return validate(parse_config(argv))
 
 
+# The usage line of each tool (the path it is run by); the evaluation tools of classification share the default.
+_USAGE = {
+    "train.py": "train.py --config RECIPE.yaml [--key value ...]",
+    "train_seg.py": "train_seg.py --config RECIPE.yaml [--key value ...]",
+    "validate_seg.py": "validate_seg.py --ckpt_path FILE [-c RECIPE.yaml] [--data_dir DIR] [--key value ...]",
+    "predict_seg.py": "scripts/predict_seg.py --ckpt_path FILE --image_path IMAGE_OR_FOLDER [-c RECIPE.yaml] "
+                      "[--output FOLDER] [--key value ...]",
+    "scripts/infer.py": "scripts/infer.py [-c RECIPE.yaml] --model NAME --ckpt_path FILE --image_path "
+                        "IMAGE_OR_FOLDER [--key value ...]",
+}
+
+
 def format_help(table: Optional[Dict[str, Tuple[Any, str, str]]] = None, prog: str = "train.py",
-                own: Optional[Sequence[str]] = None) -> str:
-    """The --help text. `own`: the keys of an evaluation tool itself, listed first; the training keys it accepts
-    so that a recipe reads unchanged follow under their own heading."""
+                own: Optional[Sequence[str]] = None, unused: Sequence[str] = ()) -> str:
+    """The --help text. `own`: the keys of a tool itself, listed first; the other keys it reads follow under their
+    own heading; `unused`: recipe keys accepted (so a training recipe reads unchanged) but not used, named in one
+    line."""
     table = table or KEYS
-    usage = ("--config RECIPE.yaml [--key value ...]" if prog == "train.py"
-             else "[-c RECIPE.yaml] --model NAME --ckpt_path FILE [--key value ...]")
-    lines = [f"usage: python {prog} {usage}", ""]
+    usage = _USAGE.get(prog, f"{prog} [-c RECIPE.yaml] --model NAME --ckpt_path FILE [--key value ...]")
+    lines = [f"usage: python {usage}", ""]
 
     def section(heading, keys):
         lines.append(heading)
@@ -585,8 +598,13 @@ def format_help(table: Optional[Dict[str, Tuple[Any, str, str]]] = None, prog: s
         section("Keys (mindcv's names; YAML values, the command line wins):", table)
     else:
         section(f"{prog} keys (the command line wins over -c):", list(dict.fromkeys(own)))
-        lines.append("")
-        section("training-recipe keys (read from -c, used where they apply):", [k for k in table if k not in own])
+        rest = [k for k in table if k not in own and k not in unused]
+        if rest:
+            lines.append("")
+            section("keys shared with train.py:" if prog == "train_seg.py" else
+                    "training-recipe keys (read from -c, used where they apply):", rest)
+    if unused:
+        lines += ["", f"Read from a training recipe (-c) and not used by {prog}: {', '.join(unused)}."]
     return "\n".join(lines)
 
 
