@@ -38,9 +38,10 @@ def _old(path):
 def test_checkpoint_save_removes_killed_saves_temporaries_only(tmp_path, monkeypatch, pids):
     dead, live = pids
     leftovers = [f".model.ckpt.{dead}-abcdEFGH.tmp.tmp",  # MindSpore's own temporary of a killed save
-                 f".model.ckpt.{dead}-abcdEFGH.tmp.ckpt", ".model.ckpt.qrstuvwx.tmp.ckpt"]  # the last: no pid, old
+                 f".model.ckpt.{dead}-abcdEFGH.tmp.ckpt", ".model.ckpt.qrstuvwx.tmp.ckpt",  # no pid, old
+                 f".other.ckpt.{dead}-abcdEFGH.tmp.ckpt"]  # a killed save of another name (issue 18: it stayed)
     kept = [f".model.ckpt.{live}-ijklMNOP.tmp.ckpt",  # a live run is writing it
-            f".other.ckpt.{dead}-abcdEFGH.tmp.ckpt", "notes.tmp"]  # another file's; not ours
+            "notes.tmp"]  # not ours
     for name in leftovers + kept:
         (tmp_path / name).write_bytes(b"partial")
     _old(tmp_path / ".model.ckpt.qrstuvwx.tmp.ckpt")
