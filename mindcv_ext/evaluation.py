@@ -58,7 +58,8 @@ def evaluate(network, loader, all_reduce=None, log_interval: int = 0,
     start = time.perf_counter()
     try:
         for i, (images, labels) in enumerate(loader.create_tuple_iterator(num_epochs=1), 1):
-            logits = network(images).asnumpy()
+            logits = network(images)
+            logits = logits.asnumpy() if hasattr(logits, "asnumpy") else logits  # ONNX Runtime returns NumPy
             keep_sigint()  # MindSpore's forward installs a SIGINT handler that turns Ctrl-C into SIGTERM
             meter = meter or TopKMeter(logits.shape[1])
             meter.update(logits, labels.asnumpy())
@@ -100,6 +101,9 @@ def build_eval_model(cfg, log: Callable[[str], None] = print):
     from .reparameterize import reparameterize
     from .weights import build_model, read_weights
 
+    if str(cfg.ckpt_path).lower().endswith(".onnx"):  # an exported / quantized file, run by ONNX Runtime
+        from .onnx_runtime import build_onnx_model
+        return build_onnx_model(cfg, log)
     w = read_weights(cfg.ckpt_path, ema=cfg.ema)
     if cfg.deploy is not None and w.form is not None and cfg.deploy != (w.form == "deploy"):
         raise CheckpointError(

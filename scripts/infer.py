@@ -150,7 +150,8 @@ def predict(net, paths: Sequence[str], transforms: list, batch_size: int, worker
                 return done + 1
             report(int(index[-1]))
             done = int(index[-1])
-            logits = net(ms.Tensor(images)).asnumpy()
+            logits = net(ms.Tensor(images))
+            logits = logits.asnumpy() if hasattr(logits, "asnumpy") else logits  # ONNX Runtime: NumPy
             keep_sigint()  # MindSpore's forward installs a SIGINT handler that turns Ctrl-C into SIGTERM
             yield [int(i) for i in index], logits
 
@@ -172,7 +173,8 @@ def predict(net, paths: Sequence[str], transforms: list, batch_size: int, worker
                         report(i + 1)
                         return i + 1
                     report(i)
-                    logits = net(ms.Tensor(np.asarray(x)[None])).asnumpy()
+                    logits = net(ms.Tensor(np.asarray(x)[None]))
+                    logits = logits.asnumpy() if hasattr(logits, "asnumpy") else logits  # ONNX Runtime: NumPy
                     keep_sigint()
                     yield [i], logits
         return len(paths)

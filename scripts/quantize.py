@@ -1,0 +1,323 @@
+"""Static INT8 quantization for ONNX Runtime, calibrated on your images: one command from a checkpoint.
+
+    python scripts/quantize.py --model repmlp_t224 --ckpt_path best.ckpt --calib_dir my_data/train \\
+        --calib_images 256 --batch_size 8 --output t224_int8.onnx
+
+The checkpoint (train or deploy form, as export.py takes) is exported to the deploy ONNX file first (export.py's
+clean graph and its check against the network), then quantized with onnxruntime.quantization: QDQ format, opset
+17, weights int8 per output channel, activations uint8 per tensor (the u8s8 path of ORT's VNNI kernels), for every
+Conv / MatMul / Gemm; GELU, the gates and the residual adds stay float. Calibration runs --calib_images images of
+--calib_dir (a folder searched recursively, e.g. an ImageFolder split; spread evenly over its files) through
+validate.py's evaluation preprocessing (mindcv_ext.data.loaders.eval_transforms). --calib_method picks how the
+activation ranges are set (minmax by default: the measurements in docs/performance.md, INT8 section).
+
+--fp32_layers names layers to keep in float (comma-separated node names as printed, e.g.
+stages.0.0.repmlp_block.fc3); the run prints every layer that stayed float and why, the share of parameter bytes
+stored as int8, and how INT8 and float agree on the calibration images. The file records its model, class
+names, input shape and preprocessing (metadata_props), so validate.py / infer.py run it with no more flags:
+
+    python validate.py --ckpt_path t224_int8.onnx --data_dir my_data
+
+Exit status (mindcv_ext.cli's table): 0 written; 2 bad input (one line, before any long work); 1 the export, the
+calibration or the quantization failed (nothing written); 130 / 143 Ctrl-C / SIGTERM. An existing --output is
+replaced only if quantize.py wrote it, or with --overwrite True.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import _common  # noqa: F401  (import path + helpers)
+import numpy as np
+
+from mindcv_ext.cli import BAD_INPUT, FAILED, OK, printable, run_tool
+
+PROG = "quantize.py"
+METHODS = ("minmax", "percentile", "entropy")
+QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
+
+
+class QuantizeError(Exception):
+    """The work failed (exit 1); the message is one line."""
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="", help="registered model name, e.g. repmlp_t224")
+    p.add_argument("--ckpt_path", required=True, help="train- or deploy-form checkpoint (.ckpt / .safetensors)")
+    p.add_argument("--calib_dir", required=True, help="folder of calibration images (e.g. my_data/train)")
+    p.add_argument("--calib_images", type=int, default=256, help="how many images calibrate (default 256)")
+    p.add_argument("--batch_size", type=int, default=1, help="static batch size of the file (default 1)")
+    p.add_argument("--output", required=True, help="the INT8 .onnx file to write")
+    p.add_argument("--image_size", type=int, default=None, help="input height = width (default: the native size)")
+    p.add_argument("--crop_pct", type=float, default=None, help="evaluation crop fraction (default: validate.py's)")
+    p.add_argument("--interpolation", default=None, help="evaluation resize filter (default: validate.py's)")
+    p.add_argument("--calib_method", default="minmax", choices=METHODS, help="activation range (default minmax)")
+    p.add_argument("--fp32_layers", default="", help="comma-separated layer names to keep in float")
+    p.add_argument("--num_classes", type=int, default=None, help="default: from the checkpoint's head")
+    p.add_argument("--gelu_approximate", type=_common.str2bool, default=False, help="as export.py")
+    p.add_argument("--ema", type=_common.str2bool, default=False, help="quantize the EMA weights (ema.* keys)")
+    p.add_argument("--overwrite", type=_common.str2bool, default=False,
+                   help="replace an existing --output that quantize.py did not write (default False)")
+    p.add_argument("--device_target", default="CPU", help="MindSpore device used to build the network")
+    args = p.parse_args(argv)
+    if args.batch_size < 1 or args.calib_images < 1:
+        p.error("--batch_size and --calib_images must be >= 1")
+    if args.crop_pct is not None and not 0.0 < args.crop_pct <= 1.0:
+        p.error(f"--crop_pct must be in (0, 1]; got {args.crop_pct}")
+    if not os.path.isfile(args.ckpt_path):
+        p.error(f"checkpoint not found: {args.ckpt_path!r}" if not os.path.exists(args.ckpt_path)
+                else f"--ckpt_path {args.ckpt_path!r} is not a file")
+    import importlib.util
+    missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+    if missing:
+        p.error(f"needs {' and '.join(missing)}: pip install -e \".[onnx]\"")
+    return args
+
+
+def calibration_files(calib_dir: str, count: int):
+    """`count` image files spread evenly over the sorted files under calib_dir (every class of an ImageFolder
+    split is reached), each passing the image checker's quick check; raises ValueError (bad input) otherwise."""
+    from mindcv_ext.data.imagecheck import find_images, quick_check
+
+    if not os.path.isdir(calib_dir):
+        raise ValueError(f"--calib_dir {calib_dir!r} " + ("is not a folder" if os.path.exists(calib_dir) else
+                                                          "does not exist") + "; pass a folder of images such as "
+                                                                              "my_data/train")
+    files, _ = find_images(calib_dir, "--calib_dir")
+    if not files:
+        raise ValueError(f"--calib_dir {calib_dir!r} holds no image files (searched recursively); pass a folder of "
+                         f"training images such as my_data/train")
+    if len(files) < count:
+        print(f"note: --calib_dir has {len(files)} images, fewer than --calib_images {count}: using all of them")
+    picked = [files[int(i)] for i in np.linspace(0, len(files) - 1, min(count, len(files)))]
+    for path in picked:
+        reason = quick_check(path)
+        if reason:
+            raise ValueError(f"--calib_dir: {printable(path)}: {reason}; remove it or check the folder with "
+                             f"scripts/check_dataset.py")
+    return picked
+
+
+def preprocess(paths, image_size: int, crop_pct: float, interpolation: str, mean, std) -> np.ndarray:
+    """validate.py's evaluation pixels for each file: the same transforms (eval_transforms), run eagerly."""
+    from mindcv_ext.data.loaders import eval_transforms
+
+    ops = eval_transforms(image_size, crop_pct, interpolation, mean, std)
+    out = []
+    for path in paths:
+        with open(path, "rb") as f:
+            x = np.frombuffer(f.read(), np.uint8).copy()
+        try:
+            for op in ops:
+                x = op(x)
+        except RuntimeError as e:
+            raise ValueError(f"--calib_dir: {printable(path)} cannot be decoded "
+                             f"({str(e).strip().splitlines()[0][:120]}); remove it") from None
+        out.append(np.asarray(x, np.float32))
+    return np.stack(out)
+
+
+class _Reader:
+    """onnxruntime.quantization's CalibrationDataReader over preprocessed images, in the file's static batch (the
+    last batch filled up with the first images: a repeat moves no range)."""
+
+    def __init__(self, name: str, images: np.ndarray, batch: int):
+        self.name, self.images, self.batch, self.i = name, images, batch, 0
+
+    def get_next(self):
+        if self.i >= len(self.images):
+            return None
+        part = self.images[self.i:self.i + self.batch]
+        self.i += self.batch
+        if len(part) < self.batch:
+            part = np.concatenate([part, np.resize(self.images, (self.batch - len(part),) + self.images.shape[1:])])
+        return {self.name: part}
+
+    def rewind(self):
+        self.i = 0
+
+
+def weighted_layers(model):
+    """[(node name, op, weight initializer, bytes)] of the Conv / MatMul / Gemm nodes with an initializer weight."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    out = []
+    for n in model.graph.node:
+        if n.op_type in QUANTIZED_OPS and len(n.input) > 1 and n.input[1] in inits:
+            out.append((n.name, n.op_type, n.input[1], numpy_helper.to_array(inits[n.input[1]]).nbytes))
+    return out
+
+
+def parameter_bytes(model) -> dict:
+    """Bytes of the weights and biases by how they are stored: int8 (quantized weights), int32 (quantized biases),
+    float (everything else, scales and zero points included). Compared with the float file, int8 + int32 are the
+    parameters that were quantized."""
+    from onnx import numpy_helper
+
+    out = {}
+    for t in model.graph.initializer:
+        a = numpy_helper.to_array(t)
+        out[str(a.dtype)] = out.get(str(a.dtype), 0) + a.nbytes
+    return out
+
+
+def quantized_share(fp32_model, int8_model) -> float:
+    """Share of the float file's parameter bytes whose tensor is stored as int8 in the INT8 file (the quantizer
+    keeps a weight's name with a '_quantized' suffix; biases become int32 and do not count here)."""
+    from onnx import TensorProto, numpy_helper
+
+    int8 = {t.name for t in int8_model.graph.initializer if t.data_type == TensorProto.INT8}
+    sizes = {t.name: numpy_helper.to_array(t).nbytes for t in fp32_model.graph.initializer
+             if t.data_type == TensorProto.FLOAT}
+    return sum(n for name, n in sizes.items() if name + "_quantized" in int8) / max(sum(sizes.values()), 1)
+
+
+def quantize(fp32_path: str, out_path: str, images: np.ndarray, batch: int, method: str, keep_fp32):
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    name = ort.InferenceSession(fp32_path, so, providers=["CPUExecutionProvider"]).get_inputs()[0].name
+    calib = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+             "entropy": CalibrationMethod.Entropy}[method]
+    extra = {"ActivationSymmetric": False, "WeightSymmetric": True}
+    if method == "percentile":
+        extra["CalibPercentile"] = 99.999
+    quantize_static(fp32_path, out_path, _Reader(name, images, batch), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+                    op_types_to_quantize=list(QUANTIZED_OPS), nodes_to_exclude=list(keep_fp32),
+                    calibrate_method=calib, extra_options=extra)
+
+
+def agreement(fp32_path: str, int8_path: str, images: np.ndarray) -> dict:
+    from mindcv_ext.onnx_runtime import OnnxNet
+
+    a, b = OnnxNet(fp32_path)(images), OnnxNet(int8_path)(images)
+    return {"top1_agreement": float((a.argmax(1) == b.argmax(1)).mean()),
+            "max_logit_diff": float(np.abs(a - b).max()), "max_logit": float(np.abs(a).max())}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from mindcv_ext.checkpoint import CheckpointError, check_output_path, make_temp, remove_temp_files
+    from mindcv_ext.training.config import KEYS
+
+    crop_pct = args.crop_pct if args.crop_pct is not None else KEYS["crop_pct"][0]
+    interpolation = (args.interpolation or KEYS["interpolation"][0]).lower()
+    mean, std = list(KEYS["mean"][0]), list(KEYS["std"][0])
+    try:  # everything that can be wrong with the command, before the long work
+        out = check_output_path(args.output, suffixes=(".onnx",), tool=PROG, overwrite=args.overwrite)
+        from mindcv_ext.data.loaders import _check_interpolation
+        _check_interpolation(interpolation)
+        files = calibration_files(args.calib_dir, args.calib_images)
+    except (CheckpointError, ValueError) as e:
+        print(f"{PROG}: error: {printable(e)}", file=sys.stderr)
+        return BAD_INPUT
+    keep = [s.strip() for s in args.fp32_layers.split(",") if s.strip()]
+
+    import export  # the deploy export, its checks and its metadata
+    from types import SimpleNamespace
+
+    from mindcv_ext.training.config import ConfigError
+    from mindcv_ext.training.runtime import set_runtime
+
+    eargs = SimpleNamespace(model=args.model, ckpt_path=args.ckpt_path, random_init=False, file_format="ONNX",
+                            batch_size=args.batch_size, image_size=args.image_size, num_classes=args.num_classes,
+                            gelu_approximate=args.gelu_approximate, ema=args.ema, check=True, tolerance=1e-4)
+    try:
+        import mindspore as ms
+        set_runtime(SimpleNamespace(mode=ms.GRAPH_MODE, device_target=args.device_target, jit_level=None),
+                    "Use --device_target CPU.")
+        net, form, in_channels, info = export.build_deploy_net(eargs)
+        if info["task"] != "classification":
+            raise export.ExportError("segmentation checkpoints are not quantized by this tool (classification only)")
+        x = export.random_batch(eargs, net, in_channels, info)
+        images = preprocess(files, x.shape[-1], crop_pct, interpolation, mean, std)
+    except (export.ExportError, ConfigError, CheckpointError, ValueError, OSError) as e:
+        print(f"{PROG}: error: {printable(e)}", file=sys.stderr)
+        return BAD_INPUT
+
+    directory = os.path.dirname(out)
+    stale = remove_temp_files(directory, None)
+    if stale:
+        print(f"note: removed {len(stale)} temporary file(s) of killed runs")
+    work = make_temp(out, directory=True)
+    try:
+        import onnx
+
+        from mindcv_ext.onnx_runtime import set_metadata
+
+        fp32 = os.path.join(work, "fp32.onnx")
+        export.export(eargs, net, form, x, fp32, info, quiet=True)
+        fp32_model = onnx.load(fp32)
+        names = {n for n, *_ in weighted_layers(fp32_model)}
+        unknown = [k for k in keep if k not in names]
+        if unknown:
+            raise QuantizeError(f"--fp32_layers: no layer named {unknown[0]!r}; layers: {', '.join(sorted(names))}")
+        start = time.perf_counter()
+        print(f"calibrating on {len(images)} images of {args.calib_dir} ({args.calib_method}), batch {args.batch_size}"
+              f"...", flush=True)
+        staged = os.path.join(work, "int8.onnx")
+        quantize(fp32, staged, images, args.batch_size, args.calib_method, keep)
+        model = onnx.load(staged)
+        share = quantized_share(fp32_model, model)
+        stayed = report_float_layers(fp32_model, model, keep)
+        meta = {p.key: p.value for p in fp32_model.metadata_props if p.key != "written_by"}
+        meta.update(precision="int8", quantization=json.dumps({
+            "format": "QDQ", "weights": "int8 per output channel (symmetric)", "activations": "uint8 per tensor",
+            "calib_method": args.calib_method, "calib_images": len(images), "calib_dir": os.path.abspath(args.calib_dir),
+            "fp32_layers": stayed, "quantized_parameter_share": round(share, 4)}))
+        set_metadata(model, meta, tool=PROG)
+        onnx.save(model, staged)
+        agree = agreement(fp32, staged, images)
+        size32, size8 = os.path.getsize(fp32), os.path.getsize(staged)
+        print(f"INT8 vs float on the calibration images: top-1 agreement {100 * agree['top1_agreement']:.2f}%, "
+              f"max |logit diff| {agree['max_logit_diff']:.3g} (max |logit| {agree['max_logit']:.3g}); "
+              f"{time.perf_counter() - start:.0f} s")
+        print(f"parameters stored as int8: {100 * share:.1f}% of the float file's parameter bytes; file "
+              f"{size8 / 2**20:.1f} MiB ({size8 / size32:.2f}x the float file's {size32 / 2**20:.1f} MiB)")
+        os.chmod(staged, 0o666 & ~_umask())
+        os.replace(staged, out)
+    except (export.ExportError, QuantizeError, OSError) as e:
+        print(f"{PROG}: error: {printable(e)}; nothing written", file=sys.stderr)
+        return FAILED
+    finally:
+        import shutil
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"wrote {out}: {info['model']} INT8 (QDQ), input ({', '.join(map(str, x.shape))}) float32 -> logits. "
+          f"Evaluate: python validate.py --ckpt_path {out} --data_dir <data>")
+    return OK
+
+
+def report_float_layers(fp32_model, int8_model, keep) -> list:
+    """Print each weighted layer that is not int8 in the result, with why; returns their names."""
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in int8_model.graph.initializer}
+    stayed = []
+    for name, op, weight, nbytes in weighted_layers(fp32_model):
+        t = inits.get(weight)
+        if t is not None and t.data_type == 1:  # the weight is still float here: not quantized
+            why = "kept by --fp32_layers" if name in keep else "left float by the quantizer"
+            stayed.append(name)
+            print(f"float: {name} ({op}, {nbytes / 2**10:.0f} KiB): {why}")
+    if not stayed:
+        print(f"every Conv / MatMul / Gemm weight is int8 ({len(weighted_layers(fp32_model))} layers); float: GELU, "
+              f"the perceptron gates, the prebn1 scale/shift and the residual adds (element-wise, no weights to "
+              f"quantize)")
+    return stayed
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+if __name__ == "__main__":
+    run_tool(main, PROG)
