@@ -22,8 +22,8 @@ import mindcv_ext  # noqa: F401  (registers repmlp_* and demo_repmlp with mindcv
 from mindcv_ext import cli
 from mindcv.models import create_model, is_model, list_models
 from mindcv.utils import AllReduceSum
-from mindcv_ext.checkpoint import CheckpointError, describe_nonfinite, nonfinite_tensors, save_checkpoint
-from mindcv_ext.training.ckpt_manager import CheckpointManager, restore_training_state, training_state
+from mindcv_ext.checkpoint import CheckpointError, describe_nonfinite, save_checkpoint
+from mindcv_ext.training.ckpt_manager import CheckpointManager, restore_training_state
 from mindcv_ext.training.config import ConfigError, load_config
 from mindcv_ext.training.console import Progress, format_duration, setup_logging
 from mindcv_ext.evaluation import evaluate
@@ -34,8 +34,8 @@ from mindcv_ext.weights import build_model, check_class_names, recorded_class_na
 from mindcv_ext.training.metrics import MetricsLog, plot_curves
 from mindcv_ext.training.optim import build_loss, build_loss_scale, build_lr_schedule, build_optimizer
 from mindcv_ext.training.run_end import RunEnd
-from mindcv_ext.training.runner import check_run_folder, claim_run_folder, diverged, script_exit
-from mindcv_ext.training.runtime import average_across_ranks, init_context
+from mindcv_ext.training.runner import Runner, check_run_folder, claim_run_folder, diverged, script_exit
+from mindcv_ext.training.runtime import init_context
 from mindcv_ext.training.step import NonFiniteLossError, build_train_step
 
 
@@ -153,25 +153,12 @@ def main(argv=None) -> int:
     progress = Progress(cfg.epoch_size, steps_per_epoch, cfg.batch_size * group_size, enabled=is_main)
     batches = train_loader.create_tuple_iterator(num_epochs=cfg.epoch_size - start_epoch)
     may_skip = cfg.loss_scale_type == "dynamic" or cfg.drop_overflow_update  # steps that overflow are skipped
-    first_step, evaluated, skipped_steps, run_start = True, False, 0, time.time()
+    runner = Runner(RUN, train_step, progress, log.info, graph_mode=cfg.mode == 0)
+    skipped_steps, run_start = 0, time.time()
     for epoch in range(start_epoch + 1, cfg.epoch_size + 1):
         epoch_start, loss_sum, window, step = time.time(), 0.0, [], 0
         for step, (images, labels) in enumerate(batches, 1):
-            # A signal while MindSpore compiles ends the process at once (RUN.on_forced_exit): an exception
-            # there turns into pages of analyzer dump.
-            with cli.exit_at_once() if first_step else contextlib.nullcontext():
-                if first_step and cfg.mode == 0:
-                    log.info("compiling the training graph (first step; ~20-40 s for the demo on CPU, minutes for "
-                             "the large models)...")
-                progress.start_step()
-                loss, overflow = train_step(images, labels)
-                loss = float(loss.asnumpy())  # waits for the step: the time below is real
-            RUN.trained = True  # from here on the run directory holds work: it is kept
-            cli.keep_sigint()  # each graph run installs MindSpore's SIGINT handler again (see mindcv_ext.cli)
-            seconds = progress.end_step(first_step)
-            if first_step and cfg.mode == 0:
-                log.info(f"compiled; the first step took {seconds:.1f} s")
-            first_step = False
+            loss, overflow = runner.step(images, labels)
             if not math.isfinite(loss):
                 raise NonFiniteLossError(_nonfinite_message(loss, epoch, step, cfg, ckpts))
             if may_skip:
@@ -196,23 +183,15 @@ def main(argv=None) -> int:
         if step != steps_per_epoch:
             raise RuntimeError(f"epoch {epoch} ended after {step} of {steps_per_epoch} steps: the data pipeline "
                                f"stopped early (see the MindSpore messages above).")
-
-        average_across_ranks(rank_local_params, all_reduce, group_size)  # BN statistics differ per rank
-        # The loss can stay finite while weights or BatchNorm statistics are already NaN/inf (train mode uses
-        # batch statistics): stop before validating or saving them. Every rank sees the same values.
-        bad = nonfinite_tensors(training_state(train_step))
-        if bad:
-            raise NonFiniteLossError(_nonfinite_message(None, epoch, step, cfg, ckpts, bad))
+        runner.end_epoch(rank_local_params, all_reduce, group_size,
+                         lambda bad: _nonfinite_message(None, epoch, step, cfg, ckpts, bad))
         row = {"kind": "epoch", "epoch": epoch, "train_loss": loss_sum / steps_per_epoch, "lr": lr,
                "time_s": time.time() - epoch_start, "img_s": progress.img_per_s()}
         if val_loader is not None and (epoch % cfg.val_interval == 0 or epoch == cfg.epoch_size):
             eval_start = time.time()
             log.info(f"validating on {_sample_count(val_loader, group_size)} images...")
             with (train_step.ema.swapped_in() if train_step.ema is not None else contextlib.nullcontext()):
-                # The first one compiles the eval graph: a signal there ends the process at once, as in step 1.
-                with cli.exit_at_once() if not evaluated else contextlib.nullcontext():
-                    result = evaluate(network, val_loader, all_reduce)
-                evaluated = True
+                result = runner.evaluate(lambda: evaluate(network, val_loader, all_reduce))
                 if result["top1"] > best_acc:
                     best_acc = result["top1"]
                     ckpts.save_best(network, epoch, best_acc)  # while swapped in: the evaluated weights

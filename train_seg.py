@@ -11,14 +11,12 @@ weights checked finite, evaluation on the val split (mIoU; best.ckpt keeps the b
 atomically with the optimizer state (a killed run resumes from it), and a periodic
 <backbone>_<head>-<n>_<val_interval>.ckpt. metrics.jsonl and train.log go to ckpt_save_dir as well.
 """
-import contextlib
 import math
 import os
 import time
 
 import mindcv_ext  # noqa: F401  (registers the RepMLPNets)
-from mindcv_ext import cli
-from mindcv_ext.checkpoint import CheckpointError, describe_nonfinite, nonfinite_tensors
+from mindcv_ext.checkpoint import CheckpointError, describe_nonfinite
 from mindcv_ext.seg.config import load_seg_config
 from mindcv_ext.seg.data import (DataError, build_seg_eval_loader, build_seg_train_loader, check_pairs, list_pairs,
                                   read_image, rescale_size)
@@ -26,13 +24,13 @@ from mindcv_ext.seg.demo import ensure_seg_demo
 from mindcv_ext.seg.inference import evaluate_seg
 from mindcv_ext.seg.metrics import format_table, seg_metrics
 from mindcv_ext.seg.model import SegWithLoss, create_seg_model, seg_metadata
-from mindcv_ext.training.ckpt_manager import CheckpointManager, restore_training_state, training_state
+from mindcv_ext.training.ckpt_manager import CheckpointManager, restore_training_state
 from mindcv_ext.training.console import Progress, format_duration, setup_logging
 from mindcv_ext.training.metrics import MetricsLog, plot_curves
 from mindcv_ext.training.optim import build_loss_scale, build_optimizer
 from mindcv_ext.training.run_end import RunEnd
-from mindcv_ext.training.runner import check_run_folder, claim_run_folder, diverged, script_exit
-from mindcv_ext.training.runtime import average_across_ranks, init_context
+from mindcv_ext.training.runner import Runner, check_run_folder, claim_run_folder, diverged, script_exit
+from mindcv_ext.training.runtime import init_context
 from mindcv_ext.training.step import NonFiniteLossError, TrainStep
 
 RUN = RunEnd("train", "train_seg.py")  # how the run ends: exit codes, the error line, the run directory let go once
@@ -140,25 +138,12 @@ def main(argv=None) -> int:
     rank_local = [p for p in model.get_parameters() if not p.requires_grad]  # BN statistics
     progress = Progress(chunks, cfg.val_interval, cfg.batch_size * group_size, enabled=rank == 0)
     batches = loader.create_tuple_iterator(num_epochs=1)
-    first, run_start = True, time.time()
+    runner = Runner(RUN, train_step, progress, log.info, graph_mode=cfg.mode == 0)
+    run_start = time.time()
     for chunk in range(start_chunk + 1, chunks + 1):
         chunk_start, loss_sum, window = time.time(), 0.0, []
         for step in range(1, cfg.val_interval + 1):
-            images, labels = _next_batch(batches, loader)
-            # A signal during the graph compile ends the process at once (RUN.on_forced_exit): an exception raised
-            # inside the compiler turns into pages of analyzer dump.
-            with cli.exit_at_once() if first else contextlib.nullcontext():
-                if first:
-                    log.info("compiling the training graph (first step)...")
-                progress.start_step()
-                loss, _ = train_step(images, labels)
-                loss = float(loss.asnumpy())
-            RUN.trained = True  # from here on the run directory holds work: it is kept
-            cli.keep_sigint()  # each graph run installs MindSpore's SIGINT handler, which turns Ctrl-C into SIGTERM
-            seconds = progress.end_step(first)
-            if first:
-                log.info(f"first step done in {seconds:.1f} s")
-                first = False
+            loss, _ = runner.step(*_next_batch(batches, loader))
             iteration = (chunk - 1) * cfg.val_interval + step
             if not math.isfinite(loss):
                 raise NonFiniteLossError(_diverged(f"Loss became {loss} at iteration {iteration}", chunk, cfg))
@@ -174,24 +159,20 @@ def main(argv=None) -> int:
                 metrics.append({"kind": "step", "epoch": chunk, "step": step, "global_step": iteration,
                                 "loss": sum(window) / len(window), "lr": lr, "img_s": progress.img_per_s()})
                 window = []
-        progress.clear()
-        average_across_ranks(rank_local, all_reduce, group_size)
-        bad = nonfinite_tensors(training_state(train_step))
-        if bad:
-            raise NonFiniteLossError(_diverged(f"The weights became non-finite ({describe_nonfinite(bad)})", chunk,
-                                               cfg))
+        runner.end_epoch(rank_local, all_reduce, group_size, lambda bad: _diverged(
+            f"The weights became non-finite ({describe_nonfinite(bad)})", chunk, cfg))
         iteration = chunk * cfg.val_interval
         row = {"kind": "epoch", "epoch": chunk, "iteration": iteration, "train_loss": loss_sum / cfg.val_interval,
                "lr": lr, "time_s": time.time() - chunk_start}
         if val_loader is not None:
             t0 = time.time()
-            with cli.exit_at_once() if chunk == start_chunk + 1 else contextlib.nullcontext():  # compiles
-                try:
-                    cm = evaluate_seg(model, val_loader, cfg.num_classes, all_reduce=all_reduce, mode=cfg.eval_mode,
-                                      crop_size=cfg.eval_crop, stride=cfg.eval_stride)
-                except Exception:  # noqa: BLE001  (a bad val pair met with check_data off: name it)
-                    _raise_bad_pair(val_loader)
-                    raise
+            try:
+                cm = runner.evaluate(lambda: evaluate_seg(model, val_loader, cfg.num_classes, all_reduce=all_reduce,
+                                                          mode=cfg.eval_mode, crop_size=cfg.eval_crop,
+                                                          stride=cfg.eval_stride))
+            except Exception:  # noqa: BLE001  (a bad val pair met with check_data off: name it)
+                _raise_bad_pair(val_loader)
+                raise
             model.set_train(True)
             result = seg_metrics(cm, cfg.class_names)
             row.update(val_mIoU=result["mIoU"], val_mAcc=result["mAcc"], val_aAcc=result["aAcc"],

@@ -1,25 +1,33 @@
-"""What train.py and train_seg.py share around their training loops, so a fix lands once: claiming the run folder
-(refusing one that already holds a run), the message of a run that diverged, and the script's way in and out.
-Each script keeps what is its own (its data, model, schedule and what an "epoch" is to it).
+"""What train.py and train_seg.py share in and around their training loops, so a fix lands once: claiming the run
+folder (refusing one that already holds a run), the step / evaluate / end-of-epoch guards of the loop (Runner),
+the message of a run that diverged, and the script's way in and out. Each script keeps what is its own: its data,
+model and schedule, what an "epoch" is to it (train_seg.py: val_interval iterations), what it logs and saves.
 
     RUN = RunEnd("train", "train_seg.py")
     check_run_folder(RUN, cfg.ckpt_save_dir, resuming)                       # before any work
     claim_run_folder(RUN, cfg.ckpt_save_dir, resuming, rank, group_size)     # after init_context
-    raise NonFiniteLossError(diverged(what, ckpts.latest_path, "end of epoch 3", fixes))
+    runner = Runner(RUN, train_step, progress, log.info, graph_mode=cfg.mode == 0)
+    loss, overflow = runner.step(images, labels)                             # in the loop
+    runner.end_epoch(rank_local, all_reduce, group_size, lambda bad: diverged(...))
+    result = runner.evaluate(lambda: evaluate(...))
     if __name__ == "__main__": script_exit(RUN, main)
 """
+import contextlib
 import logging
 import os
 import sys
 from typing import Callable
 
 from .. import cli
+from ..checkpoint import nonfinite_tensors
+from .ckpt_manager import training_state
 from .config import ConfigError
 from .run_end import RunEnd
 from .run_lock import check_output_dir, claim_run_dir
-from .runtime import sum_across_ranks
+from .runtime import average_across_ranks, sum_across_ranks
+from .step import NonFiniteLossError
 
-__all__ = ["refuse_a_finished_run", "check_run_folder", "claim_run_folder", "diverged", "script_exit"]
+__all__ = ["refuse_a_finished_run", "check_run_folder", "claim_run_folder", "Runner", "diverged", "script_exit"]
 
 
 def refuse_a_finished_run(run: RunEnd, resuming: bool, save_dir: str) -> None:
@@ -42,6 +50,52 @@ def claim_run_folder(run: RunEnd, save_dir: str, resuming: bool, rank: int, grou
     may have written its first checkpoint since check_run_folder."""
     run.run_dir = claim_run_dir(save_dir, rank, group_size, agree=sum_across_ranks if group_size > 1 else None)
     refuse_a_finished_run(run, resuming, save_dir)
+
+
+class Runner:
+    """The guards every step, evaluation and epoch end of a training loop needs, the same for both scripts."""
+
+    def __init__(self, run: RunEnd, train_step, progress, log: Callable[[str], None], graph_mode: bool = True):
+        self.run, self.train_step, self.progress, self.log = run, train_step, progress, log
+        self.graph_mode = graph_mode
+        self.first_step, self.evaluated = True, False
+
+    def step(self, images, labels):
+        """One optimizer step: (loss as a float, the overflow flag). The first one compiles the graph: a signal
+        there ends the process at once (cli.exit_at_once; an exception raised inside the compiler turns into
+        pages of analyzer dump). From its end on the run folder holds work and is kept."""
+        first = self.first_step
+        with cli.exit_at_once() if first else contextlib.nullcontext():
+            if first and self.graph_mode:
+                self.log("compiling the training graph (first step; ~20-40 s for the demos on CPU, minutes for the "
+                         "large models)...")
+            self.progress.start_step()
+            loss, overflow = self.train_step(images, labels)
+            loss = float(loss.asnumpy())  # waits for the step: the time below is real
+        self.run.trained = True
+        cli.keep_sigint()  # each graph run installs MindSpore's SIGINT handler again (see mindcv_ext.cli)
+        seconds = self.progress.end_step(first)
+        if first and self.graph_mode:
+            self.log(f"compiled; the first step took {seconds:.1f} s")
+        self.first_step = False
+        return loss, overflow
+
+    def evaluate(self, evaluate: Callable[[], object]):
+        """evaluate()'s result; the first one compiles the eval graph: a signal there ends the process at once."""
+        with cli.exit_at_once() if not self.evaluated else contextlib.nullcontext():
+            result = evaluate()
+        self.evaluated = True
+        return result
+
+    def end_epoch(self, rank_local, all_reduce, group_size: int, message: Callable[[list], str]) -> None:
+        """Before evaluating or saving: BN statistics (`rank_local`, they differ per rank) averaged over the ranks,
+        then the whole training state checked finite (the loss can stay finite while weights or BN statistics are
+        NaN already): NonFiniteLossError(message(the bad tensors)). Every rank sees the same values."""
+        self.progress.clear()
+        average_across_ranks(rank_local, all_reduce, group_size)
+        bad = nonfinite_tensors(training_state(self.train_step))
+        if bad:
+            raise NonFiniteLossError(message(bad))
 
 
 def diverged(what: str, latest_path: str, when: str, fixes: str) -> str:
