@@ -65,6 +65,9 @@ class Runner:
         there ends the process at once (cli.exit_at_once; an exception raised inside the compiler turns into
         pages of analyzer dump). From its end on the run folder holds work and is kept."""
         first = self.first_step
+        # A data pipeline's first batch installs MindData's own SIGTERM handler (it exits 0): put ours back now,
+        # from this thread, before a compile that can keep cli's watchdog from getting the GIL to do it.
+        cli.keep_sigint()
         with cli.exit_at_once() if first else contextlib.nullcontext():
             if first and self.graph_mode:
                 self.log("compiling the training graph (first step; ~20-40 s for the demos on CPU, minutes for the "
