@@ -40,7 +40,8 @@ def _round(r):
 def shapes_bound_fraction(r, bounds):
     """img/s over the same round's own-shape bound (bench/_bench_worker.run_shapes_mindspore): the batch over the
     summed time of the deploy graph's matmuls, each timed alone in MindSpore. For MindSpore fp32 deploy rows."""
-    if r["framework"] != "mindspore" or r.get("form") != "deploy" or r["task"] != "inference" or r["dtype"] != "fp32":
+    if r["framework"] != "mindspore" or not str(r.get("form")).startswith("deploy") or r["task"] != "inference" \
+            or r["dtype"] != "fp32":
         return None
     b = bounds.get(_round(r) + (r["model"], r["batch_size"]))
     return _ips(r) / b["bound_img_s"] if b else None

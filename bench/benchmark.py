@@ -59,7 +59,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", type=csv(str), default=["repmlp_t224"])
     p.add_argument("--batch_sizes", type=csv(int), default=[8])
-    p.add_argument("--forms", type=csv(str), default=["train", "deploy"], help="inference forms: train,deploy")
+    p.add_argument("--forms", type=csv(str), default=["train", "deploy"],
+                   help="inference forms: train,deploy,deploy_fused (deploy_fused = the deploy form with "
+                        "mindcv_ext.models.fused_gelu.fuse_for_cpu: one AKG kernel per GELU; this project only)")
     p.add_argument("--tasks", type=csv(str), default=["inference", "train_step"],
                    help="inference,train_step (the training step always uses the train form)")
     p.add_argument("--dtypes", type=csv(str), default=["fp32"], help="fp32,fp16 (fp16 = mindcv AMP level O2)")
@@ -82,7 +84,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if "all" in args.baselines:
         args.baselines = list(BASELINES)
-    bad = [f"--forms {v}" for v in args.forms if v not in ("train", "deploy")]
+    bad = [f"--forms {v}" for v in args.forms if v not in ("train", "deploy", "deploy_fused")]
     bad += [f"--tasks {v}" for v in args.tasks if v not in ("inference", "train_step")]
     bad += [f"--dtypes {v}" for v in args.dtypes if v not in ("fp32", "fp16")]
     bad += [f"--baselines {v}" for v in args.baselines if v not in BASELINES]
@@ -183,6 +185,8 @@ def configs(args, info, files=None):
 
 
 def skip_reason(cfg, info):
+    if cfg.get("form") == "deploy_fused" and (cfg["impl"] != "ours" or cfg["dtype"] != "fp32"):
+        return "deploy_fused is this project's fp32 inference option"
     if cfg["impl"] == "mindcv" and cfg["model"] not in info["mindcv_own"]:
         return f"mindcv 0.3.0 has no {cfg['model']}"
     if cfg["impl"] == "torch":

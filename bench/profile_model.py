@@ -34,6 +34,8 @@ def parse_args(argv=None):
                    help="train_step = forward + backward + AdamW of the train form")
     p.add_argument("--impl", default="ours", choices=["ours", "mindcv"], help="mindcv = mindcv 0.3.0's own class")
     p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--fused_gelu", type=_common.str2bool, default=False,
+                   help="inference with mindcv_ext.models.fused_gelu.fuse_for_cpu (one AKG kernel per GELU)")
     p.add_argument("--iters", type=int, default=5, help="profiled steps (after compile + 2 warm-up steps); "
                                                        "each op's time is its median over them")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
@@ -59,6 +61,9 @@ def build_step(args):
     x = ms.Tensor(rng.standard_normal((args.batch_size, 3, size, size)).astype(np.float32))
     if args.task == "inference":
         net.set_train(False)
+        if args.fused_gelu:
+            from mindcv_ext.models.fused_gelu import fuse_for_cpu
+            fuse_for_cpu(net, x)
         fn = lambda: net(x).asnumpy()  # noqa: E731
     else:
         y = ms.Tensor(rng.integers(0, NUM_CLASSES, args.batch_size).astype(np.int32))
@@ -170,7 +175,8 @@ def main(argv=None):
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
     total, tables = aggregate(ops_)
-    what = f"{args.impl} {args.model} {args.task} ({'train' if args.task == 'train_step' else args.form} form), " \
+    what = f"{args.impl} {args.model} {args.task} ({'train' if args.task == 'train_step' else args.form} form" \
+           f"{', fused GELU' if args.fused_gelu else ''}), " \
            f"batch {args.batch_size}, fp32, graph mode, CPU, {args.threads} threads"
     span = step_span_ms(ops_)
     print(f"{what}\nunprofiled step: {wall_ms:.1f} ms ({args.batch_size * 1000 / wall_ms:.2f} img/s); profiled step "

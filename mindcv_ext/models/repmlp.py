@@ -456,8 +456,15 @@ class FFNBlock(nn.Cell):
         self.ffn_fc2 = ConvBN(channels * expand, channels, 1)
         # tanh: MindSpore's fused GeLU kernel (mindcv's published t224 weights); exact: the lean cell above.
         self.act = nn.GELU(approximate=True) if gelu_approximate else GELU()
+        # ffn_fc1's BN and the exact GELU as one CPU kernel, set by fused_gelu.fuse_for_cpu (inference in
+        # MindSpore only; exports never see it).
+        self.bn_gelu = None
 
     def construct(self, x):
+        if self.bn_gelu is not None and x.dtype == ms.float32:
+            bn = self.ffn_fc1.bn  # inference BN as a per-channel affine, as fuse_bn folds it
+            scale = bn.gamma / ops.sqrt(bn.moving_variance + bn.eps)
+            return self.ffn_fc2(self.bn_gelu(self.ffn_fc1.conv(x), scale, bn.beta - bn.moving_mean * scale))
         return self.ffn_fc2(self.act(self.ffn_fc1(x)))
 
 
