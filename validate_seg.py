@@ -77,7 +77,8 @@ def work(prepared) -> int:
         "deploy form (re-parameterized here)" if arch.get("reparameterized") else "deploy form"
     size = f"resized to {test['scale'][0]}x{test['scale'][1]}" if test["scale"] else "at their own size"
     say(cli.printable(f"{cfg.ckpt_path}: {arch['backbone']} + {arch['head']}, {num_classes} classes, {form} | "
-                      f"{len(pairs)} images in {os.path.join(data_dir, cfg.val_split)}, {size} | {test['mode']} "
+                      f"{len(pairs)} images in {os.path.dirname(os.path.commonpath([p for p, _ in pairs]) + '/')}"
+                      f", {size} | {test['mode']} "
                       f"inference" + (f" (window {test['crop_size'][0]}x{test['crop_size'][1]}, stride "
                                       f"{test['stride'][0]}x{test['stride'][1]})" if test["mode"] == "slide" else "")),
         flush=True)

@@ -209,6 +209,9 @@ def guarded(main: Callable[[], int], prog: str, bad_input: Tuple[type, ...] = ()
     except bad_input as e:
         print(f"{prog}: error: {printable(e)}", file=sys.stderr, flush=True)
         return BAD_INPUT
+    except BrokenPipeError:  # the reader stopped early (`tool --help | head`): no traceback, the table's 1
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
+        return FAILED
     except KeyboardInterrupt:
         print(f"{prog}: {signal_line(signal.SIGINT)}", file=sys.stderr)
         return INTERRUPTED

@@ -270,3 +270,23 @@ def test_save_deploy_refuses_latest_and_replaces_its_own(seg, tmp_path, capsys):
     for _ in range(2):
         assert validate_seg.run(common + ["--save_deploy", deploy]) == 0
     assert written_by(deploy) == "validate_seg.py"
+
+
+@pytest.mark.parametrize("sig, code, line", [(2, 130, "interrupted (Ctrl-C)"), (15, 143, "terminated (SIGTERM)")])
+def test_signal_mid_run_is_one_line_with_its_code(seg, tmp_path, sig, code, line):
+    """Images of different sizes compile the graph again each; a signal there printed pages of MindSpore's analyzer
+    dump before the tool's line (seen by hand with Ctrl-C and SIGTERM)."""
+    import signal as _signal
+    _, ckpt = seg
+    photos = tmp_path / "p"
+    for i in range(12):
+        _images(photos, [f"{i:02d}.png"], size=(64 + 64 * (i % 4), 64 + 64 * (i // 4)))
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "scripts", "predict_seg.py"), "--ckpt_path", ckpt,
+                             "--image_path", str(photos), "--mode", "0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert "image(s)" in proc.stdout.readline()  # the header: the model is loaded
+    assert " -> " in proc.stdout.readline()  # one mask written: the next image, of another size, compiles now
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code and err.strip().splitlines() == [f"predict_seg.py: {line}"], err[-2000:]
+    assert not [n for n in os.listdir(photos) if ".tmp" in n]

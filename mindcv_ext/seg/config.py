@@ -228,7 +228,9 @@ EVAL_OWN = {
 SEG_EVAL_KEYS = dict(SEG_KEYS, img_scale=(None, "pair", "eval_scale's default (a recipe's RandomResize scale); "
                                                         "none: images at their own size"),
                      crop_size=(None, "pair", "eval_crop's default (a recipe's training crop); none: the crop the "
-                                              "checkpoint records"))
+                                              "checkpoint records"),
+                     ckpt_path=("", "str", "a train_seg.py checkpoint, train or deploy form (best.ckpt, or what "
+                                           "--save_deploy wrote); the model is read from it (required)"))
 
 
 def load_seg_eval_config(argv: Optional[Sequence[str]] = None, prog: str = "validate_seg.py") -> Any:
@@ -249,8 +251,9 @@ def load_seg_eval_config(argv: Optional[Sequence[str]] = None, prog: str = "vali
                           f"train_seg.py run.")
     notes = []
     if "device_target" not in cfg._given and cfg.device_target == "Ascend" and not _has_ascend():
-        cfg.device_target = "CPU"  # a training recipe's device on a machine without it: evaluate on CPU
-        notes.append("the recipe's device_target Ascend is not available here: evaluating on CPU")
+        cfg.device_target = "CPU"  # a training recipe's device (or the default) on a machine without it
+        if cfg.config:
+            notes.append(f"{cfg.config}'s device_target Ascend is not available here: evaluating on CPU")
     if cfg.distribute and "distribute" not in cfg._given and not any(v in os.environ for v in _LAUNCHER_VARS):
         cfg.distribute = False  # a training recipe's msrun setting, evaluated without msrun: one process
     _common(cfg, evaluating=True)

@@ -23,7 +23,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import ops
 
-from ..cli import keep_sigint
+from ..cli import exit_at_once, keep_sigint
 from .data import eval_preprocess, palette_for, read_image
 from .metrics import confusion_matrix
 
@@ -125,7 +125,10 @@ def pad_to_multiple(img: np.ndarray, multiple: int) -> np.ndarray:
 
 def _run(model, img: np.ndarray) -> np.ndarray:
     h, w = img.shape[-2:]
-    out = model(ms.Tensor(pad_to_multiple(img, model.native_size))).asnumpy()
+    # A signal ends the process at once here (cli.exit_at_once): each new image size compiles the graph again,
+    # and an exception inside MindSpore's compile prints pages of analyzer dump.
+    with exit_at_once():
+        out = model(ms.Tensor(pad_to_multiple(img, model.native_size))).asnumpy()
     keep_sigint()  # MindSpore's forward installs a SIGINT handler that turns Ctrl-C into SIGTERM
     return out[..., :h, :w]
 
