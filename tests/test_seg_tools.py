@@ -290,3 +290,22 @@ def test_signal_mid_run_is_one_line_with_its_code(seg, tmp_path, sig, code, line
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == code and err.strip().splitlines() == [f"predict_seg.py: {line}"], err[-2000:]
     assert not [n for n in os.listdir(photos) if ".tmp" in n]
+
+
+def test_predict_and_validate_preprocess_alike(seg):
+    """predict_seg.py repeated validate_seg.py's preprocessing; both now go through one (eval_preprocess): the mask
+    inference_segmentor gives for a file is the one the evaluation loader's item gives, at a scale that resizes."""
+    from types import SimpleNamespace
+
+    from mindcv_ext.seg.data import build_seg_eval_loader
+    from mindcv_ext.seg.inference import init_segmentor, inference_segmentor, predict_mask
+
+    data, ckpt = seg
+    model = init_segmentor(ckpt, scale=(96, 48))
+    pairs = list_pairs("cityscapes", data, "val")[:1]
+    cfg = SimpleNamespace(reduce_zero_label=False, eval_scale=(96, 48), mean=model.test_cfg["mean"],
+                          std=model.test_cfg["std"], num_classes=6, num_parallel_workers=1)
+    img, label, _ = next(build_seg_eval_loader(pairs, cfg).create_tuple_iterator(num_epochs=1, output_numpy=True))
+    assert img.shape[1:] == (48, 96) and label.shape == (64, 128)
+    want = predict_mask(model, img, out_size=label.shape, mode="whole")
+    np.testing.assert_array_equal(inference_segmentor(model, pairs[0][0]), want)
