@@ -317,7 +317,7 @@ def run(cfg, prepared) -> int:
     if cfg.output:  # a temporary beside the output, renamed when the run ends: the previous file is never emptied
         from mindcv_ext.checkpoint import make_temp, remove_temp_files
 
-        stale = remove_temp_files(os.path.dirname(os.path.abspath(cfg.output)), os.path.basename(cfg.output))
+        stale = remove_temp_files(os.path.dirname(os.path.abspath(cfg.output)))  # of killed runs, any name
         if stale:
             _err(f"note: removed {len(stale)} temporary file(s) of killed runs: "
                  f"{', '.join(os.path.basename(p) for p in stale)}")

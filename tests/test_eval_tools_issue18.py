@@ -59,3 +59,11 @@ def test_segmentation_checkpoint_named_in_one_line(tmp_path, tool):
     want = "validate_seg.py" if tool == "validate.py" else "scripts/predict_seg.py"
     assert r.returncode == 2 and r.stderr.strip().endswith(f"is a segmentation checkpoint (train_seg.py): use {want}.")
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_output_folder_cleared_of_killed_runs_temporaries(demo, tmp_path):  # noqa: F811
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    leftover = tmp_path / f".deploy.ckpt.{int(dead.stdout)}-abcdEFGH.tmp.ckpt"  # a killed reparameterize's
+    leftover.write_bytes(b"partial")
+    rc, _, err = _main("--ckpt_path", demo["ckpt"], "--image_path", demo["images"], "--output", tmp_path / "p.jsonl")
+    assert rc == 0 and not leftover.exists() and "removed 1 temporary file(s) of killed runs" in err, err

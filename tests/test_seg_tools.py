@@ -186,6 +186,13 @@ def test_fifo_among_seg_images_or_labels_refused_from_stat(seg, tmp_path, capsys
         assert _no_hang(validate_seg.run, ["--ckpt_path", seg[1], "--dataset", "cityscapes", "--num_classes", "6",
                                            "--data_dir", data, "--check_data", check]) == 2
         assert "a FIFO (named pipe)" in _one_error(capsys.readouterr().err)
+    if where == "gtFine":  # train_seg.py lists its pairs the same way (its val split holds the FIFO)
+        import train_seg
+        recipe = os.path.join(ROOT, "configs", "seg", "demo_seg_cpu.yaml")
+        assert _no_hang(train_seg.run, ["--config", recipe, "--dataset", "cityscapes", "--num_classes", "6",
+                                        "--data_dir", data, "--check_data", "False", "--ckpt_save_dir",
+                                        str(tmp_path / "run")]) == 2
+        assert "a FIFO (named pipe)" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------- windows and defaults
