@@ -4,7 +4,6 @@ The export tests run the scripts as a user would (subprocesses) and check the wr
 scripts' own checks. Nothing here asserts on speed.
 """
 import json
-import math
 import os
 import stat
 import subprocess
@@ -19,6 +18,7 @@ import mindcv
 from conftest import ROOT, randomize
 
 import mindcv_ext
+from mindcv_ext.seg.model import create_seg_model
 
 SCRIPTS = os.path.join(ROOT, "scripts")
 
@@ -125,11 +125,135 @@ def test_export_wrong_model_names_the_right_one(train_ckpt, tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def test_erf_free_gelu_is_exact_gelu(monkeypatch):
-    monkeypatch.syspath_prepend(SCRIPTS)
-    from _onnx_ops import ErfFreeGELU
+# ------------------------------------------------------------- the deploy graph (issue 19 item 1)
 
-    x = np.linspace(-9, 9, 20001).astype(np.float32)
-    exact = np.array([0.5 * v * (1 + math.erf(v / math.sqrt(2))) for v in x.astype(np.float64)])
-    got = ErfFreeGELU()(ms.Tensor(x)).asnumpy()
-    assert np.abs(got - exact).max() < 2e-6
+def image_like(n, size=64, seed=7):
+    """Inputs shaped like normalized photos (smooth, offset, not zero-mean): a check on N(0, 1) noise alone
+    can miss a folding error that only shows with real statistics."""
+    rng = np.random.default_rng(seed)
+    base = rng.uniform(0, 255, (n, 3, 8, 8)).repeat(size // 8, 2).repeat(size // 8, 3)
+    mean = np.array([123.7, 116.3, 103.5]).reshape(1, 3, 1, 1)
+    return ((base + rng.normal(0, 20, base.shape) - mean) / 58.0).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def onnx_file(train_ckpt, tmp_path_factory):
+    pytest.importorskip("onnxruntime", reason="onnxruntime not installed (optional 'onnx' extra)")
+    out = tmp_path_factory.mktemp("onnx") / "demo.onnx"
+    rc, log = run_script("export.py", "--model", "demo_repmlp", "--ckpt_path", train_ckpt, "--file_format", "ONNX",
+                         "--output", out, "--batch_size", 2, cwd=out.parent)
+    assert rc == 0, log
+    return out, log
+
+
+def test_onnx_graph_is_what_ort_and_its_quantizer_expect(onnx_file, train_ckpt):
+    """Opset >= 13, no BatchNormalization, one erf GELU per FFN (5 in demo_repmlp) instead of the Where/Abs/Exp
+    chain, every weight an initializer feeding its node, no activation-size constants: the file holds the deploy
+    parameters and little else."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import numpy_helper
+
+    path, log = onnx_file
+    model = onnx.load(str(path))
+    ops = [n.op_type for n in model.graph.node]
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    assert opset >= 13
+    for op in ("BatchNormalization", "Where", "Abs", "Exp", "Softsign", "Softplus"):
+        assert op not in ops, op
+    assert ops.count("Erf") == 5
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type in ("Conv", "MatMul", "Gemm"):
+            assert n.input[1] in inits, f"{n.name}: weight reaches it through another node"
+    # Initializers = the deploy network's parameters (+ scalars / shape vectors), nothing activation-sized.
+    deploy = mindcv.create_model("demo_repmlp", num_classes=10, deploy=True)
+    params = sum(int(np.prod(p.shape)) for p in deploy.get_parameters())
+    bn_stats = sum(int(np.prod(p.shape)) for p in deploy.get_parameters() if "moving_" in p.name)
+    stored = sum(a.size for a in inits.values())
+    assert stored <= params - bn_stats + 1000, (stored, params)
+    assert os.path.getsize(path) < 1.1 * 4 * stored
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["model"] == "demo_repmlp" and meta["written_by"] == "mindcv_ext export.py"
+    assert json.loads(meta["input_shape"]) == [2, 3, 64, 64]
+    # ORT fuses each erf chain into one Gelu node (its fastest path).
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    so.optimized_model_filepath = str(path.parent / "ort_opt.onnx")
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    fused = [n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node]
+    assert fused.count("Gelu") == 5 and "Erf" not in fused
+    # Logits on image-like inputs against the train-form network re-parameterized (independent of the script).
+    x = image_like(2)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x})[0]
+    ref = deploy_cell_logits(train_ckpt, x)
+    assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()
+    assert "deprecated" not in log and "will be deleted" not in log  # MindSpore's warnings stay out of the output
+
+
+def test_existing_output_replaced_only_if_export_wrote_it(onnx_file, tmp_path):
+    path, _ = onnx_file
+    foreign = tmp_path / "mine.onnx"
+    foreign.write_bytes(b"somebody's file")
+    args = ("--model", "demo_repmlp", "--random_init", True, "--file_format", "ONNX", "--check", False)
+    rc, log = run_script("export.py", *args, "--output", foreign, cwd=tmp_path)
+    assert rc == 2 and "--overwrite True" in log and foreign.read_bytes() == b"somebody's file", log
+    own = tmp_path / "own.onnx"
+    own.write_bytes(path.read_bytes())  # export.py's mark is in the file
+    rc, log = run_script("export.py", *args, "--output", own, cwd=tmp_path)
+    assert rc == 0, log
+    rc, log = run_script("export.py", *args, "--output", foreign, "--overwrite", True, cwd=tmp_path)
+    assert rc == 0 and foreign.read_bytes()[:4] != b"some", log
+
+
+def test_export_removes_every_dead_runs_temporaries_in_its_folder(tmp_path):
+    """A killed export of another name leaves `.other.onnx.<pid>-XXXXXXXX.tmp`: the next export to the folder
+    removes it, whatever it was for; a live process's temporary stays."""
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    dead = tmp_path / f".other.onnx.{ended.pid}-abcdEFGH.tmp"
+    dead.mkdir()
+    (dead / "model.onnx").write_bytes(b"\0" * 100)
+    live = tmp_path / f".third.ckpt.{os.getpid()}-ijklMNOP.tmp.ckpt"
+    live.write_bytes(b"partial")
+    rc, log = run_script("export.py", "--model", "demo_repmlp", "--random_init", True, "--file_format", "MINDIR",
+                         "--output", tmp_path / "x.mindir", cwd=tmp_path)
+    assert rc == 0, log
+    assert sorted(os.listdir(tmp_path)) == sorted([live.name, "x.mindir"])
+
+
+@pytest.mark.parametrize("head", ["upernet", "fpn"])
+def test_segmentation_checkpoint_exports_at_twice_the_native_size(head, tmp_path):
+    """A train_seg.py checkpoint (train form, non-trivial BN stats) is recognised from its keys; ONNX and MINDIR at
+    128 = 2 x demo_repmlp's 64 match the re-parameterized SegModel on image-like inputs."""
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime not installed (optional 'onnx' extra)")
+    from mindcv_ext.checkpoint import save_checkpoint
+    from mindcv_ext.seg.model import load_seg_checkpoint
+
+    model, _ = create_seg_model("demo_repmlp", head=head, num_classes=5, channels=8, aux=True, aux_channels=8)
+    randomize(model, seed=4)
+    ckpt = str(tmp_path / "seg.ckpt")
+    save_checkpoint(model, ckpt)
+    ref_net, _, _ = load_seg_checkpoint(ckpt)
+    ref_net.set_train(False)
+    mindcv_ext.reparameterize(ref_net)
+    x = image_like(1, size=128, seed=8)
+    ref = ref_net(ms.Tensor(x)).asnumpy()
+    assert ref.shape == (1, 5, 128, 128)
+    for fmt, name in (("ONNX", "seg.onnx"), ("MINDIR", "seg.mindir"))[:2 if head == "upernet" else 1]:
+        rc, log = run_script("export.py", "--ckpt_path", ckpt, "--file_format", fmt, "--image_size", 128,
+                             "--output", tmp_path / name, cwd=tmp_path)
+        assert rc == 0, log
+        assert "segmentation checkpoint" in log and "segmentation logits" in log
+        if fmt == "ONNX":
+            session = ort.InferenceSession(str(tmp_path / name), providers=["CPUExecutionProvider"])
+            got = session.run(None, {session.get_inputs()[0].name: x})[0]
+        else:
+            got = ms.nn.GraphCell(ms.load(str(tmp_path / name)))(ms.Tensor(x)).asnumpy()
+        assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max(), fmt
+    if head == "fpn":
+        return
+    rc, log = run_script("export.py", "--ckpt_path", ckpt, "--file_format", "ONNX", "--image_size", 96,
+                         "--output", tmp_path / "bad.onnx", cwd=tmp_path)
+    assert rc == 2 and "not a multiple of demo_repmlp's native size 64" in log, log

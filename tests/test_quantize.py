@@ -1,0 +1,140 @@
+"""scripts/quantize.py (static INT8 for ONNX Runtime) and the .onnx paths of validate.py / infer.py (issue 19).
+
+Scripts run as subprocesses, as a user runs them; the files are checked independently of the scripts' own report
+(initializer types, metadata, predictions against the MindSpore checkpoint). Small model, tiny generated data.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import mindcv
+
+from conftest import ROOT, randomize
+
+import mindcv_ext
+from mindcv_ext.data.demo import ensure_demo_dataset
+from mindcv_ext.data.loaders import class_folders
+from mindcv_ext.weights import save_weights
+
+onnx = pytest.importorskip("onnx", reason="onnx not installed (optional 'onnx' extra)")
+pytest.importorskip("onnxruntime", reason="onnxruntime not installed (optional 'onnx' extra)")
+
+
+def run(script, *args, cwd):
+    path = script if script == "validate.py" else os.path.join("scripts", script)
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, path), *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=900)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """A tiny ImageFolder set, a train-form checkpoint with non-trivial BN statistics and the set's class names,
+    its fp32 export and its INT8 file."""
+    root = tmp_path_factory.mktemp("q")
+    data = ensure_demo_dataset(str(root / "data"), train_per_class=2, val_per_class=3)
+    net = randomize(mindcv.create_model("demo_repmlp", num_classes=10), seed=5)
+    ckpt = str(root / "train.ckpt")
+    save_weights(net, ckpt, class_names=class_folders(data, "val"))
+    rc, out, err = run("export.py", "--model", "demo_repmlp", "--ckpt_path", ckpt, "--file_format", "ONNX",
+                       "--batch_size", 4, "--output", root / "fp32.onnx", cwd=root)
+    assert rc == 0, out + err
+    rc, out, err = run("quantize.py", "--model", "demo_repmlp", "--ckpt_path", ckpt, "--calib_dir",
+                       os.path.join(data, "train"), "--calib_images", 16, "--batch_size", 4, "--output",
+                       root / "int8.onnx", cwd=root)
+    assert rc == 0, out + err
+    return dict(root=root, data=data, ckpt=ckpt, fp32=str(root / "fp32.onnx"), int8=str(root / "int8.onnx"),
+                log=out + err)
+
+
+def test_int8_file_quantizes_the_weights_and_records_what_the_tools_need(work):
+    from onnx import TensorProto, numpy_helper
+
+    model = onnx.load(work["int8"])
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    assert opset >= 13  # per-channel DequantizeLinear (axis) needs 13
+    ops = [n.op_type for n in model.graph.node]
+    assert "DequantizeLinear" in ops and "QuantizeLinear" in ops
+    int8 = sum(numpy_helper.to_array(t).size for t in model.graph.initializer
+               if t.data_type == TensorProto.INT8 and numpy_helper.to_array(t).size > 1)
+    deploy = mindcv.create_model("demo_repmlp", num_classes=10, deploy=True)
+    params = sum(int(np.prod(p.shape)) for p in deploy.get_parameters() if "moving_" not in p.name)
+    assert int8 >= 0.95 * params, (int8, params)  # >= 95% of the parameters stored as int8
+    assert os.path.getsize(work["int8"]) <= 0.4 * os.path.getsize(work["fp32"])
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["precision"] == "int8" and meta["model"] == "demo_repmlp"
+    assert meta["written_by"] == "mindcv_ext quantize.py"
+    assert json.loads(meta["class_names"]) == class_folders(work["data"], "val")
+    assert json.loads(meta["input_shape"]) == [4, 3, 64, 64]
+    assert json.loads(meta["quantization"])["calib_images"] == 16
+    assert "every Conv / MatMul / Gemm weight is int8" in work["log"] and "agreement" in work["log"]
+
+
+def _validate(path, work, *extra):
+    rc, out, err = run("validate.py", "--ckpt_path", path, "--data_dir", work["data"], "--batch_size", 7, *extra,
+                       cwd=work["root"])
+    assert rc == 0, out + err
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_validate_runs_onnx_files_like_the_checkpoint(work):
+    """The same network through MindSpore (the .ckpt) and ONNX Runtime (the fp32 file, static batch 4 fed batches
+    of 7): the same top-1 and loss; the INT8 file close. --model is read from the file."""
+    ckpt = _validate(work["ckpt"], work, "--model", "demo_repmlp")
+    fp32 = _validate(work["fp32"], work)
+    int8 = _validate(work["int8"], work)
+    assert fp32["model"] == "demo_repmlp" and fp32["form"] == "deploy, ONNX fp32" and int8["form"] == "deploy, ONNX int8"
+    assert fp32["num_samples"] == ckpt["num_samples"] == 30
+    assert fp32["top1"] == ckpt["top1"] and fp32["top5"] == ckpt["top5"]
+    assert abs(fp32["loss"] - ckpt["loss"]) < 1e-4
+    assert abs(int8["loss"] - ckpt["loss"]) < 0.05 * ckpt["loss"]
+
+
+def _predictions(path, work, name):
+    out_file = work["root"] / name
+    rc, out, err = run("infer.py", "--model", "demo_repmlp", "--ckpt_path", path, "--image_path",
+                       os.path.join(work["data"], "val"), "--output", out_file, cwd=work["root"])
+    assert rc == 0, out + err
+    return [json.loads(line)["top5"][0] for line in out_file.read_text().splitlines()]
+
+
+def test_infer_runs_onnx_files_like_the_checkpoint(work):
+    ckpt = _predictions(work["ckpt"], work, "ckpt.jsonl")
+    fp32 = _predictions(work["fp32"], work, "fp32.jsonl")
+    int8 = _predictions(work["int8"], work, "int8.jsonl")
+    assert [p["index"] for p in fp32] == [p["index"] for p in ckpt]
+    assert [p["class"] for p in fp32] == [p["class"] for p in ckpt] and ckpt[0]["class"]  # names from the file
+    assert max(abs(a["prob"] - b["prob"]) for a, b in zip(fp32, ckpt)) < 1e-4
+    agree = np.mean([a["index"] == b["index"] for a, b in zip(int8, fp32)])
+    assert agree >= 0.9, agree
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "not-an-image", "foreign-output"])
+def test_bad_input_is_one_line_before_any_work(work, tmp_path, case):
+    calib = tmp_path / "calib"
+    output = tmp_path / "out.onnx"
+    if case == "empty":
+        calib.mkdir()
+    elif case == "not-an-image":
+        (calib / "a").mkdir(parents=True)
+        (calib / "a" / "notes.jpg").write_text("not an image")
+    elif case == "foreign-output":
+        calib = os.path.join(work["data"], "train")
+        output.write_bytes(b"someone else's file")
+    rc, out, err = run("quantize.py", "--model", "demo_repmlp", "--ckpt_path", work["ckpt"], "--calib_dir", calib,
+                       "--output", output, cwd=tmp_path)
+    assert rc == 2, out + err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("quantize.py: error: "), err
+    assert "calibrating" not in out
+    expected = {"missing": "does not exist", "empty": "holds no image files", "not-an-image": "notes.jpg",
+                "foreign-output": "--overwrite True"}[case]
+    assert expected in lines[0]
+    if case == "foreign-output":
+        assert output.read_bytes() == b"someone else's file"
+    else:
+        assert not output.exists()
