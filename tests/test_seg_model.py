@@ -107,7 +107,7 @@ def test_deploy_form_gives_the_same_masks(head, tmp_path):
     # round trip through files: the train-form file rebuilds the same model; its deploy form saved and re-read
     loaded, _, arch = load_seg_checkpoint(path)
     assert arch == dict(backbone="demo_repmlp", head=head, num_classes=6, channels=8, aux=True, aux_channels=8,
-                        deploy=False)
+                        deploy=False, gelu_approximate=False, crop_size=None)  # a file without the metadata
     loaded.set_train(False)
     np.testing.assert_allclose(loaded(x).asnumpy(), before, rtol=1e-5, atol=1e-5)
     dpath = str(tmp_path / "seg_deploy.ckpt")
@@ -188,3 +188,26 @@ def test_sync_bn_switch_builds_syncbatchnorm_with_the_same_names_and_results():
         plain.set_train(train)
         sync.set_train(train)
         np.testing.assert_allclose(sync(x).asnumpy(), plain(x).asnumpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_recorded_gelu_flavour_and_crop_are_read_back(tmp_path):
+    # a model trained with tanh GELU (mindcv's T224 weights) evaluated without the flag: the record decides
+    from mindcv_ext.seg.model import seg_metadata
+    from mindcv_ext.weights import save_weights
+    kwargs = dict(head="fpn", num_classes=4, channels=8)
+    tanh, _ = create_seg_model("demo_repmlp", gelu_approximate=True, **kwargs)
+    erf, _ = create_seg_model("demo_repmlp", **kwargs)
+    erf.set_train(False)
+    tanh.set_train(False)
+    path = str(tmp_path / "tanh.ckpt")
+    save_weights(tanh, path, append_dict=seg_metadata(True, (64, 128)))
+    for p in erf.get_parameters():  # the same weights in an exact-GELU model: other outputs
+        p.set_data(tanh.parameters_dict()[p.name].data)
+    x = _x(1, 64, 128)
+    loaded, _, arch = load_seg_checkpoint(path)
+    loaded.set_train(False)
+    assert arch["gelu_approximate"] is True and arch["crop_size"] == (64, 128)
+    np.testing.assert_allclose(loaded(x).asnumpy(), tanh(x).asnumpy(), rtol=1e-5, atol=1e-5)
+    assert np.abs(erf(x).asnumpy() - tanh(x).asnumpy()).max() > 1e-6  # the flavour matters to the outputs
+    with pytest.raises(CheckpointError, match="tanh \\(approximate\\) GELU"):
+        load_seg_checkpoint(path, gelu_approximate=False)
