@@ -316,3 +316,9 @@ def test_predict_and_validate_preprocess_alike(seg):
     assert img.shape[1:] == (48, 96) and label.shape == (64, 128)
     want = predict_mask(model, img, out_size=label.shape, mode="whole")
     np.testing.assert_array_equal(inference_segmentor(model, pairs[0][0]), want)
+
+
+def test_a_one_pixel_side_survives_the_eval_resize():
+    from mindcv_ext.seg.data import eval_preprocess
+    # 3000x1 to a 16x16 scale: the short side rounded to 0 before, and PIL refused a 16x0 resize mid-run
+    assert eval_preprocess(np.zeros((1, 3000, 3), np.uint8), (16, 16), (0, 0, 0), (1, 1, 1)).shape == (3, 1, 16)

@@ -239,7 +239,7 @@ def eval_preprocess(img: np.ndarray, scale: Optional[Sequence[int]], mean, std) 
     """The evaluation's preprocessing (mmseg's test pipeline): RGB uint8 (H, W, 3) resized to `scale` (w, h),
     aspect kept (None: its own size), then normalized -> float32 (3, H', W'). Predictions go back to (H, W)."""
     if scale:
-        size = rescale_size(img.shape[1], img.shape[0], scale)
+        size = tuple(max(1, n) for n in rescale_size(img.shape[1], img.shape[0], scale))  # a 1-pixel side stays 1
         if size != (img.shape[1], img.shape[0]):
             img = np.asarray(Image.fromarray(img).resize(size, Image.BILINEAR))
     return normalize(img, mean, std)
