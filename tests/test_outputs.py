@@ -151,3 +151,25 @@ def test_later_save_removes_killed_saves_leftovers_of_other_names(tmp_path):
     leftover.write_bytes(b"partial")
     save_checkpoint({"x": np.ones(2, np.float32)}, str(tmp_path / "other.ckpt"))
     assert not leftover.exists()
+
+
+def test_reparameterize_disk_full_is_one_line_exit_2(nets, tmp_path, monkeypatch, capsys):
+    """Issue 18 item 12: a full disk exited 1; the output place is bad input in the table (2), and nothing changed."""
+    import errno
+
+    import mindspore as ms
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+    try:
+        import reparameterize
+    finally:
+        sys.path.pop(0)
+    _, train, _ = nets
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ms, "save_checkpoint", full)
+    out = tmp_path / "deploy.ckpt"
+    assert reparameterize.main(["--model", "demo_repmlp", "--ckpt_path", train, "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no space left on the device" in err and not os.listdir(tmp_path), err
