@@ -72,6 +72,7 @@ def plan_outputs(images, image_path: str, output: str, overlay: bool, overwrite:
                               + " Pass another folder.")
     root = image_path if os.path.isdir(image_path) else os.path.dirname(os.path.abspath(image_path))
     names, plan = OutputNames(PROG, overwrite, what="output"), []
+    inputs = {os.path.realpath(p): p for p in images}
     for image in images:
         if output:  # the inputs' subfolders kept under --output
             folder = os.path.join(output, os.path.dirname(os.path.relpath(os.path.abspath(image),
@@ -81,6 +82,10 @@ def plan_outputs(images, image_path: str, output: str, overlay: bool, overwrite:
             if not os.access(folder, os.W_OK):
                 raise ConfigError(f"cannot write masks into {folder}; pass --output <a writable folder>.")
         stem = os.path.join(folder, os.path.splitext(os.path.basename(image))[0])
+        for out in (stem + "_mask.png", stem + "_overlay.png"):  # even with --overwrite: it is read in this run
+            if os.path.realpath(out) in inputs:
+                raise ConfigError(f"{printable(image)}'s output {out} is also an input of this run; rename it or "
+                                  f"pass --output <another folder>.")
         mask = names.claim(stem + "_mask.png", printable(image))
         plan.append((image, mask, names.claim(stem + "_overlay.png", printable(image)) if overlay else None))
     return plan

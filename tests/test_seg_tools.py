@@ -322,3 +322,11 @@ def test_a_one_pixel_side_survives_the_eval_resize():
     from mindcv_ext.seg.data import eval_preprocess
     # 3000x1 to a 16x16 scale: the short side rounded to 0 before, and PIL refused a 16x0 resize mid-run
     assert eval_preprocess(np.zeros((1, 3000, 3), np.uint8), (16, 16), (0, 0, 0), (1, 1, 1)).shape == (3, 1, 16)
+
+
+def test_an_output_that_is_also_an_input_is_refused_even_with_overwrite(seg, tmp_path, capsys):
+    photos = _images(tmp_path / "p", ["a.png", "a_mask.png"])  # the user's own a_mask.png is an input here
+    before = (photos / "a_mask.png").read_bytes()
+    assert predict_seg.run(["--ckpt_path", seg[1], "--image_path", str(photos), "--overwrite", "True"]) == 2
+    assert "is also an input of this run" in _one_error(capsys.readouterr().err)
+    assert (photos / "a_mask.png").read_bytes() == before
