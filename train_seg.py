@@ -192,7 +192,7 @@ def main(argv=None) -> int:
         ckpts.save_epoch(train_step, chunk, best, periodic=True)
         if rank == 0:
             plot_curves(metrics.rows(), plot_path, scores=(("val mIoU", "val_mIoU"), ("val mAcc", "val_mAcc")),
-                        score_title="mIoU / mAcc (%)", lr=True, x_label=f"x {cfg.val_interval} iterations")
+                        score_title="mIoU / mAcc (%)", lr=True, x_label="iteration", x_scale=cfg.val_interval)
     if val_loader is not None:
         for line in format_table(result):
             log.info(line)

@@ -71,8 +71,9 @@ _CLASSIFICATION = (("val top-1", "val_top1"), ("val top-5", "val_top5"))
 
 
 def plot_curves(rows: List[Dict], path: str, scores=_CLASSIFICATION, score_title: str = "accuracy (%)",
-                lr: bool = False, x_label: str = "epoch") -> Optional[str]:
-    """Panels against epochs (x_label: what an epoch row is): loss (train steps, val per epoch), the val scores
+                lr: bool = False, x_label: str = "epoch", x_scale: float = 1.0) -> Optional[str]:
+    """Panels against epochs (times x_scale, named x_label: train_seg.py's "epochs" are val_interval iterations,
+    drawn as iterations): loss (train steps, val per epoch), the val scores
     per epoch ((legend name, row key) pairs: train.py's top-1/top-5, train_seg.py's mIoU/mAcc) and, with `lr`,
     the learning rate of the logged steps."""
     try:
@@ -97,6 +98,7 @@ def plot_curves(rows: List[Dict], path: str, scores=_CLASSIFICATION, score_title
     image = Image.new("RGB", (len(panels) * _W, _H), "white")
     font = ImageFont.load_default()
     for i, (title, series) in enumerate(panels):
+        series = {name: [(x * x_scale, y) for x, y in pts] for name, pts in series.items()}
         _panel(ImageDraw.Draw(image), font, i * _W, title, series, x_label)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp.png"
