@@ -179,3 +179,38 @@ def build_onnx_model(cfg, log=print):
 def _ort_version() -> str:
     import onnxruntime
     return onnxruntime.__version__
+
+
+def onnx_segmentor(path: str, **test_cfg):
+    """init_segmentor's .onnx branch: an OnnxNet with what inference_segmentor reads (native_size, dataset_meta,
+    arch, test_cfg). The file's input size is static: it is the sliding window (eval_mode slide predicts any image
+    size with it); whole-image mode, whose input size follows each image, is refused."""
+    from .checkpoint import CheckpointError
+    from .seg.data import palette_for
+    from .seg.inference import resolve_test_cfg
+
+    try:
+        net = OnnxNet(path)
+    except OnnxError as e:
+        raise CheckpointError(str(e)) from None
+    if net.task != "segmentation":
+        raise CheckpointError(f"{path} is a {net.task} model; use scripts/infer.py for it")
+    n = net.num_classes
+    window = tuple(net.input_shape[2:])
+    net.native_size = int(net.meta.get("native_size", window[0]))
+    names = net.class_names if net.class_names and len(net.class_names) == n else None
+    net.dataset_meta = {"classes": names or [str(i) for i in range(n)], "recorded": bool(names),
+                        "palette": palette_for(n)}
+    net.arch = dict(backbone=net.model_name, head=net.meta.get("head"), num_classes=n, deploy=True,
+                    crop_size=window, gelu_approximate=None, onnx=True)
+    if test_cfg.get("mode", "whole") == "whole":  # refused before any work: images of other sizes would fail mid-run
+        raise CheckpointError(f"eval_mode whole: {path} takes {window[0]}x{window[1]} inputs only (static shapes); "
+                              f"pass --eval_mode slide (windows of that size cover any image), or export the "
+                              f"checkpoint at the padded image size")
+    if not test_cfg.get("crop_size"):
+        test_cfg["crop_size"] = window
+    if tuple(test_cfg["crop_size"]) != window:
+        raise CheckpointError(f"eval_crop {list(test_cfg['crop_size'])}: {path} takes {window[0]}x{window[1]} "
+                              f"windows only (static shapes); drop --eval_crop or export at that size")
+    net.test_cfg = resolve_test_cfg(net.arch, net.native_size, **test_cfg)
+    return net

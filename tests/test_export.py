@@ -254,6 +254,24 @@ def test_segmentation_checkpoint_exports_at_twice_the_native_size(head, tmp_path
         assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max(), fmt
     if head == "fpn":
         return
+    # predict_seg.py runs the ONNX file (sliding windows of its 128x128 input) like the checkpoint.
+    from PIL import Image
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    rng = np.random.default_rng(2)
+    for i, (h, w) in enumerate([(128, 128), (150, 200)]):
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(pics / f"im{i}.png")
+    for src in ("seg.ckpt", "seg.onnx"):
+        rc, log = run_script("predict_seg.py", "--ckpt_path", tmp_path / src, "--image_path", pics, "--output",
+                             tmp_path / f"masks_{src}", "--eval_mode", "slide", "--eval_crop", "[128, 128]",
+                             cwd=tmp_path)
+        assert rc == 0, log
+    for i in range(2):
+        a = np.array(Image.open(tmp_path / "masks_seg.ckpt" / f"im{i}_mask.png"))
+        b = np.array(Image.open(tmp_path / "masks_seg.onnx" / f"im{i}_mask.png"))
+        assert a.shape == b.shape and (a == b).mean() > 0.999
+    rc, log = run_script("predict_seg.py", "--ckpt_path", tmp_path / "seg.onnx", "--image_path", pics, cwd=tmp_path)
+    assert rc == 2 and "--eval_mode slide" in log, log
     rc, log = run_script("export.py", "--ckpt_path", ckpt, "--file_format", "ONNX", "--image_size", 96,
                          "--output", tmp_path / "bad.onnx", cwd=tmp_path)
     assert rc == 2 and "not a multiple of demo_repmlp's native size 64" in log, log

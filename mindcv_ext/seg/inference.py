@@ -76,6 +76,9 @@ def init_segmentor(checkpoint: str, reparameterize: bool = False, gelu_approxima
     from ..reparameterize import reparameterize as fuse
     from .model import load_seg_checkpoint
 
+    if str(checkpoint).lower().endswith(".onnx"):  # scripts/export.py's file, run by ONNX Runtime
+        from ..onnx_runtime import onnx_segmentor
+        return onnx_segmentor(checkpoint, **test_cfg)
     model, w, arch = load_seg_checkpoint(checkpoint, log=log, gelu_approximate=gelu_approximate)
     model.set_train(False)
     if reparameterize and not arch["deploy"]:
@@ -128,7 +131,8 @@ def _run(model, img: np.ndarray) -> np.ndarray:
     # A signal ends the process at once here (cli.exit_at_once): each new image size compiles the graph again,
     # and an exception inside MindSpore's compile prints pages of analyzer dump.
     with exit_at_once():
-        out = model(ms.Tensor(pad_to_multiple(img, model.native_size))).asnumpy()
+        out = model(ms.Tensor(pad_to_multiple(img, model.native_size)))
+        out = out.asnumpy() if hasattr(out, "asnumpy") else out  # ONNX Runtime returns NumPy
     keep_sigint()  # MindSpore's forward installs a SIGINT handler that turns Ctrl-C into SIGTERM
     return out[..., :h, :w]
 
