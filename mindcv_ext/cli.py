@@ -244,11 +244,15 @@ def staged(prepare: Callable[[], object], work: Callable[[object], int], prog: s
     try:
         prepared = prepare()
     except bad_input as e:
+        if isinstance(e, BrokenPipeError):  # `--help | head` (an OSError): guarded's quiet way out, not bad input
+            raise
         print(f"{prog}: error: {printable(e)}", file=sys.stderr, flush=True)
         return BAD_INPUT
     try:
         return work(prepared)
     except failed as e:
+        if isinstance(e, BrokenPipeError):
+            raise
         text = str(e).strip()
         print(f"{prog}: error: {printable(text.splitlines()[0] if text else type(e).__name__)}", file=sys.stderr,
               flush=True)

@@ -67,3 +67,14 @@ def test_output_folder_cleared_of_killed_runs_temporaries(demo, tmp_path):  # no
     leftover.write_bytes(b"partial")
     rc, _, err = _main("--ckpt_path", demo["ckpt"], "--image_path", demo["images"], "--output", tmp_path / "p.jsonl")
     assert rc == 0 and not leftover.exists() and "removed 1 temporary file(s) of killed runs" in err, err
+
+
+@pytest.mark.parametrize("tool", ["scripts/infer.py", "scripts/predict_seg.py", "validate_seg.py"])
+def test_help_into_a_closed_pipe_is_quiet(tool):
+    """`tool --help | head -1`: a BrokenPipeError traceback (predict_seg, validate_seg) or 'error: [Errno 32] Broken
+    pipe' as bad input, 2 (infer.py); now no line and 1 (did not finish: its output pipe closed)."""
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, tool), "--help"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # the reader is gone before the help is printed
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 1 and err == "", err

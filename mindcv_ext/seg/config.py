@@ -242,7 +242,8 @@ def load_seg_eval_config(argv: Optional[Sequence[str]] = None, prog: str = "vali
     given_unused = [k for k in cfg._given if k in unused]
     if given_unused:
         other = "validate_seg.py" if any(k in EVAL_OWN["validate_seg.py"] for k in given_unused) else "train_seg.py"
-        raise ConfigError(f"--{given_unused[0]} is {other}'s; {prog} does not use it (`python {prog} --help` lists "
+        run = "scripts/" + prog if prog == "predict_seg.py" else prog
+        raise ConfigError(f"--{given_unused[0]} is {other}'s; {prog} does not use it (`python {run} --help` lists "
                           f"its keys).")
     if not cfg.ckpt_path:
         raise ConfigError(f"{prog} needs --ckpt_path (a checkpoint written by train_seg.py, train or deploy form).")
