@@ -23,7 +23,7 @@ from mindcv_ext.seg.data import (DataError, build_seg_eval_loader, build_seg_tra
 from mindcv_ext.seg.demo import ensure_seg_demo
 from mindcv_ext.seg.inference import evaluate_seg
 from mindcv_ext.seg.metrics import format_table, seg_metrics
-from mindcv_ext.seg.model import SegWithLoss, create_seg_model, seg_metadata
+from mindcv_ext.seg.model import SYNC_BN_O2_FP32, SegWithLoss, create_seg_model, seg_metadata
 from mindcv_ext.training.ckpt_manager import CheckpointManager, restore_training_state
 from mindcv_ext.training.console import Progress, format_duration, setup_logging
 from mindcv_ext.training.metrics import MetricsLog, plot_curves
@@ -91,7 +91,10 @@ def main(argv=None) -> int:
     lrs = poly_schedule(cfg)
     optimizer = build_optimizer(cfg, model, lrs)
     from mindcv.utils.amp import auto_mixed_precision
-    auto_mixed_precision(model, cfg.amp_level, cfg.amp_cast_list)
+    cast_list = cfg.amp_cast_list
+    if sync_bn and cfg.amp_level == "O2" and cast_list is None:
+        cast_list = SYNC_BN_O2_FP32  # BatchNorm in fp32 under O2, SyncBatchNorm included
+    auto_mixed_precision(model, cfg.amp_level, cast_list)
     train_step = TrainStep(SegWithLoss(model, 255, cfg.aux_weight), optimizer, build_loss_scale(cfg),
                            clip_value=cfg.clip_value if cfg.clip_grad else None, ema=None,
                            group_size=group_size).set_train()

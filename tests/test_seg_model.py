@@ -211,3 +211,14 @@ def test_recorded_gelu_flavour_and_crop_are_read_back(tmp_path):
     assert np.abs(erf(x).asnumpy() - tanh(x).asnumpy()).max() > 1e-6  # the flavour matters to the outputs
     with pytest.raises(CheckpointError, match="tanh \\(approximate\\) GELU"):
         load_seg_checkpoint(path, gelu_approximate=False)
+
+
+def test_amp_o2_keeps_syncbatchnorm_in_fp32_with_the_sync_bn_cast_list():
+    # mindcv's O2 keeps nn.BatchNorm2d in fp32 by isinstance; SyncBatchNorm is no BatchNorm2d and would go fp16
+    from mindcv.utils.amp import auto_mixed_precision
+    from mindcv_ext.seg.model import SYNC_BN_O2_FP32
+    model, _ = create_seg_model("demo_repmlp", head="fpn", num_classes=4, channels=8, sync_bn=True)
+    n_sync = sum(type(c) is nn.SyncBatchNorm for _, c in model.cells_and_names())
+    auto_mixed_precision(model, "O2", SYNC_BN_O2_FP32)
+    kept = [c for _, c in model.cells_and_names() if type(c).__name__ == "_OutputTo16"]
+    assert sum(type(c._op) is nn.SyncBatchNorm for c in kept) == n_sync > 0

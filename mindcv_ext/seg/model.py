@@ -293,6 +293,11 @@ def use_sync_bn(model: nn.Cell) -> int:
     return count
 
 
+# mindcv's amp O2 keeps the cells of this list in fp32; its default names nn.BatchNorm2d, of which SyncBatchNorm is
+# no subclass, so a sync_bn model needs this list (mindcv evaluates it, with `nn` = mindspore.nn).
+SYNC_BN_O2_FP32 = "[nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.SyncBatchNorm]"
+
+
 def create_seg_model(backbone: str, head: str = "upernet", num_classes: int = 19, checkpoint_path: str = "",
                      channels: Optional[int] = None, aux: bool = False, aux_channels: int = 256,
                      deploy: bool = False, dropout: float = 0.1, log=None, sync_bn: bool = False,
