@@ -386,15 +386,10 @@ def main(argv=None) -> int:
             _err(f"note: {note}")
         return prepare(cfg)
 
-    def work(prepared) -> int:
-        try:
-            return run(state["cfg"], prepared)
-        except BrokenPipeError:  # the reader stopped early (`infer.py ... | head`): no error line, as other tools
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
-            return FAILED  # the run did not finish (and --output was not written)
-
-    # OSError in the work: e.g. the disk filled up under --output
-    return staged(setup, work, PROG, bad_input=(ConfigError, CheckpointError, OSError, ValueError), failed=(OSError,))
+    # OSError in the work: e.g. the disk filled up under --output. A reader that stops early (`infer.py ... |
+    # head`): cli.guarded's quiet 1, and --output is not written.
+    return staged(setup, lambda prepared: run(state["cfg"], prepared), PROG,
+                  bad_input=(ConfigError, CheckpointError, OSError, ValueError), failed=(OSError,))
 
 
 if __name__ == "__main__":
