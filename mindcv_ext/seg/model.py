@@ -31,7 +31,8 @@ import mindspore as ms
 from mindspore import nn, ops
 
 __all__ = ["ConvModule", "UPerHead", "FPNHead", "FCNHead", "SegModel", "SegWithLoss", "create_seg_model",
-           "seg_architecture", "seg_metadata", "load_seg_checkpoint", "HEADS", "METADATA_KEYS"]
+           "seg_architecture", "seg_metadata", "load_seg_checkpoint", "HEADS", "METADATA_KEYS", "use_sync_bn",
+           "SYNC_BN_O2_FP32"]
 
 HEADS = ("upernet", "fpn")
 METADATA_KEYS = ("gelu_approximate", "crop_h", "crop_w")  # also in weights.TRAINING_STATE_SCALARS: not weights
