@@ -10,8 +10,8 @@ is loaded back (mindspore.load + nn.GraphCell for MINDIR, onnxruntime for ONNX) 
 are compared with the network's. Shapes are static: the file takes exactly (--batch_size, C, --image_size,
 --image_size); --image_size may be any multiple of the native size.
 
-ONNX (needs the `onnx` extra: onnx + onnxruntime) is written for ONNX Runtime and its quantizer: opset 17, every
-BatchNormalization folded away, one GELU per FFN in the erf form ORT fuses, every matmul / conv weight a plain
+ONNX (needs the `onnx` extra: onnx + onnxruntime) is written for ONNX Runtime and its quantizer: opset 20, every
+BatchNormalization folded away, one ONNX Gelu node per FFN, every matmul / conv weight a plain
 initializer (scripts/_onnx_ops.py says how). Its metadata_props record what validate.py, infer.py and
 predict_seg.py need to run it without flags (model, task, class names, input shape, preprocessing).
 An existing output is replaced only if export.py wrote it (ONNX files carry the mark) or with --overwrite True.
@@ -248,7 +248,7 @@ def onnx_metadata(info: dict, x_shape, precision: str = "fp32") -> dict:
     metadata_props hold). The preprocessing is validate.py's defaults; a recipe's own values still apply there."""
     import json
 
-    from mindcv_ext.training.config import KEYS
+    from mindcv_ext.config import KEYS
 
     meta = {"model": info["model"], "task": info["task"], "form": "deploy", "precision": precision,
             "input_shape": json.dumps(list(map(int, x_shape))), "native_size": str(info["native_size"]),
@@ -274,7 +274,7 @@ def finish_onnx_file(info, x_shape):
         out = os.path.join(workdir, "deploy.onnx")
         try:
             stats = finish_onnx(produced, out, workdir)
-        except ValueError as e:
+        except (ValueError, onnx.checker.ValidationError) as e:
             raise ExportError(f"ONNX post-processing failed: {e}") from e
         model = onnx.load(out)
         set_metadata(model, onnx_metadata(info, x_shape), tool=PROG)
@@ -282,7 +282,7 @@ def finish_onnx_file(info, x_shape):
         ops = stats["ops"]
         print(f"ONNX: opset {stats['opset']}, {sum(ops.values())} nodes "
               f"({', '.join(f'{k} {v}' for k, v in sorted(ops.items(), key=lambda kv: -kv[1]))}); "
-              f"{stats['gelus']} GELUs in erf form, no BatchNormalization, "
+              f"{stats['gelus']} Gelu nodes, no BatchNormalization, "
               f"{stats['initializer_bytes'] / 2**20:.1f} MiB of weights")
         return out
     return finish
@@ -293,7 +293,7 @@ def main(argv=None) -> int:
     final_path = output_path(args)
     from types import SimpleNamespace
 
-    from mindcv_ext.training.config import ConfigError
+    from mindcv_ext.config import ConfigError
     from mindcv_ext.training.runtime import set_runtime
 
     try:  # the network and the batch: a problem here is the command's or the checkpoint's (exit 2)

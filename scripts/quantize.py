@@ -5,7 +5,7 @@
 
 The checkpoint (train or deploy form, as export.py takes) is exported to the deploy ONNX file first (export.py's
 clean graph and its check against the network), then quantized with onnxruntime.quantization: QDQ format, opset
-17, weights int8 per output channel, activations uint8 per tensor (the u8s8 path of ORT's VNNI kernels), for every
+20, weights int8 per output channel, activations uint8 per tensor (the u8s8 path of ORT's VNNI kernels), for every
 Conv / MatMul / Gemm; GELU, the gates and the residual adds stay float. Calibration runs --calib_images images of
 --calib_dir (a folder searched recursively, e.g. an ImageFolder split; spread evenly over its files) through
 validate.py's evaluation preprocessing (mindcv_ext.data.loaders.eval_transforms). --calib_method picks how the
@@ -205,7 +205,7 @@ def agreement(fp32_path: str, int8_path: str, images: np.ndarray) -> dict:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from mindcv_ext.checkpoint import CheckpointError, check_output_path, make_temp, remove_temp_files
-    from mindcv_ext.training.config import KEYS
+    from mindcv_ext.config import KEYS
 
     crop_pct = args.crop_pct if args.crop_pct is not None else KEYS["crop_pct"][0]
     interpolation = (args.interpolation or KEYS["interpolation"][0]).lower()
@@ -223,7 +223,7 @@ def main(argv=None) -> int:
     import export  # the deploy export, its checks and its metadata
     from types import SimpleNamespace
 
-    from mindcv_ext.training.config import ConfigError
+    from mindcv_ext.config import ConfigError
     from mindcv_ext.training.runtime import set_runtime
 
     eargs = SimpleNamespace(model=args.model, ckpt_path=args.ckpt_path, random_init=False, file_format="ONNX",
