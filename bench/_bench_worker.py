@@ -354,6 +354,8 @@ def run_ort(cfg):
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if cfg.get("idle_threads") == "sleep":  # as OMP_WAIT_POLICY=PASSIVE does for MindSpore's OpenMP kernels
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     t0 = time.perf_counter()
     sess = ort.InferenceSession(cfg["onnx"], so, providers=["CPUExecutionProvider"])
     load_s = time.perf_counter() - t0

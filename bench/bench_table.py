@@ -102,7 +102,8 @@ def header(records):
     for r in records:
         runs.setdefault(r["run_id"], r["command"])
     return (f"Measured on {m['cpu_model']} ({m['cores']} cores, {m['mem_gib']} GiB; no GPU/NPU: every figure is "
-            f"{m['device_target']}), {fw}; {m['threads']} threads per framework; 1-minute load average "
+            f"{m['device_target']}), {fw}; {m['threads']} threads per framework"
+            f"{', idle threads sleep (no spinning)' if m.get('idle_threads') == 'sleep' else ''}; 1-minute load average "
             f"{m['loadavg_1m_at_start']} at start, {min(loads, default=0):.2f}-{max(loads, default=0):.2f} before "
             f"each configuration; {rounds} round(s), implementations alternating within each. "
             + "; ".join(f"run {rid}: `{cmd}`" for rid, cmd in runs.items()) + "\n")

@@ -74,6 +74,10 @@ def parse_args(argv=None):
     p.add_argument("--gemm_size", type=int, default=2048, help="n of the n x n x n GEMM baseline")
     p.add_argument("--timeout", type=float, default=3600, help="seconds per configuration")
     p.add_argument("--rounds", type=int, default=1, help="repeat every configuration this many times, alternating")
+    p.add_argument("--idle_threads", choices=("default", "sleep"), default="default",
+                   help="sleep: worker threads wait without spinning in every framework (OMP_WAIT_POLICY=PASSIVE, "
+                        "ONNX Runtime allow_spinning 0); on a machine other jobs share, spinning threads of one "
+                        "pool take the cores another pool's threads need (default: each framework's own default)")
     p.add_argument("--calib_images", type=int, default=32,
                    help="images scripts/quantize.py calibrates on (generated demo images: speed does not depend "
                         "on what they show)")
@@ -123,6 +127,7 @@ def machine_info(args):
         mindspore=_version("mindspore"), mindcv=_version("mindcv"), torch=_version("torch"),
         onnxruntime=_version("onnxruntime"),
         numpy=_version("numpy"), device_target=args.device_target, threads=args.threads,
+        idle_threads=args.idle_threads,
         loadavg_1m_at_start=round(os.getloadavg()[0], 2),
     )
 
@@ -132,6 +137,9 @@ def run_worker(cfg, args):
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(args.threads)
+    if args.idle_threads == "sleep":
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
+    cfg = dict(cfg, idle_threads=args.idle_threads)
     proc = subprocess.Popen([sys.executable, WORKER, json.dumps(cfg)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, cwd=HERE)
     try:
