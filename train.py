@@ -24,7 +24,8 @@ from mindcv.models import create_model, is_model, list_models
 from mindcv.utils import AllReduceSum
 from mindcv_ext.checkpoint import CheckpointError, describe_nonfinite, save_checkpoint
 from mindcv_ext.training.ckpt_manager import CheckpointManager, restore_training_state
-from mindcv_ext.training.config import ConfigError, load_config
+from mindcv_ext.config import ConfigError
+from mindcv_ext.training.config import load_config
 from mindcv_ext.training.console import Progress, format_duration, setup_logging
 from mindcv_ext.evaluation import evaluate
 from mindcv_ext.data import check_images

@@ -19,7 +19,8 @@ import sys
 
 from mindcv_ext.checkpoint import CheckpointError
 from mindcv_ext.cli import OK, printable, run_tool, staged
-from mindcv_ext.training.config import ConfigError, load_eval_config
+from mindcv_ext.config import ConfigError
+from mindcv_ext.training.config import load_eval_config
 
 PROG = "validate.py"
 

@@ -27,7 +27,7 @@ from mindcv_ext.seg.data import DataError, build_seg_eval_loader, check_pairs, l
 from mindcv_ext.seg.demo import ensure_seg_demo
 from mindcv_ext.seg.inference import evaluate_seg, init_segmentor, save_deploy
 from mindcv_ext.seg.metrics import format_table, majority_baseline, seg_metrics
-from mindcv_ext.training.config import ConfigError
+from mindcv_ext.config import ConfigError
 from mindcv_ext.training.runtime import init_context
 
 PROG = "validate_seg.py"

@@ -40,7 +40,8 @@ import numpy as np
 from mindcv_ext.checkpoint import CheckpointError
 from mindcv_ext.cli import FAILED, OK, keep_sigint, printable, run_tool, staged
 from mindcv_ext.data.imagecheck import IMAGE_EXTENSIONS, find_images
-from mindcv_ext.training.config import ConfigError, load_eval_config
+from mindcv_ext.config import ConfigError
+from mindcv_ext.training.config import load_eval_config
 
 PROG = "scripts/infer.py"
 TOPK = 5

@@ -37,7 +37,7 @@ from mindcv_ext.outputs import OutputError, OutputNames, png_mark, written_by  #
 from mindcv_ext.seg.config import load_seg_eval_config  # noqa: E402
 from mindcv_ext.seg.data import DataError, read_image  # noqa: E402
 from mindcv_ext.seg.inference import inference_segmentor, init_segmentor  # noqa: E402
-from mindcv_ext.training.config import ConfigError  # noqa: E402
+from mindcv_ext.config import ConfigError  # noqa: E402
 from mindcv_ext.training.runtime import set_runtime  # noqa: E402
 
 PROG = "predict_seg.py"

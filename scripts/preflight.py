@@ -55,7 +55,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv[:split])
     train_argv = argv[split + 1:]
 
-    from mindcv_ext.training.config import ConfigError, load_config
+    from mindcv_ext.config import ConfigError
+    from mindcv_ext.training.config import load_config
 
     try:
         cfg = load_config(train_argv)

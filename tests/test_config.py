@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from mindcv_ext.training.config import KEYS, ConfigError, load_config, parse_config
+from mindcv_ext.config import KEYS, ConfigError, parse_config
+from mindcv_ext.training.config import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = sorted(glob.glob(os.path.join(ROOT, "configs", "repmlp", "*.yaml")))

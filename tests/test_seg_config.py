@@ -4,7 +4,7 @@ import os
 import pytest
 
 from mindcv_ext.seg.config import load_seg_config
-from mindcv_ext.training.config import ConfigError
+from mindcv_ext.config import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = os.path.join(ROOT, "configs", "seg")

@@ -154,7 +154,7 @@ time.sleep(600)
 
 
 def test_run_lock_refuses_a_live_holder_and_not_a_killed_one(tmp_path):
-    from mindcv_ext.training.config import ConfigError
+    from mindcv_ext.config import ConfigError
     from mindcv_ext.training.run_lock import LOCK_NAME, claim_run_dir
 
     run = tmp_path / "run"
@@ -187,7 +187,7 @@ def test_run_lock_refuses_a_live_holder_and_not_a_killed_one(tmp_path):
 
 
 def test_output_dir_must_be_a_writable_directory(tmp_path):
-    from mindcv_ext.training.config import ConfigError
+    from mindcv_ext.config import ConfigError
     from mindcv_ext.training.run_lock import check_output_dir
 
     (tmp_path / "file").write_text("x")

@@ -1,4 +1,4 @@
-"""Keys of train_seg.py / validate_seg.py / scripts/predict_seg.py, parsed by training/config.py's parse_config.
+"""Keys of train_seg.py / validate_seg.py / scripts/predict_seg.py, parsed by mindcv_ext/config.py's parse_config.
 
 One table for the three tools, so `-c <training recipe>` reads unchanged in validate_seg.py and predict_seg.py.
 Keys shared with train.py keep its names, defaults and help (taken from KEYS, not copied); the segmentation
@@ -7,9 +7,9 @@ ones follow mmsegmentation's config vocabulary (crop_size, img_scale, ratio_rang
 import os
 from typing import Any, Dict, Optional, Sequence, Tuple
 
-from ..training.config import (KEYS, ConfigError, _at_least, _choice, _fit_workers, check_precision_and_optimizer_keys,
-                               check_runtime_keys, parse_config)
-from ..training.runtime import _LAUNCHER_VARS
+from ..config import (KEYS, ConfigError, at_least, check_precision_and_optimizer_keys, check_runtime_keys, choice,
+                      fit_workers, parse_config)
+from ..training.runtime import LAUNCHER_VARS
 from .data import LAYOUTS
 from .demo import SEG_DEMO_CLASSES as DEMO_CLASSES
 from .model import HEADS
@@ -113,7 +113,7 @@ def _ints(cfg, key):
 
 def _dataset_defaults(cfg) -> None:
     cfg.dataset = str(cfg.dataset).lower()
-    _choice(cfg, "dataset", ("cityscapes", "ade20k", "demo"))
+    choice(cfg, "dataset", ("cityscapes", "ade20k", "demo"))
     cfg.layout = "cityscapes" if cfg.dataset == "demo" else cfg.dataset
     _, _, _, _, train_split, val_split, classes, reduce_zero = LAYOUTS[cfg.layout]
     cfg.train_split = cfg.train_split or train_split
@@ -149,10 +149,10 @@ def _common(cfg, evaluating: bool = False) -> None:
         raise ConfigError(f"eval_stride {list(cfg.eval_stride)} is larger than eval_crop {list(cfg.eval_crop)}: "
                           f"sliding windows would never cover the pixels between them. Use a stride <= the window "
                           f"(default: 2/3 of it).")
-    _choice(cfg, "eval_mode", ("whole", "slide"))
+    choice(cfg, "eval_mode", ("whole", "slide"))
     for key, low in (("num_parallel_workers", 1), ("log_interval", 1), ("batch_size", 1)):
-        _at_least(cfg, key, low)
-    cfg.notes = _fit_workers(cfg)
+        at_least(cfg, key, low)
+    cfg.notes = fit_workers(cfg)
     _dataset_defaults(cfg)
 
 
@@ -180,10 +180,10 @@ def load_seg_config(argv: Optional[Sequence[str]] = None) -> Any:
     if cfg.eval_mode == "slide" and (cfg.eval_crop[0] % native or cfg.eval_crop[1] % native):
         raise ConfigError(f"eval_crop {list(cfg.eval_crop)} must be multiples of {native}.")
     cfg.head = str(cfg.head).lower()
-    _choice(cfg, "head", HEADS)
+    choice(cfg, "head", HEADS)
     for key, low in (("total_iters", 1), ("val_interval", 1), ("keep_checkpoint_max", 1), ("warmup_iters", 0),
                      ("aux_channels", 1)):
-        _at_least(cfg, key, low)
+        at_least(cfg, key, low)
     if cfg.total_iters % cfg.val_interval:
         raise ConfigError(f"total_iters ({cfg.total_iters}) must be a multiple of val_interval ({cfg.val_interval}): "
                           f"checkpoints are written every val_interval iterations and a run resumes from them.")
@@ -255,7 +255,7 @@ def load_seg_eval_config(argv: Optional[Sequence[str]] = None, prog: str = "vali
         cfg.device_target = "CPU"  # a training recipe's device (or the default) on a machine without it
         if cfg.config:
             notes.append(f"{cfg.config}'s device_target Ascend is not available here: evaluating on CPU")
-    if cfg.distribute and "distribute" not in cfg._given and not any(v in os.environ for v in _LAUNCHER_VARS):
+    if cfg.distribute and "distribute" not in cfg._given and not any(v in os.environ for v in LAUNCHER_VARS):
         cfg.distribute = False  # a training recipe's msrun setting, evaluated without msrun: one process
     _common(cfg, evaluating=True)
     cfg.notes = notes + cfg.notes

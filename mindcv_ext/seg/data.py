@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from ..data.imagecheck import special_files
-from ..training.config import ConfigError
+from ..config import ConfigError
 
 __all__ = ["DataError", "LAYOUTS", "list_pairs", "check_pairs", "read_image", "read_label", "TrainTransform",
            "rescale_size", "normalize", "build_seg_train_loader", "build_seg_eval_loader", "CITYSCAPES_CLASSES",

@@ -3,7 +3,7 @@ and the keyword mapping (mindcv's key names -> the loader's arguments)."""
 import os
 from typing import List
 
-from .config import ConfigError
+from ..config import ConfigError
 
 __all__ = ["check_save_dir_outside_data", "prepare_data_dir", "train_class_names", "build_train_loader",
            "build_eval_loader"]

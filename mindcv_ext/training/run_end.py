@@ -12,7 +12,7 @@ from typing import Callable
 
 from .. import cli
 from ..checkpoint import CheckpointError, CheckpointWriteError, NonFiniteWeightsError
-from .config import ConfigError
+from ..config import ConfigError
 from .step import NonFiniteLossError
 
 __all__ = ["RunEnd"]
@@ -37,10 +37,10 @@ class RunEnd:
         had: pasted as it is, it continues the run."""
         import shlex
 
-        from .config import _split_cli
+        from ..config import split_cli
 
         try:
-            config, pairs, _ = _split_cli(self.argv)
+            config, pairs, _ = split_cli(self.argv)
         except ConfigError:
             config, pairs = None, []
         words = ["python", self.prog or os.path.basename(sys.argv[0]) or "train.py"]

@@ -16,7 +16,7 @@ import time
 from typing import Optional
 
 from ..checkpoint import creatable_under, remove_temp_files
-from .config import ConfigError
+from ..config import ConfigError
 
 __all__ = ["LOCK_NAME", "check_output_dir", "RunDir", "claim_run_dir"]
 

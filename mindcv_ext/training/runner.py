@@ -21,7 +21,7 @@ from typing import Callable
 from .. import cli
 from ..checkpoint import nonfinite_tensors
 from .ckpt_manager import training_state
-from .config import ConfigError
+from ..config import ConfigError
 from .run_end import RunEnd
 from .run_lock import check_output_dir, claim_run_dir
 from .runtime import average_across_ranks, sum_across_ranks

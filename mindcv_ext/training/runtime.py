@@ -7,14 +7,14 @@ import mindspore as ms
 import numpy as np
 from mindspore import Parameter
 
-from .config import ConfigError
+from ..config import ConfigError
 
 __all__ = ["set_runtime", "init_context", "average_across_ranks", "sum_across_ranks",
-           "keep_compile_dumps_out_of_cwd"]
+           "keep_compile_dumps_out_of_cwd", "LAUNCHER_VARS"]
 
 # Variables a MindSpore launcher sets in every worker: msrun / the dynamic cluster (MS_ROLE, MS_WORKER_NUM) or an
 # Ascend rank table.
-_LAUNCHER_VARS = ("MS_ROLE", "MS_WORKER_NUM", "RANK_TABLE_FILE", "MINDSPORE_HCCL_CONFIG_PATH")
+LAUNCHER_VARS = ("MS_ROLE", "MS_WORKER_NUM", "RANK_TABLE_FILE", "MINDSPORE_HCCL_CONFIG_PATH")
 
 
 def set_runtime(cfg, fix: str) -> None:
@@ -53,7 +53,7 @@ def init_context(cfg) -> Tuple[int, int]:
 
     rank, group_size = 0, 1
     if cfg.distribute:
-        if not any(v in os.environ for v in _LAUNCHER_VARS):
+        if not any(v in os.environ for v in LAUNCHER_VARS):
             raise ConfigError("distribute: True needs a launcher that starts one process per device: "
                               "msrun --worker_num 8 --local_worker_num 8 python train.py --config ... "
                               "(see scripts/run_distribute_8p.sh), or set distribute: False.")
