@@ -183,6 +183,9 @@ def evaluate_seg(model, loader, num_classes: int, ignore_index: int = 255, all_r
     cm = np.zeros((num_classes, num_classes), np.int64)
     n = 0
     for n, (img, label, _) in enumerate(loader.create_tuple_iterator(num_epochs=1, output_numpy=True), 1):
+        # A new eval pipeline's first batch installs MindData's SIGTERM handler (exit 0, no line); put the tool's
+        # back before the forward, whose first call compiles and may keep the watchdog from doing it in time.
+        keep_sigint()
         pred = predict_mask(model, img, out_size=label.shape, **kwargs)
         cm += confusion_matrix(pred, label, num_classes, ignore_index)
         if log and log_interval and n % log_interval == 0:
