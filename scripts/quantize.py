@@ -212,8 +212,8 @@ def main(argv=None) -> int:
     mean, std = list(KEYS["mean"][0]), list(KEYS["std"][0])
     try:  # everything that can be wrong with the command, before the long work
         out = check_output_path(args.output, suffixes=(".onnx",), tool=PROG, overwrite=args.overwrite)
-        from mindcv_ext.data.loaders import _check_interpolation
-        _check_interpolation(interpolation)
+        from mindcv_ext.data.loaders import check_interpolation
+        check_interpolation(interpolation)
         files = calibration_files(args.calib_dir, args.calib_images)
     except (CheckpointError, ValueError) as e:
         print(f"{PROG}: error: {printable(e)}", file=sys.stderr)

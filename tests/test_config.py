@@ -134,8 +134,16 @@ def test_unknown_cli_key_names_closest(flag, suggestion):
     (["--jit_level", "O5"], r"jit_level must be one of"),
     (["--loss_scale", "0.5"], r"loss_scale must be >= 1"),
     (["--resume_opt", "True"], r"resume_opt.*--ckpt_path"),
-    (["--batch_size", "0"], r"batch_size must be >= 1"),
+    (["--batch_size", "0"], r"batch_size must be a positive integer; got 0"),
     (["--batch_size", "ten"], r"batch_size must be an integer; got 'ten'"),
+    # loader arguments, checked by the loaders' own check (data.loaders.check_args) before any work and named by
+    # their config keys; these four were found only when the loader was built, after the model
+    (["--interpolation", "bilinaer"], r"Unknown interpolation 'bilinaer'"),
+    (["--auto_augment", "rand-m9-mstd0.5"], r"Unknown auto_augment policy 'rand-m9-mstd0.5'"),  # timm's spelling
+    (["--num_samples", "0"], r"num_samples must be a positive integer; got 0"),
+    (["--mixup", "0.2", "--batch_size", "7"], r"mixup/cutmix .* even batch_size"),
+    (["--image_resize", "0"], r"^image_resize must be a positive integer; got 0"),
+    (["--cutmix_prob", "1.5"], r"^cutmix_prob must be in \[0, 1\]"),
     (["--ema", "maybe"], r"ema must be True or False"),
     (["--opt", "adamx"], r"opt must be one of"),
     (["--weight_decay_filter", "bias"], r"weight_decay_filter must be one of"),

@@ -4,7 +4,7 @@ interpolation, to random weights for a missing checkpoint, to a cryptic C++ erro
 import logging
 import math
 import os
-from typing import Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import mindspore.dataset as ds
 from mindspore.dataset.vision import Inter
@@ -12,7 +12,8 @@ from mindcv.data import create_dataset, create_loader, create_transforms
 from mindcv.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from mindcv.data.mixup import Mixup
 
-__all__ = ["create_train_loader", "create_eval_loader", "class_folders", "eval_resize_size"]
+__all__ = ["create_train_loader", "create_eval_loader", "class_folders", "eval_resize_size", "eval_transforms",
+           "check_args", "check_mixing", "check_interpolation"]
 
 _logger = logging.getLogger(__name__)
 _LAYOUT = "data_dir/{split}/<class name>/<image>.jpg (ImageFolder: one directory per class, the same classes " \
@@ -71,20 +72,68 @@ def class_folders(data_dir: str, split: str, num_classes: Optional[int] = None, 
     return classes
 
 
-def _check_interpolation(interpolation: str) -> str:
+def check_interpolation(interpolation: str, key: str = "interpolation") -> str:
+    """The name in lower case, if MindSpore knows the filter (mindcv falls back to bilinear without a word)."""
     if not isinstance(interpolation, str) or not hasattr(Inter, interpolation.upper()):
         valid = ", ".join(n.lower() for n in Inter.__members__)
-        raise ValueError(f"Unknown interpolation {interpolation!r}; use one of: {valid}.")
+        raise ValueError(f"Unknown {key} {interpolation!r}; use one of: {valid}.")
     return interpolation.lower()
 
 
-def _check_common(batch_size, image_size, num_parallel_workers, num_shards, shard_id):
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-    if not isinstance(image_size, int) or image_size < 1:
-        raise ValueError(f"image_size must be a positive integer (square images), got {image_size!r}.")
-    if num_parallel_workers is not None and (not isinstance(num_parallel_workers, int) or num_parallel_workers < 1):
-        raise ValueError(f"num_parallel_workers must be a positive integer, got {num_parallel_workers!r}.")
+_POSITIVE = ("batch_size", "image_size", "num_parallel_workers", "num_samples")  # the last two: None is allowed
+_UNIT = ("hflip", "vflip", "re_prob", "mixup_prob", "label_smoothing")
+
+
+def check_args(names: Optional[Dict[str, str]] = None, **values) -> Dict[str, object]:
+    """The loaders' argument checks, each value by its argument name; returns the values, normalized
+    (interpolation in lower case). The one place these values are checked: the loaders call it on their arguments,
+    and train.py's / validate.py's configs before any work, with `names` mapping an argument to the config key the
+    user wrote (image_size -> image_resize), so the message names that."""
+    names = names or {}
+    out = dict(values)
+    for arg, value in values.items():
+        key = names.get(arg, arg)
+        if arg in _POSITIVE:
+            if value is None and arg in ("num_parallel_workers", "num_samples"):
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{key} must be a positive integer; got {value!r}.")
+        elif arg in _UNIT:
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{key} must be in [0, 1]; got {value}.")
+        elif arg in ("mixup", "cutmix"):
+            if value < 0:
+                raise ValueError(f"{key} is a Beta-distribution alpha >= 0 (0: off); got {value}.")
+        elif arg == "crop_pct":
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 < value <= 1.0:
+                raise ValueError(f"{key} must be in (0, 1] (the crop is that fraction of the resized image); got "
+                                 f"{value!r}. RepMLPNet's authors evaluate with 1.0, mindcv with 0.875.")
+        elif arg == "interpolation":
+            out[arg] = check_interpolation(value, key)
+        elif arg == "auto_augment":
+            if value is not None and not str(value).startswith(_AUTO_AUGMENT_PREFIXES):
+                raise ValueError(f"Unknown {key} policy {value!r}: mindcv's policies start with "
+                                 f"{', '.join(_AUTO_AUGMENT_PREFIXES)} (e.g. 'randaug-m9-mstd0.5-inc1', "
+                                 f"'autoaug-mstd0.5', 'trivialaugwide', 'augmix-m3-w3'). Use None for no "
+                                 f"auto-augmentation.")
+        else:
+            raise TypeError(f"check_args() has no check for {arg!r}")
+    return out
+
+
+def check_mixing(batch_size: int, drop_remainder: bool, mixup: float, cutmix: float,
+                 label_smoothing: float = 0.0) -> None:
+    """mixup/cutmix pair each batch with its reverse; label_smoothing here smooths only their mixed targets."""
+    mixing = mixup > 0 or cutmix > 0
+    if mixing and (batch_size % 2 or not drop_remainder):
+        raise ValueError(f"mixup/cutmix mix each batch with its reverse and need an even batch_size with "
+                         f"drop_remainder=True; got batch_size={batch_size}, drop_remainder={drop_remainder}.")
+    if label_smoothing > 0 and not mixing:
+        raise ValueError("label_smoothing in the loader only applies to mixup/cutmix targets. Without mixing, "
+                         "smooth in the loss (mindcv's CrossEntropySmooth(smoothing=...)) and pass 0 here.")
+
+
+def _check_shards(num_shards, shard_id):
     if (num_shards is None) != (shard_id is None):
         raise ValueError("Give both num_shards and shard_id (data parallel) or neither.")
     if num_shards is not None and not 0 <= shard_id < num_shards:
@@ -124,31 +173,17 @@ def create_train_loader(data_dir: str, *, batch_size: int, image_size: int, num_
     directory under data_dir; vflip, re_scale, re_ratio, re_value, re_max_attempts, mean and std (0-255 scale)
     go to mindcv's transforms; `num_samples` reads a random subset of that size (per shard).
     """
-    _check_common(batch_size, image_size, num_parallel_workers, num_shards, shard_id)
+    interpolation = check_args(batch_size=batch_size, image_size=image_size, num_parallel_workers=num_parallel_workers,
+                               num_samples=num_samples, hflip=hflip, vflip=vflip, re_prob=re_prob,
+                               mixup_prob=mixup_prob, label_smoothing=label_smoothing, mixup=mixup, cutmix=cutmix,
+                               interpolation=interpolation, auto_augment=auto_augment)["interpolation"]
+    check_mixing(batch_size, drop_remainder, mixup, cutmix, label_smoothing)
+    _check_shards(num_shards, shard_id)
     if dataset.lower() not in ("imagenet", ""):
         raise ValueError(f"dataset={dataset!r}: only ImageFolder data ('imagenet' or '') is supported here.")
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}.")
-    interpolation = _check_interpolation(interpolation)
-    for name, value in (("re_prob", re_prob), ("mixup_prob", mixup_prob), ("hflip", hflip), ("vflip", vflip),
-                        ("label_smoothing", label_smoothing)):
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"{name} must be in [0, 1], got {value}.")
-    if mixup < 0 or cutmix < 0:
-        raise ValueError(f"mixup and cutmix are Beta-distribution alphas >= 0; got mixup={mixup}, cutmix={cutmix}.")
     mixing = mixup > 0 or cutmix > 0
-    if mixing and (batch_size % 2 or not drop_remainder):
-        raise ValueError(f"mixup/cutmix mix each batch with its reverse and need an even batch_size with "
-                         f"drop_remainder=True; got batch_size={batch_size}, drop_remainder={drop_remainder}.")
-    if label_smoothing > 0 and not mixing:
-        raise ValueError("label_smoothing in the loader only applies to mixup/cutmix targets. Without mixing, "
-                         "smooth in the loss (mindcv's CrossEntropySmooth(smoothing=...)) and pass 0 here.")
-    if auto_augment is not None and not str(auto_augment).startswith(_AUTO_AUGMENT_PREFIXES):
-        raise ValueError(f"Unknown auto_augment policy {auto_augment!r}: mindcv's policies start with "
-                         f"{', '.join(_AUTO_AUGMENT_PREFIXES)} (e.g. 'randaug-m9-mstd0.5-inc1', 'autoaug-mstd0.5', "
-                         f"'trivialaugwide', 'augmix-m3-w3'). Use None for no auto-augmentation.")
-    if num_samples is not None and (not isinstance(num_samples, int) or num_samples < 1):
-        raise ValueError(f"num_samples must be a positive integer or None, got {num_samples!r}.")
     class_folders(data_dir, split, num_classes, training=True)
     if seed is not None:
         ds.config.set_seed(int(seed))
@@ -197,11 +232,9 @@ def create_eval_loader(data_dir: str, *, split: str = "val", batch_size: int, im
     is the RepMLPNet authors' protocol, 0.875 mindcv's. The last batch may be smaller. Labels are int32 (N,).
     `num_classes`, when given, is checked against the number of class directories. mean/std on the 0-255 scale.
     """
-    _check_common(batch_size, image_size, num_parallel_workers, num_shards, shard_id)
-    interpolation = _check_interpolation(interpolation)
-    if not isinstance(crop_pct, (int, float)) or not 0.0 < crop_pct <= 1.0:
-        raise ValueError(f"crop_pct must be in (0, 1] (the crop is that fraction of the resized image), got "
-                         f"{crop_pct!r}. RepMLPNet's authors evaluate with 1.0, mindcv with 0.875.")
+    interpolation = check_args(batch_size=batch_size, image_size=image_size, num_parallel_workers=num_parallel_workers,
+                               crop_pct=crop_pct, interpolation=interpolation)["interpolation"]
+    _check_shards(num_shards, shard_id)
     if not split or os.sep in split:
         raise ValueError(f"split must be a directory name under data_dir such as 'val', got {split!r}.")
     class_folders(data_dir, split, num_classes)
@@ -220,8 +253,6 @@ def eval_transforms(image_size: int, crop_pct: float = 0.875, interpolation: str
     """The evaluation transforms, encoded image bytes in, normalized CHW float32 out: decode, resize the short side
     to int(image_size / crop_pct), centre crop image_size, mean/std (0-255 scale). validate.py's loader and
     scripts/infer.py both take them from here, so a prediction sees exactly the pixels an evaluation does."""
-    interpolation = _check_interpolation(interpolation)
-    if not isinstance(crop_pct, (int, float)) or not 0.0 < crop_pct <= 1.0:
-        raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct!r}.")
+    interpolation = check_args(crop_pct=crop_pct, interpolation=interpolation)["interpolation"]
     return create_transforms(dataset_name="imagenet", image_resize=image_size, is_training=False,
                              crop_pct=float(crop_pct), interpolation=interpolation, mean=list(mean), std=list(std))

@@ -39,11 +39,15 @@ def validate(cfg: SimpleNamespace) -> SimpleNamespace:
     choice(cfg, "ckpt_save_policy", ("latest_k", "top_k"))
     if cfg.ckpt_save_policy == "top_k" and not cfg.val_while_train:
         raise ConfigError("ckpt_save_policy top_k ranks checkpoints by val top-1: set val_while_train: True.")
-    for key, low in (("batch_size", 1), ("epoch_size", 1), ("log_interval", 1), ("val_interval", 1),
-                     ("ckpt_save_interval", 1), ("keep_checkpoint_max", 1), ("num_parallel_workers", 1),
-                     ("image_resize", 1), ("in_channels", 1), ("warmup_epochs", 0), ("decay_epochs", 0),
+    for key, low in (("epoch_size", 1), ("log_interval", 1), ("val_interval", 1), ("ckpt_save_interval", 1),
+                     ("keep_checkpoint_max", 1), ("in_channels", 1), ("warmup_epochs", 0), ("decay_epochs", 0),
                      ("num_cycles", 1)):
         at_least(cfg, key, low)
+    _check_loader_keys(cfg, True, batch_size=cfg.batch_size, image_size=cfg.image_resize,
+                       num_parallel_workers=cfg.num_parallel_workers, num_samples=cfg.num_samples, hflip=cfg.hflip,
+                       vflip=cfg.vflip, re_prob=cfg.re_prob, mixup_prob=cfg.cutmix_prob, mixup=cfg.mixup,
+                       cutmix=cfg.cutmix, crop_pct=cfg.crop_pct, interpolation=cfg.interpolation,
+                       auto_augment=cfg.auto_augment)
     if cfg.lr <= 0 or cfg.min_lr < 0 or cfg.min_lr > cfg.lr:
         raise ConfigError(f"Need 0 <= min_lr <= lr and lr > 0; got lr={cfg.lr}, min_lr={cfg.min_lr}.")
     # A shortened run of a recipe (e.g. a smoke test) runs, as in mindcv, and so does a recipe on a smaller
@@ -51,15 +55,8 @@ def validate(cfg: SimpleNamespace) -> SimpleNamespace:
     cfg.notes = schedule_notes(cfg) + fit_workers(cfg)
     if cfg.num_classes is not None and cfg.num_classes < 2:
         raise ConfigError(f"num_classes must be >= 2 (or None to count the class folders); got {cfg.num_classes}.")
-    for key in ("label_smoothing", "drop_rate", "drop_path_rate"):
+    for key in ("label_smoothing", "drop_rate", "drop_path_rate"):  # the loss's and the model's, not the loader's
         in_unit(cfg, key, closed_top=False)
-    for key in ("hflip", "vflip", "re_prob", "cutmix_prob"):
-        in_unit(cfg, key)
-    if not 0.0 < cfg.crop_pct <= 1.0:
-        raise ConfigError(f"crop_pct must be in (0, 1]; got {cfg.crop_pct}.")
-    if cfg.mixup < 0 or cfg.cutmix < 0:
-        raise ConfigError(f"mixup and cutmix are Beta-distribution alphas >= 0 (0: off); got {cfg.mixup}, "
-                          f"{cfg.cutmix}.")
     if cfg.ema and not 0.0 < cfg.ema_decay < 1.0:
         raise ConfigError(f"ema_decay must be in (0, 1); got {cfg.ema_decay}.")
     if cfg.clip_grad and cfg.clip_value <= 0:
@@ -89,6 +86,24 @@ def validate(cfg: SimpleNamespace) -> SimpleNamespace:
         raise ConfigError(f"{cfg.config} sets no model; add a line such as `model: repmlp_t224` (or pass --model). "
                           f"The recipes in configs/repmlp/ ({recipes}) show the full set of keys.")
     return cfg
+
+
+# The loader argument a config key feeds, where the names differ: the loaders' messages then name the key.
+_LOADER_NAMES = {"image_size": "image_resize", "mixup_prob": "cutmix_prob"}
+
+
+def _check_loader_keys(cfg, training: bool, **values) -> None:
+    """The keys that become loader arguments, checked by the loaders' own checks (data.loaders.check_args: one
+    check per value) before any work; interpolation is normalized in place. train.py's mixup/cutmix also need an
+    even per-device batch: said now, not when the loader is built after the model."""
+    from ..data.loaders import check_args, check_mixing
+
+    try:
+        cfg.interpolation = check_args(_LOADER_NAMES, **values)["interpolation"]
+        if training:
+            check_mixing(cfg.batch_size, cfg.drop_remainder, cfg.mixup, cfg.cutmix)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def load_config(argv: Optional[Sequence[str]] = None) -> SimpleNamespace:
@@ -137,21 +152,15 @@ def load_eval_config(argv: Optional[Sequence[str]] = None, prog: str = "validate
         if not getattr(cfg, key):
             raise ConfigError(f"{prog} needs {what}.")
     check_runtime_keys(cfg, evaluating=True)
-    for key, low in (("batch_size", 1), ("num_parallel_workers", 1), ("log_interval", 0), ("in_channels", 1)):
+    for key, low in (("log_interval", 0), ("in_channels", 1)):
         at_least(cfg, key, low)
+    # image_resize None: the model's native size, checked by the loader once known
+    size = {} if cfg.image_resize is None else {"image_size": cfg.image_resize}
+    _check_loader_keys(cfg, False, batch_size=cfg.batch_size, num_parallel_workers=cfg.num_parallel_workers,
+                       crop_pct=cfg.crop_pct, interpolation=cfg.interpolation, **size)
     cfg.notes = fit_workers(cfg)
-    if cfg.image_resize is not None and cfg.image_resize < 1:
-        raise ConfigError(f"image_resize must be positive; got {cfg.image_resize}.")
     if cfg.num_classes is not None and cfg.num_classes < 1:
         raise ConfigError(f"num_classes must be positive; got {cfg.num_classes}.")
-    if not 0.0 < cfg.crop_pct <= 1.0:
-        raise ConfigError(f"crop_pct must be in (0, 1]; got {cfg.crop_pct} (authors: 1.0, mindcv: 0.875).")
-    from mindspore.dataset.vision import Inter  # the filters MindSpore knows (mindcv would fall back silently)
-
-    if not hasattr(Inter, str(cfg.interpolation).upper()):
-        raise ConfigError(f"Unknown interpolation {cfg.interpolation!r}; use one of "
-                          f"{', '.join(n.lower() for n in Inter.__members__)}.")
-    cfg.interpolation = cfg.interpolation.lower()
     cfg.dataset = str(cfg.dataset).lower()
     choice(cfg, "dataset", ("imagenet", "demo", ""), " Evaluation reads ImageFolder data (imagenet).")
     if cfg.ckpt_path and not os.path.isfile(cfg.ckpt_path):
