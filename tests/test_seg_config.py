@@ -3,8 +3,8 @@ import os
 
 import pytest
 
-from mindcv_ext.seg.config import load_seg_config
 from mindcv_ext.config import ConfigError
+from mindcv_ext.seg.config import load_seg_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = os.path.join(ROOT, "configs", "seg")
@@ -43,3 +43,22 @@ def test_help_lists_its_own_keys_first_and_no_evaluation_keys(capsys):
     assert "6 demo" in text  # the demo set has 6 classes
     with pytest.raises(ConfigError, match="Unknown option --overlay"):
         load_seg_config(["--backbone", "demo_repmlp", "--crop_size", "[64, 64]", "--overlay", "0.3"])
+
+
+def test_an_unknown_key_is_matched_against_the_tools_own_keys():
+    # the suggestions came from train.py's table: train_seg.py --warmup_epochs suggested warmup_epochs itself
+    with pytest.raises(ConfigError, match=r"Unknown option --warmup_epochs\. Did you mean warmup_iters") as e:
+        load_seg_config(["--backbone", "demo_repmlp", "--warmup_epochs", "3"])
+    assert "epoch" not in str(e.value).split("Did you mean")[1]
+
+
+def test_eval_windows_are_checked_by_the_inference_apis_check():
+    """One check of eval_crop / eval_stride (seg.inference.check_slide), the one the evaluation tools meet."""
+    base = ["--backbone", "demo_repmlp", "--crop_size", "[64, 64]", "--eval_mode", "slide"]
+    with pytest.raises(ConfigError, match=r"eval_stride \[96, 32\] is larger than eval_crop \[64, 64\] in height"):
+        load_seg_config(base + ["--eval_stride", "[96, 32]"])
+    with pytest.raises(ConfigError, match=r"eval_crop \[96, 96\] must be multiples of the encoder's native size 64"):
+        load_seg_config(base + ["--eval_crop", "[96, 96]"])
+    # the eval window defaults to crop_size: the message names what the user set
+    with pytest.raises(ConfigError, match=r"^crop_size \[96, 96\] must be multiples of demo_repmlp's native size"):
+        load_seg_config(["--backbone", "demo_repmlp", "--crop_size", "[96, 96]"])

@@ -137,18 +137,27 @@ def _dataset_defaults(cfg) -> None:
         cfg.class_names = [f"class_{i}" for i in range(cfg.num_classes)]
 
 
-def _common(cfg, evaluating: bool = False) -> None:
+def _common(cfg, evaluating: bool = False, native: Optional[int] = None) -> None:
+    """`native`: the encoder's native size when known (training); the evaluation tools learn it from the checkpoint,
+    where seg.inference.resolve_test_cfg checks the window against it."""
     check_runtime_keys(cfg, evaluating)
     for key in ("img_scale", "crop_size", "eval_scale", "eval_crop", "eval_stride"):
         _ints(cfg, key)
+    if native and (cfg.crop_size[0] % native or cfg.crop_size[1] % native):  # before the eval window it defaults
+        raise ConfigError(f"crop_size {list(cfg.crop_size)} must be multiples of {cfg.backbone}'s native size "
+                          f"{native} in height and width (its FCs are built for {native}x{native} partitions), "
+                          f"e.g. [{2 * native}, {4 * native}].")
     cfg.eval_scale = cfg.eval_scale or cfg.img_scale
     cfg.eval_crop = cfg.eval_crop or cfg.crop_size  # the evaluation tools may know neither: the checkpoint's then
     if cfg.eval_crop and not cfg.eval_stride:
         cfg.eval_stride = (max(1, cfg.eval_crop[0] * 2 // 3), max(1, cfg.eval_crop[1] * 2 // 3))
-    if cfg.eval_crop and cfg.eval_stride and any(s > c for s, c in zip(cfg.eval_stride, cfg.eval_crop)):
-        raise ConfigError(f"eval_stride {list(cfg.eval_stride)} is larger than eval_crop {list(cfg.eval_crop)}: "
-                          f"sliding windows would never cover the pixels between them. Use a stride <= the window "
-                          f"(default: 2/3 of it).")
+    if cfg.eval_crop and cfg.eval_stride:
+        from .inference import check_slide  # the inference API's check of the windows, before any work
+
+        try:
+            check_slide(cfg.eval_crop, cfg.eval_stride, native)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     choice(cfg, "eval_mode", ("whole", "slide"))
     for key, low in (("num_parallel_workers", 1), ("log_interval", 1), ("batch_size", 1)):
         at_least(cfg, key, low)
@@ -171,14 +180,7 @@ def load_seg_config(argv: Optional[Sequence[str]] = None) -> Any:
     if not cfg.backbone:
         raise ConfigError("train_seg.py needs a recipe and a backbone: python train_seg.py --config "
                           "configs/seg/<recipe>.yaml (recipes: " + ", ".join(_recipes()) + ").")
-    _common(cfg)
-    native = _native(cfg.backbone)
-    if cfg.crop_size[0] % native or cfg.crop_size[1] % native:
-        raise ConfigError(f"crop_size {list(cfg.crop_size)} must be multiples of {cfg.backbone}'s native size "
-                          f"{native} in height and width (its FCs are built for {native}x{native} partitions), "
-                          f"e.g. [{2 * native}, {4 * native}].")
-    if cfg.eval_mode == "slide" and (cfg.eval_crop[0] % native or cfg.eval_crop[1] % native):
-        raise ConfigError(f"eval_crop {list(cfg.eval_crop)} must be multiples of {native}.")
+    _common(cfg, native=_native(cfg.backbone))
     cfg.head = str(cfg.head).lower()
     choice(cfg, "head", HEADS)
     for key, low in (("total_iters", 1), ("val_interval", 1), ("keep_checkpoint_max", 1), ("warmup_iters", 0),

@@ -33,17 +33,18 @@ __all__ = ["init_segmentor", "inference_segmentor", "resolve_test_cfg", "check_s
 _MEAN, _STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
 
 
-def check_slide(crop_size: Sequence[int], stride: Sequence[int], native: int, where: str = "") -> None:
+def check_slide(crop_size: Sequence[int], stride: Sequence[int], native: Optional[int], where: str = "") -> None:
     """ValueError unless sliding windows of crop_size every stride cover every pixel and fit the encoder: each
     stride at most the window (a larger one skips the pixels between windows; their logits were 0/0, NaN) and the
-    window a multiple of the native size."""
+    window a multiple of the native size. The one check of eval_crop / eval_stride: seg/config.py calls it too,
+    with native None while the encoder is not known yet (the evaluation tools, before the checkpoint is read)."""
     for name, c, s in (("height", crop_size[0], stride[0]), ("width", crop_size[1], stride[1])):
         if s > c:
             raise ValueError(f"eval_stride {list(stride)} is larger than eval_crop {list(crop_size)} in {name}: the "
                              f"pixels between windows would never be predicted. Use a stride <= the window, e.g. "
                              f"--eval_stride [{max(1, crop_size[0] * 2 // 3)}, {max(1, crop_size[1] * 2 // 3)}]"
                              f"{where}.")
-        if c % native:
+        if native and c % native:
             raise ValueError(f"eval_crop {list(crop_size)} must be multiples of the encoder's native size {native} "
                              f"(its FCs are built for {native}x{native} partitions){where}.")
 
@@ -146,8 +147,7 @@ def infer_logits(model, img: np.ndarray, mode: str = "whole", crop_size: Optiona
     h, w = img.shape[-2:]
     ch, cw = crop_size
     sh, sw = stride
-    if sh > ch or sw > cw:  # resolve_test_cfg refuses this before work; never a silent NaN here
-        raise ValueError(f"stride {tuple(stride)} larger than the window {tuple(crop_size)} leaves pixels uncovered")
+    check_slide(crop_size, stride, None)  # resolve_test_cfg refuses this before work; never a silent NaN here
     rows = max(h - ch + sh - 1, 0) // sh + 1
     cols = max(w - cw + sw - 1, 0) // sw + 1
     total, count = None, np.zeros((h, w), np.float32)
