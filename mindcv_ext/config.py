@@ -284,7 +284,8 @@ def _read_yaml(path: str) -> Dict[str, Any]:
                           f"--config {path} is a directory; pass a recipe file (the shipped ones are in "
                           f"configs/repmlp/: {', '.join(recipe_names()) or 'none found'}).")
     if not os.path.isfile(path):
-        raise ConfigError(f"Config file not found: {path!r}. Recipes live in configs/repmlp/.")
+        raise ConfigError(f"Config file not found: {path!r}. Recipes live in configs/repmlp/ (classification) and "
+                          f"configs/seg/ (segmentation).")
     try:
         with open(path, encoding="utf-8") as f:
             loader = _RecipeLoader(f, path)
@@ -479,10 +480,11 @@ def _check_cast_list(text: str) -> None:
         raise ConfigError(f"{fix}; {', '.join('nn.' + n for n in unknown)} is not one (got {text!r}).")
 
 
-def recipe_names() -> List[str]:
-    """The shipped recipes (configs/repmlp/*.yaml next to the package, else under the working directory)."""
+def recipe_names(folder: str = "repmlp") -> List[str]:
+    """The shipped recipes (configs/<folder>/*.yaml next to the package, else under the working directory);
+    folder repmlp: classification's, seg: segmentation's."""
     here = os.path.dirname(os.path.abspath(__file__))
-    for root in (os.path.join(here, "..", "configs", "repmlp"), os.path.join("configs", "repmlp")):
+    for root in (os.path.join(here, "..", "configs", folder), os.path.join("configs", folder)):
         if os.path.isdir(root):
             return sorted(n for n in os.listdir(root) if n.endswith((".yaml", ".yml")))
     return []

@@ -8,7 +8,7 @@ import os
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 from ..config import (KEYS, ConfigError, at_least, check_precision_and_optimizer_keys, check_runtime_keys, choice,
-                      fit_workers, parse_config)
+                      fit_workers, parse_config, recipe_names)
 from ..training.runtime import LAUNCHER_VARS
 from .data import LAYOUTS
 from .demo import SEG_DEMO_CLASSES as DEMO_CLASSES
@@ -179,7 +179,8 @@ def load_seg_config(argv: Optional[Sequence[str]] = None) -> Any:
         cfg.gelu_approximate = False  # the authors' and this project's encoders: exact (erf) GELU
     if not cfg.backbone:
         raise ConfigError("train_seg.py needs a recipe and a backbone: python train_seg.py --config "
-                          "configs/seg/<recipe>.yaml (recipes: " + ", ".join(_recipes()) + ").")
+                          "configs/seg/<recipe>.yaml (recipes: " + (", ".join(recipe_names("seg")) or "none found")
+                          + ").")
     _common(cfg, native=_native(cfg.backbone))
     cfg.head = str(cfg.head).lower()
     choice(cfg, "head", HEADS)
@@ -276,8 +277,3 @@ def _has_ascend() -> bool:
         return "ascend" in str(ms.get_context("device_target")).lower()
     except Exception:  # noqa: BLE001
         return False
-
-
-def _recipes():
-    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "configs", "seg")
-    return sorted(n for n in os.listdir(here) if n.endswith(".yaml")) if os.path.isdir(here) else ["none found"]
