@@ -439,8 +439,9 @@ def check_runtime_keys(cfg, evaluating: bool = False) -> None:
 
 
 def check_precision_and_optimizer_keys(cfg) -> None:
-    """amp_level, the loss scale, amp_cast_list and the optimizer, the same for every training tool (train.py,
-    train_seg.py); spellings normalized in place. Call after check_runtime_keys (the CPU check needs the device)."""
+    """amp_level, the loss scale, amp_cast_list, the optimizer, lr / min_lr, gradient clipping and resume_opt, the
+    same for every training tool (train.py, train_seg.py); spellings normalized in place. Call after
+    check_runtime_keys (the CPU check needs the device)."""
     for key in ("amp_level", "val_amp_level"):
         if hasattr(cfg, key):
             setattr(cfg, key, str(getattr(cfg, key)).upper())
@@ -464,6 +465,12 @@ def check_precision_and_optimizer_keys(cfg) -> None:
     if cfg.opt == "lamb" and cfg.loss_scale != 1.0:
         raise ConfigError("opt lamb does not support a loss scale in mindcv; set loss_scale: 1.")
     choice(cfg, "weight_decay_filter", ("disable", "auto", "norm_and_bias"))
+    if cfg.lr <= 0 or not 0 <= cfg.min_lr <= cfg.lr:
+        raise ConfigError(f"Need lr > 0 and 0 <= min_lr <= lr; got lr={cfg.lr}, min_lr={cfg.min_lr}.")
+    if cfg.clip_grad and cfg.clip_value <= 0:
+        raise ConfigError(f"clip_value must be > 0; got {cfg.clip_value}.")
+    if cfg.resume_opt and not cfg.ckpt_path:
+        raise ConfigError("resume_opt: True needs the checkpoint to resume: --ckpt_path <ckpt_save_dir>/latest.ckpt.")
 
 
 def _check_cast_list(text: str) -> None:

@@ -62,3 +62,14 @@ def test_eval_windows_are_checked_by_the_inference_apis_check():
     # the eval window defaults to crop_size: the message names what the user set
     with pytest.raises(ConfigError, match=r"^crop_size \[96, 96\] must be multiples of demo_repmlp's native size"):
         load_seg_config(["--backbone", "demo_repmlp", "--crop_size", "[96, 96]"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--clip_grad", "True", "--clip_value", "0"], r"clip_value must be > 0"),  # train_seg.py accepted it
+    (["--lr", "0.01", "--min_lr", "0.1"], r"0 <= min_lr <= lr"),
+    (["--resume_opt", "True"], r"resume_opt.*--ckpt_path"),
+])
+def test_optimizer_keys_are_checked_as_train_py_checks_them(args, message):
+    # one check for both training tools (config.check_precision_and_optimizer_keys), so their rules cannot drift
+    with pytest.raises(ConfigError, match=message):
+        load_seg_config(["--backbone", "demo_repmlp", "--crop_size", "[64, 64]", *args])

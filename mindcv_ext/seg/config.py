@@ -192,8 +192,6 @@ def load_seg_config(argv: Optional[Sequence[str]] = None) -> Any:
                           f"checkpoints are written every val_interval iterations and a run resumes from them.")
     if cfg.warmup_iters >= cfg.total_iters:
         raise ConfigError(f"warmup_iters ({cfg.warmup_iters}) must be less than total_iters ({cfg.total_iters}).")
-    if cfg.lr <= 0 or not 0 <= cfg.min_lr <= cfg.lr:
-        raise ConfigError(f"Need lr > 0 and 0 <= min_lr <= lr; got lr={cfg.lr}, min_lr={cfg.min_lr}.")
     if cfg.power <= 0:
         raise ConfigError(f"power must be > 0; got {cfg.power}.")
     if not 0 < cfg.cat_max_ratio <= 1:
@@ -203,8 +201,6 @@ def load_seg_config(argv: Optional[Sequence[str]] = None) -> Any:
     if not 0.0 <= cfg.dropout < 1.0 or not 0.0 <= cfg.hflip <= 1.0:
         raise ConfigError("dropout must be in [0, 1) and hflip in [0, 1].")
     check_precision_and_optimizer_keys(cfg)
-    if cfg.resume_opt and not cfg.ckpt_path:
-        raise ConfigError("resume_opt: True needs --ckpt_path <ckpt_save_dir>/latest.ckpt.")
     if cfg.ckpt_path and not cfg.resume_opt:
         raise ConfigError("train_seg.py's ckpt_path resumes a run (with --resume_opt True); to start from "
                           "encoder weights use --backbone_ckpt.")

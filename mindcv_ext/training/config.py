@@ -48,8 +48,6 @@ def validate(cfg: SimpleNamespace) -> SimpleNamespace:
                        vflip=cfg.vflip, re_prob=cfg.re_prob, mixup_prob=cfg.cutmix_prob, mixup=cfg.mixup,
                        cutmix=cfg.cutmix, crop_pct=cfg.crop_pct, interpolation=cfg.interpolation,
                        auto_augment=cfg.auto_augment)
-    if cfg.lr <= 0 or cfg.min_lr < 0 or cfg.min_lr > cfg.lr:
-        raise ConfigError(f"Need 0 <= min_lr <= lr and lr > 0; got lr={cfg.lr}, min_lr={cfg.min_lr}.")
     # A shortened run of a recipe (e.g. a smoke test) runs, as in mindcv, and so does a recipe on a smaller
     # machine; cfg.notes says what was adjusted.
     cfg.notes = schedule_notes(cfg) + fit_workers(cfg)
@@ -59,10 +57,6 @@ def validate(cfg: SimpleNamespace) -> SimpleNamespace:
         in_unit(cfg, key, closed_top=False)
     if cfg.ema and not 0.0 < cfg.ema_decay < 1.0:
         raise ConfigError(f"ema_decay must be in (0, 1); got {cfg.ema_decay}.")
-    if cfg.clip_grad and cfg.clip_value <= 0:
-        raise ConfigError(f"clip_value must be > 0; got {cfg.clip_value}.")
-    if cfg.resume_opt and not cfg.ckpt_path:
-        raise ConfigError("resume_opt: True needs the checkpoint to resume: --ckpt_path <ckpt_save_dir>/latest.ckpt.")
     if cfg.ckpt_path and cfg.pretrained:
         raise ConfigError("pretrained and ckpt_path are exclusive (as in mindcv): drop one of them.")
     cfg.dataset = str(cfg.dataset).lower()
