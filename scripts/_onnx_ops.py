@@ -342,6 +342,48 @@ def _drop_expands(model) -> int:
     return count
 
 
+def _sets_as_grouped_conv(model) -> int:
+    """fc3 with S > 1 sets, Transpose -> MatMul(rows, W (S, K, N)) -> Transpose, as one grouped 1x1 Conv over the
+    rows laid out as (1, S*K, M, 1): the same products (W[s] is conv group s), but a weight ORT's quantizer takes
+    per output channel (of a batched MatMul weight it would take axis 1, the input rows) and that ORT runs as
+    QLinearConv instead of dequantizing the weight in every run (INT8 t224: ~1.1x faster; float the same)."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    made = {o: n for n in graph.node for o in n.output}
+    count = 0
+    for mm, w, after, _ in _with_constant(graph, "MatMul"):
+        first = made.get(mm.input[0])
+        if w.ndim != 3 or first is None or first.op_type != "Transpose" or len(after) != 1:
+            continue
+        last = after[0]
+        perm = lambda n: list(helper.get_attribute_value(n.attribute[0])) if n.attribute else None  # noqa: E731
+        if last.op_type != "Transpose" or perm(first) != [1, 0, 2] or perm(last) != [1, 0, 2]:
+            continue
+        s, k, n = w.shape
+        name = mm.name or mm.output[0]
+
+        def const(suffix, value, dtype=np.int64):
+            graph.initializer.append(numpy_helper.from_array(np.asarray(value, dtype), f"{name}.{suffix}"))
+            return f"{name}.{suffix}"
+        weight = const("weight", w.transpose(0, 2, 1).reshape(s * n, k, 1, 1), np.float32)
+        t = f"{name}/gconv"
+        nodes = [helper.make_node("Reshape", [first.input[0], const("rows", [-1, s * k])], [t + "0"]),
+                 helper.make_node("Transpose", [t + "0"], [t + "1"], perm=[1, 0]),
+                 helper.make_node("Reshape", [t + "1", const("image", [1, s * k, -1, 1])], [t + "2"]),
+                 helper.make_node("Conv", [t + "2", weight], [t + "3"], group=s, kernel_shape=[1, 1], name=name),
+                 helper.make_node("Reshape", [t + "3", const("cols", [s * n, -1])], [t + "4"]),
+                 helper.make_node("Transpose", [t + "4"], [t + "5"], perm=[1, 0]),
+                 helper.make_node("Reshape", [t + "5", const("sets", [-1, s, n])], [last.output[0]])]
+        at = list(graph.node).index(first)
+        for old in (first, mm, last):
+            graph.node.remove(old)
+        for i, node in enumerate(nodes):
+            graph.node.insert(at + i, node)
+        count += 1
+    return count
+
+
 def _drop_unused_initializers(model) -> None:
     used = {i for n in model.graph.node for i in n.input}
     kept = [i for i in model.graph.initializer if i.name in used]
@@ -394,13 +436,15 @@ def finish_onnx(src: str, dst: str, workdir: str) -> dict:
     model = onnx.load(folded)
     means = _mean_as_reduce(model)
     expands = _drop_expands(model)
-    _drop_unused_initializers(model)
     _name_layers(model)
+    grouped = _sets_as_grouped_conv(model)
+    _drop_unused_initializers(model)
     del model.graph.value_info[:]  # stale shapes from before the folding; ORT infers its own
     onnx.checker.check_model(model)
     onnx.save(model, dst)
     stats = graph_stats(model)
-    stats.update(gelus=gelus, means=means, expands_removed=expands, bilinear_resizes=resizes)
+    stats.update(gelus=gelus, means=means, expands_removed=expands, bilinear_resizes=resizes,
+                 sets_as_grouped_conv=grouped)
     if stats["weights_not_initializers"]:
         raise ValueError(f"weights that do not reach their node as initializers: {stats['weights_not_initializers'][:3]}")
     leftover = {op: stats["ops"][op] for op in ("BatchNormalization", "Softsign", "Softplus", "Where", "Abs", "Exp")

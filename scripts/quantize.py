@@ -11,8 +11,9 @@ Conv / MatMul / Gemm; GELU, the gates and the residual adds stay float. Calibrat
 validate.py's evaluation preprocessing (mindcv_ext.data.loaders.eval_transforms). --calib_method picks how the
 activation ranges are set (minmax by default: the measurements in docs/performance.md, INT8 section).
 
---fp32_layers names layers to keep in float (comma-separated node names as printed, e.g.
-stages.0.0.repmlp_block.fc3); the run prints every layer that stayed float and why, the share of parameter bytes
+--fp32_layers keeps layers in float: by default the stem (the first conv, on the raw pixels: the one layer whose
+INT8 form cost the demo model accuracy, docs/performance.md), 'none', or comma-separated node names as printed
+(e.g. stages.0.0.repmlp_block.fc3); the run prints every layer that stayed float and why, the share of parameter bytes
 stored as int8, and how INT8 and float agree on the calibration images. The file records its model, class
 names, input shape and preprocessing (metadata_props), so validate.py / infer.py run it with no more flags:
 
@@ -54,7 +55,9 @@ def parse_args(argv=None):
     p.add_argument("--crop_pct", type=float, default=None, help="evaluation crop fraction (default: validate.py's)")
     p.add_argument("--interpolation", default=None, help="evaluation resize filter (default: validate.py's)")
     p.add_argument("--calib_method", default="minmax", choices=METHODS, help="activation range (default minmax)")
-    p.add_argument("--fp32_layers", default="", help="comma-separated layer names to keep in float")
+    p.add_argument("--fp32_layers", default="stem",
+                   help="layers kept in float: 'stem' (default: the first conv, which reads the pixels; measured "
+                        "below), 'none', or comma-separated layer names as printed")
     p.add_argument("--num_classes", type=int, default=None, help="default: from the checkpoint's head")
     p.add_argument("--gelu_approximate", type=_common.str2bool, default=False, help="as export.py")
     p.add_argument("--ema", type=_common.str2bool, default=False, help="quantize the EMA weights (ema.* keys)")
@@ -218,7 +221,7 @@ def main(argv=None) -> int:
     except (CheckpointError, ValueError) as e:
         print(f"{PROG}: error: {printable(e)}", file=sys.stderr)
         return BAD_INPUT
-    keep = [s.strip() for s in args.fp32_layers.split(",") if s.strip()]
+    keep = [s.strip() for s in args.fp32_layers.split(",") if s.strip() and s.strip() != "none"]
 
     import export  # the deploy export, its checks and its metadata
     from types import SimpleNamespace
@@ -255,7 +258,10 @@ def main(argv=None) -> int:
         fp32 = os.path.join(work, "fp32.onnx")
         export.export(eargs, net, form, x, fp32, info, quiet=True)
         fp32_model = onnx.load(fp32)
-        names = {n for n, *_ in weighted_layers(fp32_model)}
+        layers = weighted_layers(fp32_model)
+        names = {n for n, *_ in layers}
+        stem = stem_layer(fp32_model)
+        keep = [stem if k == "stem" else k for k in keep]
         unknown = [k for k in keep if k not in names]
         if unknown:
             raise QuantizeError(f"--fp32_layers: no layer named {unknown[0]!r}; layers: {', '.join(sorted(names))}")
@@ -294,6 +300,12 @@ def main(argv=None) -> int:
     return OK
 
 
+def stem_layer(model) -> str:
+    """The weighted node that reads the graph input (the patch-embedding conv)."""
+    first = model.graph.input[0].name
+    return next((n.name for n in model.graph.node if n.op_type in QUANTIZED_OPS and n.input[0] == first), "")
+
+
 def report_float_layers(fp32_model, int8_model, keep) -> list:
     """Print each weighted layer that is not int8 in the result, with why; returns their names."""
     from onnx import numpy_helper
@@ -303,13 +315,15 @@ def report_float_layers(fp32_model, int8_model, keep) -> list:
     for name, op, weight, nbytes in weighted_layers(fp32_model):
         t = inits.get(weight)
         if t is not None and t.data_type == 1:  # the weight is still float here: not quantized
-            why = "kept by --fp32_layers" if name in keep else "left float by the quantizer"
+            why = ("the stem, reading the raw pixels: in int8 it cost the demo model 0.6 top-1 point and 0.6% of "
+                   "its predictions, in float 0.2 and 0.2% (docs/performance.md); --fp32_layers none quantizes it"
+                   if name == stem_layer(fp32_model) and name in keep else
+                   "kept by --fp32_layers" if name in keep else "left float by the quantizer")
             stayed.append(name)
             print(f"float: {name} ({op}, {nbytes / 2**10:.0f} KiB): {why}")
-    if not stayed:
-        print(f"every Conv / MatMul / Gemm weight is int8 ({len(weighted_layers(fp32_model))} layers); float: GELU, "
-              f"the perceptron gates, the prebn1 scale/shift and the residual adds (element-wise, no weights to "
-              f"quantize)")
+    total = len(weighted_layers(fp32_model))
+    print(f"int8: {total - len(stayed)} of {total} Conv / MatMul / Gemm weights; float also: GELU, the perceptron "
+          f"gates, the prebn1 scale/shift and the residual adds (element-wise, no weights to quantize)")
     return stayed
 
 

@@ -71,7 +71,9 @@ def test_int8_file_quantizes_the_weights_and_records_what_the_tools_need(work):
     assert json.loads(meta["class_names"]) == class_folders(work["data"], "val")
     assert json.loads(meta["input_shape"]) == [4, 3, 64, 64]
     assert json.loads(meta["quantization"])["calib_images"] == 16
-    assert "every Conv / MatMul / Gemm weight is int8" in work["log"] and "agreement" in work["log"]
+    assert "float: conv_embedding.conv.conv (Conv" in work["log"] and "the stem" in work["log"]
+    assert "int8: 29 of 30 Conv / MatMul / Gemm weights" in work["log"] and "agreement" in work["log"]
+    assert json.loads(meta["quantization"])["fp32_layers"] == ["conv_embedding.conv.conv"]
 
 
 def _validate(path, work, *extra):
