@@ -68,6 +68,7 @@ def test_eval_windows_are_checked_by_the_inference_apis_check():
     (["--clip_grad", "True", "--clip_value", "0"], r"clip_value must be > 0"),  # train_seg.py accepted it
     (["--lr", "0.01", "--min_lr", "0.1"], r"0 <= min_lr <= lr"),
     (["--resume_opt", "True"], r"resume_opt.*--ckpt_path"),
+    (["--hflip", "1.5"], r"^hflip must be in \[0, 1\]; got 1\.5"),  # config.in_unit, one message per key
 ])
 def test_optimizer_keys_are_checked_as_train_py_checks_them(args, message):
     # one check for both training tools (config.check_precision_and_optimizer_keys), so their rules cannot drift

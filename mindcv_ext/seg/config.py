@@ -8,7 +8,7 @@ import os
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 from ..config import (KEYS, ConfigError, at_least, check_precision_and_optimizer_keys, check_runtime_keys, choice,
-                      fit_workers, parse_config, recipe_names)
+                      fit_workers, in_unit, parse_config, recipe_names)
 from ..training.runtime import LAUNCHER_VARS
 from .data import LAYOUTS
 from .demo import SEG_DEMO_CLASSES as DEMO_CLASSES
@@ -198,8 +198,8 @@ def load_seg_config(argv: Optional[Sequence[str]] = None) -> Any:
         raise ConfigError(f"cat_max_ratio must be in (0, 1] (1: off); got {cfg.cat_max_ratio}.")
     if not 0 < cfg.ratio_range[0] <= cfg.ratio_range[1]:
         raise ConfigError(f"ratio_range must be [low, high] with 0 < low <= high; got {list(cfg.ratio_range)}.")
-    if not 0.0 <= cfg.dropout < 1.0 or not 0.0 <= cfg.hflip <= 1.0:
-        raise ConfigError("dropout must be in [0, 1) and hflip in [0, 1].")
+    in_unit(cfg, "dropout", closed_top=False)
+    in_unit(cfg, "hflip")
     check_precision_and_optimizer_keys(cfg)
     if cfg.ckpt_path and not cfg.resume_opt:
         raise ConfigError("train_seg.py's ckpt_path resumes a run (with --resume_opt True); to start from "
