@@ -131,7 +131,10 @@ def test_restore_moves_global_step_to_the_same_epoch(tmp_path):
         info = restore_training_state(path, fresh, fresh.network.network, ema=fresh.ema, steps_per_epoch=spe)
         return info, int(training_state(fresh)["global_step"].asnumpy()[0])
 
-    assert resumed(10) == ({"epoch": 2, "best_acc": 50.0, "ema_restarted": False, "moved_step": None}, 20)
+    info, position = resumed(10)
+    scalars = info.pop("scalars")  # the file's other scalars (train_seg.py's metadata rides there)
+    assert (info, position) == ({"epoch": 2, "best_acc": 50.0, "ema_restarted": False, "moved_step": None}, 20)
+    assert scalars.get("steps_per_epoch") == 10
     info, position = resumed(4)  # e.g. a 2.5x larger batch: 2 epochs are 8 steps now
     assert position == 8 and info["moved_step"] == (20, 10, 8)
     # An older checkpoint without steps_per_epoch: the finished epochs decide.
