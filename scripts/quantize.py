@@ -58,6 +58,8 @@ def parse_args(argv=None):
     p.add_argument("--fp32_layers", default="stem",
                    help="layers kept in float: 'stem' (default: the first conv, which reads the pixels; measured "
                         "below), 'none', or comma-separated layer names as printed")
+    p.add_argument("--activations", default="uint8", choices=("uint8", "int8"),
+                   help="activation type: uint8 (u8s8, ORT's fastest x86 path) or int8 (s8s8)")
     p.add_argument("--num_classes", type=int, default=None, help="default: from the checkpoint's head")
     p.add_argument("--gelu_approximate", type=_common.str2bool, default=False, help="as export.py")
     p.add_argument("--ema", type=_common.str2bool, default=False, help="quantize the EMA weights (ema.* keys)")
@@ -178,7 +180,8 @@ def quantized_share(fp32_model, int8_model) -> float:
     return sum(n for name, n in sizes.items() if name + "_quantized" in int8) / max(sum(sizes.values()), 1)
 
 
-def quantize(fp32_path: str, out_path: str, images: np.ndarray, batch: int, method: str, keep_fp32):
+def quantize(fp32_path: str, out_path: str, images: np.ndarray, batch: int, method: str, keep_fp32,
+             activations: str = "uint8"):
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     import onnxruntime as ort
@@ -192,7 +195,8 @@ def quantize(fp32_path: str, out_path: str, images: np.ndarray, batch: int, meth
     if method == "percentile":
         extra["CalibPercentile"] = 99.999
     quantize_static(fp32_path, out_path, _Reader(name, images, batch), quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+                    activation_type=QuantType.QUInt8 if activations == "uint8" else QuantType.QInt8,
+                    weight_type=QuantType.QInt8, per_channel=True,
                     op_types_to_quantize=list(QUANTIZED_OPS), nodes_to_exclude=list(keep_fp32),
                     calibrate_method=calib, extra_options=extra)
 
@@ -269,13 +273,13 @@ def main(argv=None) -> int:
         print(f"calibrating on {len(images)} images of {args.calib_dir} ({args.calib_method}), batch {args.batch_size}"
               f"...", flush=True)
         staged = os.path.join(work, "int8.onnx")
-        quantize(fp32, staged, images, args.batch_size, args.calib_method, keep)
+        quantize(fp32, staged, images, args.batch_size, args.calib_method, keep, args.activations)
         model = onnx.load(staged)
         share = quantized_share(fp32_model, model)
         stayed = report_float_layers(fp32_model, model, keep)
         meta = {p.key: p.value for p in fp32_model.metadata_props if p.key != "written_by"}
         meta.update(precision="int8", quantization=json.dumps({
-            "format": "QDQ", "weights": "int8 per output channel (symmetric)", "activations": "uint8 per tensor",
+            "format": "QDQ", "weights": "int8 per output channel (symmetric)", "activations": f"{args.activations} per tensor",
             "calib_method": args.calib_method, "calib_images": len(images), "calib_dir": os.path.abspath(args.calib_dir),
             "fp32_layers": stayed, "quantized_parameter_share": round(share, 4)}))
         set_metadata(model, meta, tool=PROG)
