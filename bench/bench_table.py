@@ -66,6 +66,8 @@ def _spread(values, fmt):
 def gemm_bound_fraction(r, gemm):
     """img/s over the same run's GEMM bound: (GEMM FLOP/s) / (FLOPs per image), with 3x the deploy forward's FLOPs
     for a training step (forward + backward). Each framework against its own GEMM; MindSpore's for mindcv too."""
+    if r["framework"] == "onnxruntime":
+        return None  # no ORT GEMM is timed; another framework's GEMM would not bound ORT
     fw = "torch" if r["impl"] == "torch" else "mindspore"
     g = gemm.get((r["run_id"], fw))
     if not g or not r.get("flops_per_image"):
