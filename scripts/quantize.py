@@ -289,6 +289,11 @@ def main(argv=None) -> int:
         print(f"INT8 vs float on the calibration images: top-1 agreement {100 * agree['top1_agreement']:.2f}%, "
               f"max |logit diff| {agree['max_logit_diff']:.3g} (max |logit| {agree['max_logit']:.3g}); "
               f"{time.perf_counter() - start:.0f} s")
+        if agree["top1_agreement"] < 0.99:  # the file is still written: the user decides, with the numbers
+            print(f"warning: INT8 changes the top-1 class of {100 * (1 - agree['top1_agreement']):.1f}% of the "
+                  f"calibration images; validate both files on held-out data (validate.py --ckpt_path <file>) and "
+                  f"keep sensitive layers in float with --fp32_layers (on t224 the stage-0 fc3s: "
+                  f"docs/performance.md, INT8 section)")
         print(f"parameters stored as int8: {100 * share:.1f}% of the float file's parameter bytes; file "
               f"{size8 / 2**20:.1f} MiB ({size8 / size32:.2f}x the float file's {size32 / 2**20:.1f} MiB)")
         os.chmod(staged, 0o666 & ~_umask())
