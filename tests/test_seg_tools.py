@@ -295,7 +295,11 @@ def test_signal_mid_run_is_one_line_with_its_code(seg, tmp_path, sig, code, line
     assert " -> " in proc.stdout.readline()  # one mask written: the next image, of another size, compiles now
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == code and err.strip().splitlines() == [f"predict_seg.py: {line}"], err[-2000:]
+    got = (proc.returncode, err.strip().splitlines())
+    allowed = [(code, [f"predict_seg.py: {line}"])]
+    if sig == 15:  # docs/reference.md: a SIGTERM landing inside a graph run is indistinguishable from the SIGTERM
+        allowed.append((130, ["predict_seg.py: interrupted (Ctrl-C)"]))  # MindSpore's Ctrl-C handler sends
+    assert got in allowed, err[-2000:]  # one line either way: no analyzer dump, no traceback
     assert not [n for n in os.listdir(photos) if ".tmp" in n]
 
 
