@@ -25,6 +25,7 @@ replaced only if quantize.py wrote it, or with --overwrite True.
 """
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -194,11 +195,27 @@ def quantize(fp32_path: str, out_path: str, images: np.ndarray, batch: int, meth
     extra = {"ActivationSymmetric": False, "WeightSymmetric": True}
     if method == "percentile":
         extra["CalibPercentile"] = 99.999
-    quantize_static(fp32_path, out_path, _Reader(name, images, batch), quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QUInt8 if activations == "uint8" else QuantType.QInt8,
-                    weight_type=QuantType.QInt8, per_channel=True,
-                    op_types_to_quantize=list(QUANTIZED_OPS), nodes_to_exclude=list(keep_fp32),
-                    calibrate_method=calib, extra_options=extra)
+    # ORT's quantizer logs "Please consider pre-processing before quantization" on the root logger for any graph it
+    # did not optimize itself; export.py's file is already folded (no BN, plain initializers), so the advice misleads.
+    quiet = _DropLogLine("consider to run pre-processing", "consider pre-processing")
+    logging.getLogger().addFilter(quiet)
+    try:
+        quantize_static(fp32_path, out_path, _Reader(name, images, batch), quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QUInt8 if activations == "uint8" else QuantType.QInt8,
+                        weight_type=QuantType.QInt8, per_channel=True,
+                        op_types_to_quantize=list(QUANTIZED_OPS), nodes_to_exclude=list(keep_fp32),
+                        calibrate_method=calib, extra_options=extra)
+    finally:
+        logging.getLogger().removeFilter(quiet)
+
+
+class _DropLogLine(logging.Filter):
+    def __init__(self, *phrases):
+        super().__init__()
+        self.phrases = phrases
+
+    def filter(self, record):
+        return not any(p in str(record.msg) for p in self.phrases)
 
 
 def agreement(fp32_path: str, int8_path: str, images: np.ndarray) -> dict:

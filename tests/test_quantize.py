@@ -74,6 +74,8 @@ def test_int8_file_quantizes_the_weights_and_records_what_the_tools_need(work):
     assert "float: conv_embedding.conv.conv (Conv" in work["log"] and "the stem" in work["log"]
     assert "int8: 29 of 30 Conv / MatMul / Gemm weights" in work["log"] and "agreement" in work["log"]
     assert json.loads(meta["quantization"])["fp32_layers"] == ["conv_embedding.conv.conv"]
+    # ORT's advice to pre-process does not apply to export.py's folded graph; the user is not told to
+    assert "pre-processing" not in work["log"]
 
 
 def _validate(path, work, *extra):
