@@ -346,7 +346,7 @@ def _sets_as_grouped_conv(model) -> int:
     """fc3 with S > 1 sets, Transpose -> MatMul(rows, W (S, K, N)) -> Transpose, as one grouped 1x1 Conv over the
     rows laid out as (1, S*K, M, 1): the same products (W[s] is conv group s), but a weight ORT's quantizer takes
     per output channel (of a batched MatMul weight it would take axis 1, the input rows) and that ORT runs as
-    QLinearConv instead of dequantizing the weight in every run (INT8 t224: ~1.1x faster; float the same)."""
+    QLinearConv instead of dequantizing the weight in every run (faster INT8, float the same: docs/performance.md)."""
     from onnx import helper, numpy_helper
 
     graph = model.graph

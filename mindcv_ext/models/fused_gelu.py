@@ -1,10 +1,10 @@
 """The FFN's BatchNorm + exact GELU as ONE fused CPU kernel, for inference in MindSpore (opt-in: `fuse_for_cpu`).
 
 Why: on MindSpore's CPU backend (2.10) the exact GELU, x * (1 + erf(x / sqrt 2)) / 2, is five element-wise kernels,
-and the Erf kernel alone is slow (80-90 ms on (8, 256, 56, 56), where a Mul takes 3-5 ms): the GELUs were about a
-quarter of a t224 deploy forward (bench/profile_model.py), and the BatchNorm before them (ffn_fc1.bn, the widest
-BN) another pass. Written in MindSpore's Hybrid DSL and compiled by AKG (shipped with MindSpore's CPU package),
-BN + GELU is one pass: ~4-8 ms on that tensor for the GELU alone. erf is evaluated as
+and its Erf kernel is slow: the GELUs were about a quarter of a t224 deploy forward (bench/profile_model.py; the
+figures are in docs/performance.md), and the BatchNorm before them (ffn_fc1.bn, the widest BN) another pass.
+Written in MindSpore's Hybrid DSL and compiled by AKG (shipped with MindSpore's CPU package), BN + GELU is one
+pass, a fraction of the Erf kernel's time alone. erf is evaluated as
 the rational approximation Eigen/XLA use for float32 (x * P(x^2) / Q(x^2) on x clamped to [-4, 4]), within 1e-6 of
 the exact GELU (tests/test_model.py checks it against float64).
 

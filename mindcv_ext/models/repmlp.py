@@ -280,8 +280,8 @@ def _scale(x, gate):
     """x * gate with gate (N, C, 1, 1), broadcast explicitly first.
 
     Why: MindSpore's CPU graph runtime (2.10) does not reuse the memory around binary ops that broadcast
-    implicitly (Mul / Add / RealDiv of differently shaped tensors): measured on 8 stacked (N, 64, 56, 56) layers,
-    x * gate kept ~26 MiB per image alive and took 4x the time of BroadcastTo + Mul (bench/memory_probe.py).
+    implicitly (Mul / Add / RealDiv of differently shaped tensors): x * gate kept a copy per layer alive and was
+    slower than BroadcastTo + Mul (bench/memory_probe.py; figures in docs/performance.md).
     Same products, exactly. On Ascend a broadcast Mul would be as good; the explicit form costs it nothing much."""
     return x * ops.broadcast_to(gate, x.shape)
 
@@ -289,8 +289,8 @@ def _scale(x, gate):
 def spatial_mean(x):
     """(N, C, H, W) -> (N, C, 1, 1) mean, as a matmul with a ones vector.
 
-    Why: MindSpore's CPU ReduceMean took ~3 ms on a (8, 64, 56, 56) tensor and its backward (a Tile) more; the
-    matmul takes a fraction of that both ways (t224 step: ~50 ms of ReduceMean and Tile). The sum of ones is exact
+    Why: MindSpore's CPU ReduceMean and its backward (a Tile) are slow; the matmul takes a fraction of their time
+    both ways (docs/performance.md). The sum of ones is exact
     in any dtype; the 1/(H*W) is a Python float, so fp16 under AMP is not scaled by a rounded constant."""
     n, c, h, w = x.shape
     total = ops.matmul(x.reshape(n * c, h * w), ops.ones((h * w, 1), x.dtype))

@@ -52,9 +52,9 @@ def resize(x, size, mode="bilinear"):
 
 class Conv2d(nn.Conv2d):
     """A stride-1 'same' nn.Conv2d (same parameters, same result). On the CPU backend a k x k kernel (k > 1) runs as
-    Im2Col + one batched matmul: MindSpore's CPU Conv2d took 0.28 s forward + backward for a 32->32 3x3 conv on
-    8x32x32 maps, this 0.014 s (measured on this project's 2-core machine). Elsewhere (Ascend, GPU; Im2Col is an
-    AI CPU kernel on Ascend) the plain Conv2d runs, as PatchConv does in the encoder."""
+    Im2Col + one batched matmul, far faster than MindSpore's CPU Conv2d forward + backward (docs/performance.md).
+    Elsewhere (Ascend, GPU; Im2Col is an AI CPU kernel on Ascend) the plain Conv2d runs, as PatchConv does in the
+    encoder."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, has_bias: bool = False):
         super().__init__(in_channels, out_channels, kernel_size, pad_mode="pad", padding=kernel_size // 2,
