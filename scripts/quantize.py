@@ -185,11 +185,9 @@ def quantize(fp32_path: str, out_path: str, images: np.ndarray, batch: int, meth
              activations: str = "uint8"):
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    import onnxruntime as ort
+    from mindcv_ext.onnx_runtime import OnnxNet
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    name = ort.InferenceSession(fp32_path, so, providers=["CPUExecutionProvider"]).get_inputs()[0].name
+    name = OnnxNet(fp32_path).input_name
     calib = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
              "entropy": CalibrationMethod.Entropy}[method]
     extra = {"ActivationSymmetric": False, "WeightSymmetric": True}
