@@ -28,16 +28,16 @@ def is_onnx(path) -> bool:
 
 def set_metadata(model, meta: Dict[str, str], tool: Optional[str] = None):
     """Write `meta` (str -> str) into an onnx ModelProto's metadata_props, replacing keys already there; with
-    `tool`, the output rule's mark (mindcv_ext.outputs.mark_onnx) too. Returns the model."""
+    `tool`, the output rule's mark (mindcv_ext.outputs.onnx_mark) too. Returns the model."""
+    if tool:
+        from .outputs import onnx_mark
+        meta = {**meta, **onnx_mark(tool)}
     keep = [p for p in model.metadata_props if p.key not in meta]
     del model.metadata_props[:]
     for p in keep:
         model.metadata_props.add(key=p.key, value=p.value)
     for key, value in meta.items():
         model.metadata_props.add(key=key, value=str(value))
-    if tool:
-        from .outputs import mark_onnx
-        mark_onnx(model, tool)
     return model
 
 

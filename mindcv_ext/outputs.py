@@ -13,12 +13,12 @@ Marks (key MARK_KEY = "written_by", value "mindcv_ext <tool>"):
   - .ckpt / .safetensors: a metadata entry in save_checkpoint's append_dict (checkpoint_mark; weights.save_weights
     adds it when given `tool`, and read_weights drops it like the class names);
   - .png: a tEXt chunk (png_mark -> PIL PngInfo for Image.save(..., pnginfo=...));
-  - .onnx: a metadata_props entry (mark_onnx(model_proto, tool));
+  - .onnx: a metadata_props entry (onnx_mark(tool), written by onnx_runtime.set_metadata(..., tool=));
   - infer.py's .jsonl predictions: no room for a mark; known by their form (each line {"path", "top5"});
   - formats with no place for metadata (MINDIR, ...): no mark, so an existing file needs --overwrite.
 
 Public API (all refusals are OutputError, a ValueError: bad input, exit 2, one line):
-    MARK_KEY, mark(tool), checkpoint_mark(tool, fmt), png_mark(tool), mark_onnx(model, tool)
+    MARK_KEY, mark(tool), checkpoint_mark(tool, fmt), png_mark(tool), onnx_mark(tool)
     written_by(path) -> the tool named in the file's mark, or None (unmarked, unreadable, unknown format)
     checkpoint_keys(path) -> the key names of a .ckpt / .safetensors, reading no tensor
     training_state(path) -> why `path` is a run's training state, or None
@@ -34,7 +34,7 @@ import re
 import stat
 from typing import Dict, List, Optional
 
-__all__ = ["OutputError", "MARK_KEY", "mark", "checkpoint_mark", "png_mark", "mark_onnx", "written_by",
+__all__ = ["OutputError", "MARK_KEY", "mark", "checkpoint_mark", "png_mark", "onnx_mark", "written_by",
            "training_state", "check_replace", "OutputNames", "checkpoint_keys"]
 
 MARK_KEY = "written_by"
@@ -73,14 +73,9 @@ def png_mark(tool: str, info=None):
     return info
 
 
-def mark_onnx(model, tool: str):
-    """Add the mark to an onnx ModelProto's metadata_props (replacing an older one); returns the model."""
-    for prop in list(model.metadata_props):
-        if prop.key == MARK_KEY:
-            model.metadata_props.remove(prop)
-    entry = model.metadata_props.add()
-    entry.key, entry.value = MARK_KEY, mark(tool)
-    return model
+def onnx_mark(tool: str) -> Dict[str, str]:
+    """{MARK_KEY: mark} for an .onnx file's metadata_props (onnx_runtime.set_metadata writes it)."""
+    return {MARK_KEY: mark(tool)}
 
 
 def _tool_of(value) -> Optional[str]:
