@@ -17,8 +17,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
-__all__ = ["ConfigError", "KEYS", "parse_config", "split_cli", "format_help", "recipe_names", "choice", "at_least",
-           "in_unit", "fit_workers", "check_runtime_keys", "check_precision_and_optimizer_keys"]
+__all__ = ["ConfigError", "KEYS", "IMAGENET_MEAN", "IMAGENET_STD", "parse_config", "split_cli", "format_help",
+           "recipe_names", "choice", "at_least", "in_unit", "fit_workers", "check_runtime_keys",
+           "check_precision_and_optimizer_keys"]
 
 class ConfigError(ValueError):
     """A configuration problem; the message names the key, the value and the fix."""
@@ -26,8 +27,8 @@ class ConfigError(ValueError):
 
 # name: (default, kind, help). Kinds: int, float, bool, str, pair (two numbers), floats, ints, any.
 # An int/float/str/pair key whose default is None is optional: `None`/`null` turns it off.
-_IMAGENET_MEAN = [0.485 * 255, 0.456 * 255, 0.406 * 255]
-_IMAGENET_STD = [0.229 * 255, 0.224 * 255, 0.225 * 255]
+IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)  # the one copy (seg.data, seg.inference read it)
+IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 KEYS: Dict[str, Tuple[Any, str, str]] = {
     # system
     "mode": (0, "int", "0: GRAPH_MODE, 1: PYNATIVE_MODE"),
@@ -66,8 +67,8 @@ KEYS: Dict[str, Tuple[Any, str, str]] = {
     "re_ratio": ((0.3, 3.3), "pair", "random erasing aspect range"),
     "re_value": (0, "any", "random erasing fill value"),
     "re_max_attempts": (10, "int", "random erasing attempts"),
-    "mean": (_IMAGENET_MEAN, "floats", "normalization mean (0-255 scale)"),
-    "std": (_IMAGENET_STD, "floats", "normalization std (0-255 scale)"),
+    "mean": (list(IMAGENET_MEAN), "floats", "normalization mean (0-255 scale)"),
+    "std": (list(IMAGENET_STD), "floats", "normalization std (0-255 scale)"),
     "crop_pct": (0.875, "float", "eval: resize to image_resize / crop_pct, then center-crop image_resize"),
     "mixup": (0.0, "float", "mixup alpha (0: off)"),
     "cutmix": (0.0, "float", "cutmix alpha (0: off)"),

@@ -133,6 +133,8 @@ def prepare(argv):
     """Every check before any work, then the model: raises ConfigError / CheckpointError / OutputError."""
 
     cfg = load_seg_eval_config(argv, PROG)
+    for note in cfg.notes:  # as validate_seg.py: e.g. a recipe's Ascend, evaluated on CPU here
+        print(f"note: {printable(note)}", flush=True)
     if not cfg.image_path:
         raise ConfigError(f"{PROG} needs --image_path (an image or a folder of images).")
     images, skipped = find_inputs(cfg.image_path)

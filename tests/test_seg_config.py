@@ -4,7 +4,7 @@ import os
 import pytest
 
 from mindcv_ext.config import ConfigError
-from mindcv_ext.seg.config import load_seg_config
+from mindcv_ext.seg.config import load_seg_config, load_seg_eval_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = os.path.join(ROOT, "configs", "seg")
@@ -74,3 +74,53 @@ def test_optimizer_keys_are_checked_as_train_py_checks_them(args, message):
     # one check for both training tools (config.check_precision_and_optimizer_keys), so their rules cannot drift
     with pytest.raises(ConfigError, match=message):
         load_seg_config(["--backbone", "demo_repmlp", "--crop_size", "[64, 64]", *args])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--mean", "[1, 2]"], r"^mean must be 3 finite numbers \(R, G, B"),  # a broadcast traceback mid-run
+    (["--std", "[0, 0, 0]"], r"^std must be 3 finite numbers > 0"),  # NaN masks and exit 0
+    (["--head_channels", "0"], r"^head_channels must be >= 1"),
+    (["--aux_weight", "-0.4"], r"^aux_weight must be >= 0"),
+    (["--warmup_ratio", "2"], r"^warmup_ratio must be in \[0, 1\]"),
+])
+def test_normalization_and_head_values_are_refused_before_work(args, message):
+    with pytest.raises(ConfigError, match=message):
+        load_seg_config(["--backbone", "demo_repmlp", "--crop_size", "[64, 64]", *args])
+
+
+def test_the_slide_window_is_checked_only_when_slide_is_used():
+    # whole (the default) never reads eval_crop: a window it ignores refused the training
+    base = ["--backbone", "demo_repmlp", "--crop_size", "[64, 64]", "--eval_crop", "[100, 100]"]
+    assert load_seg_config(base).eval_mode == "whole"
+    with pytest.raises(ConfigError, match=r"eval_crop \[100, 100\] must be multiples"):
+        load_seg_config(base + ["--eval_mode", "slide"])
+
+
+@pytest.mark.parametrize("prog, keys, owner", [
+    ("validate_seg.py", ["--image_path"], "predict_seg.py"),  # said train_seg.py's
+    ("predict_seg.py", ["--batch_size", "--dataset"], "train_seg.py"),  # said validate_seg.py's (from --dataset)
+    ("predict_seg.py", ["--save_deploy"], "validate_seg.py"),
+])
+def test_a_key_of_another_tool_names_that_tool(prog, keys, owner):
+    with pytest.raises(ConfigError, match=rf"^{keys[0]} is {owner}'s; {prog} does not use it"):
+        load_seg_eval_config(["--ckpt_path", "x.ckpt"] + [w for k in keys for w in (k, "2")], prog)
+
+
+def test_a_recipes_lowercase_ascend_falls_back_to_cpu(tmp_path):
+    recipe, ckpt = tmp_path / "r.yaml", tmp_path / "m.ckpt"
+    recipe.write_text("device_target: ascend\n")
+    ckpt.write_bytes(b"")  # not read here: the configuration only checks the file is there
+    cfg = load_seg_eval_config(["-c", str(recipe), "--ckpt_path", str(ckpt)])
+    assert cfg.device_target == "CPU" and any("evaluating on CPU" in n for n in cfg.notes)
+
+
+@pytest.mark.parametrize("args", [["--save_deploy", "d.ckpt"], ["--reparameterize", "True"],
+                                  ["--gelu_approximate", "False"]])
+def test_options_that_cannot_apply_to_an_onnx_file_are_refused(tmp_path, args):
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"")
+    base = ["--ckpt_path", str(onnx), "--device_target", "CPU"]
+    assert load_seg_eval_config(base).ckpt_path == str(onnx)  # the file alone is fine
+    with pytest.raises(ConfigError, match=rf"^{args[0]} does not apply to .*m\.onnx: an \.onnx file is already a "
+                                          r"deploy file"):
+        load_seg_eval_config(base + args)

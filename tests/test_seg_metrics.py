@@ -65,3 +65,28 @@ def test_out_of_range_values_are_refused():
     with pytest.raises(ValueError, match="predictions"):
         confusion_matrix(np.array([0, 5, 0, 0]), np.zeros(4, int), 3)
     assert math.isclose(seg_metrics(confusion_matrix(np.zeros(3, int), np.full(3, 255), 2))["aAcc"] or 0, 0)
+
+
+def test_confusion_counts_sum_exactly_over_32_ranks_through_a_float32_all_reduce():
+    # 20-bit parts were exact up to 16 ranks only: 32 ranks' low parts summed past 2**24 and lost their last bits
+    import mindspore as ms
+
+    from mindcv_ext.seg.inference import _sum_counts
+
+    rng = np.random.default_rng(0)
+    ranks = 32
+    # Cityscapes-sized: 500 val images of 2048x1024 over 32 ranks, up to ~2**25 pixels of a class per rank
+    counts = [rng.integers(0, 2 ** 25, (19, 19)) for _ in range(ranks)]
+    parts = []
+    for cm in counts:  # what each rank hands to the all-reduce
+        _sum_counts(cm, lambda t: parts.append(t.asnumpy()) or t)
+
+    def all_reduce(_):  # a float32 all-reduce: the running sum stays float32 at every step
+        total = np.zeros_like(parts[0])
+        for p in parts:
+            total = (total + p).astype(np.float32)
+        return ms.Tensor(total)
+
+    expected = np.sum(counts, axis=0)  # int64, exact
+    assert expected.max() > 2 ** 29  # far past float32's exact integers
+    assert np.array_equal(_sum_counts(counts[0], all_reduce), expected)

@@ -334,3 +334,14 @@ def test_an_output_that_is_also_an_input_is_refused_even_with_overwrite(seg, tmp
     assert predict_seg.run(["--ckpt_path", seg[1], "--image_path", str(photos), "--overwrite", "True"]) == 2
     assert "is also an input of this run" in _one_error(capsys.readouterr().err)
     assert (photos / "a_mask.png").read_bytes() == before
+
+
+def test_predict_seg_prints_the_configurations_notes_as_validate_seg_does(tmp_path, capsys):
+    # the recipe's Ascend -> CPU switch was said by validate_seg.py only; predict_seg.py switched silently
+    recipe, ckpt = tmp_path / "r.yaml", tmp_path / "m.ckpt"
+    recipe.write_text("device_target: Ascend\n")
+    ckpt.write_bytes(b"")  # refused later (no --image_path), before it is read
+    assert predict_seg.run(["-c", str(recipe), "--ckpt_path", str(ckpt)]) == 2
+    out, err = capsys.readouterr()
+    assert f"note: {recipe}'s device_target Ascend is not available here: evaluating on CPU" in out
+    assert "needs --image_path" in err

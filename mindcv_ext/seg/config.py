@@ -4,6 +4,7 @@ One table for the three tools, so `-c <training recipe>` reads unchanged in vali
 Keys shared with train.py keep its names, defaults and help (taken from KEYS, not copied); the segmentation
 ones follow mmsegmentation's config vocabulary (crop_size, img_scale, ratio_range, cat_max_ratio, total iters).
 """
+import math
 import os
 from typing import Any, Dict, Optional, Sequence, Tuple
 
@@ -90,11 +91,9 @@ SEG_TRAIN_KEYS.update({  # train_seg.py's ckpt_path only continues a run (encode
                                   "scale"),
 })
 # train_seg.py's --help lists these first; the keys it shares with train.py follow.
-TRAIN_OWN = ["backbone", "backbone_ckpt", "dataset", "data_dir", "num_classes", "batch_size", "crop_size",
-             "total_iters", "val_interval", "ckpt_save_dir", "ckpt_path", "resume_opt"] + \
-    [k for k in SEG_TRAIN_KEYS if k not in _SHARED and k not in ("backbone", "backbone_ckpt", "dataset",
-                                                                  "num_classes", "crop_size", "total_iters",
-                                                                  "val_interval")]
+_TRAIN_FIRST = ["backbone", "backbone_ckpt", "dataset", "data_dir", "num_classes", "batch_size", "crop_size",
+                "total_iters", "val_interval", "ckpt_save_dir", "ckpt_path", "resume_opt"]
+TRAIN_OWN = _TRAIN_FIRST + [k for k in SEG_TRAIN_KEYS if k not in _SHARED and k not in _TRAIN_FIRST]
 _ALIASES = {"iters": "total_iters", "max_iters": "total_iters", "model": "backbone", "pretrained": "backbone_ckpt",
             "decode_head": "head", "crop": "crop_size", "split": "val_split", "learning_rate": "lr",
             "output_dir": "ckpt_save_dir", "work_dir": "ckpt_save_dir"}
@@ -108,7 +107,6 @@ def _ints(cfg, key):
     if any(v != int(v) or v < 1 for v in value):
         raise ConfigError(f"{key} must be two positive integers; got {list(value)}.")
     setattr(cfg, key, (int(value[0]), int(value[1])))
-    return getattr(cfg, key)
 
 
 def _dataset_defaults(cfg) -> None:
@@ -149,16 +147,22 @@ def _common(cfg, evaluating: bool = False, native: Optional[int] = None) -> None
                           f"e.g. [{2 * native}, {4 * native}].")
     cfg.eval_scale = cfg.eval_scale or cfg.img_scale
     cfg.eval_crop = cfg.eval_crop or cfg.crop_size  # the evaluation tools may know neither: the checkpoint's then
-    if cfg.eval_crop and not cfg.eval_stride:
-        cfg.eval_stride = (max(1, cfg.eval_crop[0] * 2 // 3), max(1, cfg.eval_crop[1] * 2 // 3))
-    if cfg.eval_crop and cfg.eval_stride:
-        from .inference import check_slide  # the inference API's check of the windows, before any work
-
-        try:
-            check_slide(cfg.eval_crop, cfg.eval_stride, native)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
     choice(cfg, "eval_mode", ("whole", "slide"))
+    if cfg.eval_crop:
+        from .inference import check_slide, default_stride  # the inference API's window check, before any work
+
+        cfg.eval_stride = cfg.eval_stride or default_stride(cfg.eval_crop)
+        if cfg.eval_mode == "slide":  # whole never uses the window: a value it ignores stops nothing
+            try:
+                check_slide(cfg.eval_crop, cfg.eval_stride, native)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+    for key, low in (("mean", -math.inf), ("std", 0)):  # per RGB channel; a std of 0 divides by zero (NaN masks)
+        value = getattr(cfg, key)
+        if len(value) != 3 or not all(math.isfinite(v) and v > low for v in value):
+            need = " > 0" if low == 0 else ""
+            raise ConfigError(f"{key} must be 3 finite numbers{need} (R, G, B, 0-255 scale); got {list(value)}. Leave "
+                              f"it out for ImageNet's.")
     for key, low in (("num_parallel_workers", 1), ("log_interval", 1), ("batch_size", 1)):
         at_least(cfg, key, low)
     cfg.notes = fit_workers(cfg)
@@ -185,8 +189,11 @@ def load_seg_config(argv: Optional[Sequence[str]] = None) -> Any:
     cfg.head = str(cfg.head).lower()
     choice(cfg, "head", HEADS)
     for key, low in (("total_iters", 1), ("val_interval", 1), ("keep_checkpoint_max", 1), ("warmup_iters", 0),
-                     ("aux_channels", 1)):
+                     ("aux_channels", 1), ("aux_weight", 0)):
         at_least(cfg, key, low)
+    if cfg.head_channels is not None:  # None: the head's default width
+        at_least(cfg, "head_channels", 1)
+    in_unit(cfg, "warmup_ratio")
     if cfg.total_iters % cfg.val_interval:
         raise ConfigError(f"total_iters ({cfg.total_iters}) must be a multiple of val_interval ({cfg.val_interval}): "
                           f"checkpoints are written every val_interval iterations and a run resumes from them.")
@@ -240,7 +247,8 @@ def load_seg_eval_config(argv: Optional[Sequence[str]] = None, prog: str = "vali
     cfg = parse_config(argv, SEG_EVAL_KEYS, _ALIASES, prog, own=own, unused=unused)
     given_unused = [k for k in cfg._given if k in unused]
     if given_unused:
-        other = "validate_seg.py" if any(k in EVAL_OWN["validate_seg.py"] for k in given_unused) else "train_seg.py"
+        # the tool that reads this key: the other evaluation tool, else train_seg.py
+        other = next((p for p, keys in EVAL_OWN.items() if given_unused[0] in keys), "train_seg.py")
         run = "scripts/" + prog if prog == "predict_seg.py" else prog
         raise ConfigError(f"--{given_unused[0]} is {other}'s; {prog} does not use it (`python {run} --help` lists "
                           f"its keys).")
@@ -249,8 +257,15 @@ def load_seg_eval_config(argv: Optional[Sequence[str]] = None, prog: str = "vali
     if not os.path.isfile(cfg.ckpt_path):
         raise ConfigError(f"checkpoint not found: {cfg.ckpt_path!r}; pass best.ckpt (or latest.ckpt) of a "
                           f"train_seg.py run.")
+    if cfg.ckpt_path.lower().endswith(".onnx"):  # scripts/export.py's deploy-form file: nothing left to fuse
+        asked = ["save_deploy"] * bool(cfg.save_deploy) + [k for k in ("reparameterize", "gelu_approximate")
+                                                            if k in cfg._given]  # a recipe's: not the user's ask
+        if asked:
+            raise ConfigError(f"--{asked[0]} does not apply to {cfg.ckpt_path}: an .onnx file is already a deploy "
+                              f"file (re-parameterized, GELU fixed at export); drop --{asked[0]}, or pass the "
+                              f".ckpt it was exported from.")
     notes = []
-    if "device_target" not in cfg._given and cfg.device_target == "Ascend" and not _has_ascend():
+    if "device_target" not in cfg._given and str(cfg.device_target).lower() == "ascend" and not _has_ascend():
         cfg.device_target = "CPU"  # a training recipe's device (or the default) on a machine without it
         if cfg.config:
             notes.append(f"{cfg.config}'s device_target Ascend is not available here: evaluating on CPU")

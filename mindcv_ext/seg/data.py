@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from ..data.imagecheck import special_files
-from ..config import ConfigError
+from ..config import IMAGENET_MEAN, IMAGENET_STD, ConfigError
 
 __all__ = ["DataError", "LAYOUTS", "list_pairs", "check_pairs", "read_image", "read_label", "TrainTransform",
            "rescale_size", "normalize", "build_seg_train_loader", "build_seg_eval_loader", "CITYSCAPES_CLASSES",
@@ -259,7 +259,7 @@ class TrainTransform:
     to crop_size; hflip: flip probability; photometric: PhotoMetricDistortion."""
 
     def __init__(self, img_scale, ratio_range, crop_size, cat_max_ratio=0.75, hflip=0.5, photometric=True,
-                 mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375), seed=0, rank=0):
+                 mean=IMAGENET_MEAN, std=IMAGENET_STD, seed=0, rank=0):
         self.img_scale, self.ratio_range = tuple(img_scale), tuple(ratio_range)
         self.crop_h, self.crop_w = crop_size
         self.cat_max_ratio, self.hflip, self.photometric = cat_max_ratio, hflip, photometric

@@ -8,8 +8,9 @@ Test modes (mmseg's test_cfg):
 - whole: the image is padded at the bottom and right to a multiple of the model's native size (the encoder's
   FC sizes need that), run once, and the logits cropped back.
 - slide: crop_size windows every stride pixels (the last window of a row or column flush with the border, as
-  mmseg), each padded like whole, logits summed and divided by the number of windows covering each pixel. A stride
-  larger than the window would leave pixels no window covers: refused (check_slide).
+  mmseg), each zero-padded at the bottom/right to the full window (one compiled shape for all) and its logits
+  cropped back, logits summed and divided by the number of windows covering each pixel. A stride larger than the
+  window would leave pixels no window covers: refused (check_slide).
 Logits are then resized (bilinear) to the image's (the label's) size and arg-maxed.
 
 test_cfg defaults (resolve_test_cfg), what a checkpoint alone allows: the window is the training crop the checkpoint
@@ -24,13 +25,17 @@ import numpy as np
 from mindspore import ops
 
 from ..cli import exit_at_once, keep_sigint
+from ..config import IMAGENET_MEAN, IMAGENET_STD
 from .data import eval_preprocess, palette_for, read_image
 from .metrics import confusion_matrix
 
-__all__ = ["init_segmentor", "inference_segmentor", "resolve_test_cfg", "check_slide", "save_deploy",
-           "pad_to_multiple", "infer_logits", "predict_mask", "evaluate_seg"]
+__all__ = ["init_segmentor", "inference_segmentor", "resolve_test_cfg", "check_slide", "default_stride",
+           "save_deploy", "pad_to_multiple", "infer_logits", "predict_mask", "evaluate_seg"]
 
-_MEAN, _STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
+
+def default_stride(crop_size: Sequence[int]) -> tuple:
+    """The slide stride when none is given: 2/3 of the window (mmseg's 341x682 for 512x1024)."""
+    return tuple(max(1, c * 2 // 3) for c in crop_size)
 
 
 def check_slide(crop_size: Sequence[int], stride: Sequence[int], native: Optional[int], where: str = "") -> None:
@@ -42,8 +47,7 @@ def check_slide(crop_size: Sequence[int], stride: Sequence[int], native: Optiona
         if s > c:
             raise ValueError(f"eval_stride {list(stride)} is larger than eval_crop {list(crop_size)} in {name}: the "
                              f"pixels between windows would never be predicted. Use a stride <= the window, e.g. "
-                             f"--eval_stride [{max(1, crop_size[0] * 2 // 3)}, {max(1, crop_size[1] * 2 // 3)}]"
-                             f"{where}.")
+                             f"--eval_stride {list(default_stride(crop_size))}{where}.")
         if native and c % native:
             raise ValueError(f"eval_crop {list(crop_size)} must be multiples of the encoder's native size {native} "
                              f"(its FCs are built for {native}x{native} partitions){where}.")
@@ -60,10 +64,10 @@ def resolve_test_cfg(arch: dict, native: int, mode: str = "whole", scale=None, c
         if not crop:
             raise ValueError("eval_mode slide needs a window: this checkpoint does not record its training crop; pass "
                              f"--eval_crop H W (multiples of {native}) or -c <the training recipe>.")
-        stride = tuple(stride) if stride else (max(1, crop[0] * 2 // 3), max(1, crop[1] * 2 // 3))
+        stride = tuple(stride) if stride else default_stride(crop)
         check_slide(crop, stride, native)
     return dict(mode=mode, scale=tuple(scale) if scale else None, crop_size=tuple(crop) if crop else None,
-                stride=tuple(stride) if stride else None, mean=tuple(mean or _MEAN), std=tuple(std or _STD))
+                stride=tuple(stride) if stride else None, mean=tuple(mean or IMAGENET_MEAN), std=tuple(std or IMAGENET_STD))
 
 
 def init_segmentor(checkpoint: str, reparameterize: bool = False, gelu_approximate: Optional[bool] = None,
@@ -181,7 +185,6 @@ def evaluate_seg(model, loader, num_classes: int, ignore_index: int = 255, all_r
     all_reduce is given. Sets the model to eval mode; kwargs: mode, crop_size, stride."""
     model.set_train(False)
     cm = np.zeros((num_classes, num_classes), np.int64)
-    n = 0
     for n, (img, label, _) in enumerate(loader.create_tuple_iterator(num_epochs=1, output_numpy=True), 1):
         # A new eval pipeline's first batch installs MindData's SIGTERM handler (exit 0, no line); put the tool's
         # back before the forward, whose first call compiles and may keep the watchdog from doing it in time.
@@ -197,10 +200,10 @@ def evaluate_seg(model, loader, num_classes: int, ignore_index: int = 255, all_r
 
 def _sum_counts(cm: np.ndarray, all_reduce) -> np.ndarray:
     """Exact sum of int64 counts over ranks through a float32 all-reduce (what every backend has): each count
-    is split into 20-bit parts, whose sums over <= 16 ranks stay below float32's exact-integer limit 2**24."""
-    low, high = cm & 0xFFFFF, cm >> 20
-    if high.max(initial=0) >= 2 ** 19:
+    (< 2**48) is split into three 16-bit parts, whose sums over <= 256 ranks stay within float32's exact-integer
+    limit 2**24 (20-bit parts were exact only up to 16 ranks)."""
+    if cm.max(initial=0) >= 2 ** 48:
         raise ValueError("confusion-matrix counts too large to all-reduce exactly")
-    parts = ms.Tensor(np.stack([low, high]).astype(np.float32))
+    parts = ms.Tensor(np.stack([(cm >> s) & 0xFFFF for s in (0, 16, 32)]).astype(np.float32))
     summed = np.rint(all_reduce(parts).asnumpy()).astype(np.int64)
-    return summed[0] + (summed[1] << 20)
+    return summed[0] + (summed[1] << 16) + (summed[2] << 32)
