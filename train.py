@@ -52,11 +52,12 @@ def main(argv=None) -> int:
     resuming = bool(cfg.ckpt_path) and cfg.resume_opt
     if cfg.ckpt_path and not os.path.isfile(cfg.ckpt_path):
         raise ConfigError(_missing_weights_message(cfg, resuming))
-    check_run_folder(RUN, cfg.ckpt_save_dir, resuming)
+    resume_from = cfg.ckpt_path if resuming else ""  # the checkpoint this run continues
+    check_run_folder(RUN, cfg.ckpt_save_dir, resume_from)
     check_save_dir_outside_data(cfg)  # before the run directory is created
     rank, group_size = init_context(cfg)
     is_main = rank == 0
-    claim_run_folder(RUN, cfg.ckpt_save_dir, resuming, rank, group_size)  # one live run per ckpt_save_dir
+    claim_run_folder(RUN, cfg.ckpt_save_dir, resume_from, rank, group_size)  # one live run per ckpt_save_dir
     log = setup_logging(cfg.ckpt_save_dir, rank, group_size)
     for note in cfg.notes:
         log.warning(note)

@@ -51,9 +51,10 @@ def poly_schedule(cfg):
 def main(argv=None) -> int:
     cfg = load_seg_config(argv)
     resuming = bool(cfg.ckpt_path)
-    check_run_folder(RUN, cfg.ckpt_save_dir, resuming)
+    resume_from = cfg.ckpt_path if resuming else ""  # the checkpoint this run continues
+    check_run_folder(RUN, cfg.ckpt_save_dir, resume_from)
     rank, group_size = init_context(cfg)
-    claim_run_folder(RUN, cfg.ckpt_save_dir, resuming, rank, group_size)  # one live run per ckpt_save_dir
+    claim_run_folder(RUN, cfg.ckpt_save_dir, resume_from, rank, group_size)  # one live run per ckpt_save_dir
     log = setup_logging(cfg.ckpt_save_dir, rank, group_size)
     for note in cfg.notes:
         log.warning(note)

@@ -289,10 +289,11 @@ def test_one_live_run_per_directory_and_sigterm(data_dir, tmp_path):
     try:
         wait_for(lambda: _step_rows(out), first, what="a first step")
         rows = len(metrics(out))
-        # Another run into the same directory. As a resume it passes the "already holds a run" check whether or not
-        # the first run has written latest.ckpt yet, so only the lock can stop it (its checkpoint is read later).
-        (tmp_path / "other.ckpt").write_bytes(b"\0")
-        second = run_train(data_dir, out, "--ckpt_path", tmp_path / "other.ckpt", "--resume_opt", "True")
+        # Another run into the same directory. As a resume of a file in that folder it passes the "already holds a
+        # run" check whether or not the first run has written latest.ckpt yet, so only the lock can stop it (its
+        # checkpoint is read later).
+        (out / "other.ckpt").write_bytes(b"\0")
+        second = run_train(data_dir, out, "--ckpt_path", out / "other.ckpt", "--resume_opt", "True")
         assert second.returncode == 2, explain(second)
         line = one_error_line(second.stderr)
         assert f"is in use by another training run (pid {first.pid} on " in line

@@ -112,9 +112,10 @@ def _lock(directory: str):
     return fd, None
 
 
-def claim_run_dir(directory: str, rank: int = 0, group_size: int = 1, agree=None) -> RunDir:
+def claim_run_dir(directory: str, rank: int = 0, group_size: int = 1, agree=None, check=None) -> RunDir:
     """Rank 0: create `directory` if needed, take its run lock and remove temporary files of earlier killed
-    runs. Raises ConfigError (on every rank) when another live run holds the directory or it cannot be written.
+    runs. Raises ConfigError (on every rank) when another live run holds the directory or it cannot be written,
+    or when `check()`, called by rank 0 under the lock, raises ConfigError (the lock is let go then).
 
     `agree(flag) -> sum of flag over ranks` is needed when group_size > 1 (train.py passes an all-reduce)."""
     directory = os.path.abspath(directory)
@@ -130,6 +131,13 @@ def claim_run_dir(directory: str, rank: int = 0, group_size: int = 1, agree=None
                          f"another --ckpt_save_dir.")
         except OSError as e:
             error = f"Cannot use ckpt_save_dir {directory}: {e.strerror or e}. Pick another --ckpt_save_dir."
+        if fd is not None and check is not None:
+            try:
+                check()
+            except ConfigError as e:
+                error = str(e)
+                RunDir(directory, fd, created).release()
+                fd = None
     if group_size > 1:  # every rank must reach this call, so rank 0 reports its failure only after it
         if agree(1 if error else 0) > 0 and error is None:
             error = f"rank 0 could not claim ckpt_save_dir {directory} (see rank 0's error); stopping too."

@@ -4,8 +4,8 @@ the message of a run that diverged, and the script's way in and out. Each script
 model and schedule, what an "epoch" is to it (train_seg.py: val_interval iterations), what it logs and saves.
 
     RUN = RunEnd("train", "train_seg.py")
-    check_run_folder(RUN, cfg.ckpt_save_dir, resuming)                       # before any work
-    claim_run_folder(RUN, cfg.ckpt_save_dir, resuming, rank, group_size)     # after init_context
+    check_run_folder(RUN, cfg.ckpt_save_dir, resume_from)                    # before any work ("": a fresh start)
+    claim_run_folder(RUN, cfg.ckpt_save_dir, resume_from, rank, group_size)  # after init_context
     runner = Runner(RUN, train_step, progress, log.info, graph_mode=cfg.mode == 0)
     loss, overflow = runner.step(images, labels)                             # in the loop
     runner.end_epoch(rank_local, all_reduce, group_size, lambda bad: diverged(...))
@@ -24,32 +24,42 @@ from .ckpt_manager import training_state
 from ..config import ConfigError
 from .run_end import RunEnd
 from .run_lock import check_output_dir, claim_run_dir
-from .runtime import average_across_ranks, sum_across_ranks
+from .runtime import LAUNCHER_VARS, average_across_ranks, sum_across_ranks
 from .step import NonFiniteLossError
 
-__all__ = ["refuse_a_finished_run", "check_run_folder", "claim_run_folder", "Runner", "diverged", "script_exit"]
+__all__ = ["refuse_existing_run", "check_run_folder", "claim_run_folder", "Runner", "diverged", "script_exit"]
 
 
-def refuse_a_finished_run(run: RunEnd, resuming: bool, save_dir: str) -> None:
-    """A fresh start into a folder whose latest.ckpt exists would overwrite that run: refuse, with the command
-    that continues it."""
-    if not resuming and run.latest and os.path.exists(run.latest):
+def refuse_existing_run(run: RunEnd, resume_from: str, save_dir: str) -> None:
+    """A folder whose latest.ckpt exists holds a run; only that run may write there again (a resume from a file in
+    that folder). A fresh start, or a resume of a checkpoint from another folder, would overwrite its checkpoints
+    and metrics.jsonl: refused, with the way out."""
+    if not (run.latest and os.path.exists(run.latest)):
+        return
+    if not resume_from:
         raise ConfigError(f"{save_dir} already holds a run ({run.latest}). Continue it with: "
                           f"{run.resume_command(run.latest)}; or pick another --ckpt_save_dir.")
+    source = os.path.dirname(os.path.abspath(resume_from))
+    if not os.path.samefile(source, save_dir):
+        raise ConfigError(f"ckpt_save_dir {save_dir} holds another run ({run.latest}); resuming {resume_from} there "
+                          f"would overwrite it. Continue in the checkpoint's own folder (--ckpt_save_dir {source}) "
+                          f"or pick a --ckpt_save_dir without a latest.ckpt.")
 
 
-def check_run_folder(run: RunEnd, save_dir: str, resuming: bool) -> None:
-    """Before any work: the folder can be written and holds no other run (run.latest is set here)."""
+def check_run_folder(run: RunEnd, save_dir: str, resume_from: str) -> None:
+    """Before any work: the folder can be written and holds no other run (run.latest is set here). `resume_from`:
+    the checkpoint a resumed run continues, "" for a fresh start."""
     run.latest = os.path.join(save_dir, "latest.ckpt")
-    refuse_a_finished_run(run, resuming, save_dir)
+    refuse_existing_run(run, resume_from, save_dir)
     check_output_dir(save_dir)
 
 
-def claim_run_folder(run: RunEnd, save_dir: str, resuming: bool, rank: int, group_size: int) -> None:
-    """One live run per folder: rank 0 takes its lock (run_lock); checked again under the lock, since another run
-    may have written its first checkpoint since check_run_folder."""
-    run.run_dir = claim_run_dir(save_dir, rank, group_size, agree=sum_across_ranks if group_size > 1 else None)
-    refuse_a_finished_run(run, resuming, save_dir)
+def claim_run_folder(run: RunEnd, save_dir: str, resume_from: str, rank: int, group_size: int) -> None:
+    """One live run per folder: rank 0 takes its lock (run_lock) and, under it, checks again for another run
+    (one may have written its first checkpoint since check_run_folder); every rank learns the outcome through the
+    lock's one agreement, so none is left waiting in a collective."""
+    run.run_dir = claim_run_dir(save_dir, rank, group_size, agree=sum_across_ranks if group_size > 1 else None,
+                                check=lambda: refuse_existing_run(run, resume_from, save_dir))
 
 
 class Runner:
@@ -103,9 +113,10 @@ class Runner:
 
 def diverged(what: str, latest_path: str, when: str, fixes: str) -> str:
     """The one line of a run stopped on a non-finite loss or weights (exit 3). latest.ckpt is replaced only after
-    the finite check, so it is the last good state; `when` says which ("end of epoch 2", "iteration 400")."""
+    the finite check, so it is the last good state (metrics.jsonl holds that evaluation's row and the step rows
+    logged after it); `when` says which ("end of epoch 2", "iteration 400")."""
     if os.path.exists(latest_path):
-        kept = f"The last good checkpoint is {latest_path} ({when}); nothing was written after it."
+        kept = f"The last good checkpoint is {latest_path} ({when}); no checkpoint was written after it."
     else:
         kept = "No checkpoint was written (it happened before the first one of this run)."
     return f"{what}: training stopped. {kept} Usual fixes: {fixes}."
@@ -119,6 +130,6 @@ def script_exit(run: RunEnd, main: Callable[[], int]) -> None:
     cli.install_signals(on_forced_exit=run.on_forced_exit)
     exit_code = run.run(main)
     logging.shutdown()
-    if any(v in os.environ for v in ("MS_ROLE", "RANK_TABLE_FILE")):
+    if any(v in os.environ for v in LAUNCHER_VARS):
         sys.exit(exit_code)
-    os._exit(exit_code)
+    cli.quiet_exit(exit_code)
