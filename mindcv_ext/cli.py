@@ -3,7 +3,8 @@ seconds wherever it is blocked.
 
 Exit codes (README, "Exit codes"):
     0    done
-    1    failed without a named cause (a traceback: a bug worth reporting), or did not finish (its output pipe closed)
+    1    failed without a named cause (a traceback: a bug worth reporting), or did not finish (its output pipe closed),
+         or met a problem once the work had started (a bad data pair read mid-run): one "error:" line
     2    bad input, found before the work: the command, recipe, data, weights or output place; one "error:" line
          names it and the fix
     3    training stopped on a non-finite loss or non-finite weights

@@ -228,6 +228,8 @@ def test_without_check_data_a_bad_label_is_one_line_not_a_pipeline_traceback(dat
         path = os.path.join(bad, "gtFine", "train", "aachen", name)
         Image.fromarray(np.zeros((64, 128, 3), np.uint8)).save(path)
     out = str(tmp_path / "run")
+    # met in the first batch, before any step: bad input (2); once a step has run it is a failed run (1), see
+    # test_train_exits.py::test_bad_input_met_once_training_ran_is_a_failed_run_not_bad_input
     assert train_seg.run(_common(bad) + ["--check_data", "False", "--total_iters", "2", "--ckpt_save_dir", out]) == 2
     err = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and err[0].startswith("error: ") and "single-channel" in err[0], err[-5:]

@@ -182,3 +182,64 @@ def test_missing_starting_weights_say_where_weights_come_from(tmp_path):
     assert "github.com/DingXiaoH/RepMLP" in line and '--ckpt_path "" --pretrained True' in line, line
     assert "resume" not in line and "latest.ckpt" not in line, line
     _nothing_left(tmp_path, tmp_path / "run")
+
+
+def test_a_resume_never_writes_over_another_folders_run(tmp_path):
+    # train_seg.py --ckpt_path A/latest.ckpt --resume_opt True --ckpt_save_dir B was accepted with B holding a run:
+    # the resumed run then replaced B's checkpoints and metrics.jsonl
+    import re
+
+    from mindcv_ext.config import ConfigError
+    from mindcv_ext.training.run_end import RunEnd
+    from mindcv_ext.training.run_lock import LOCK_NAME, claim_run_dir
+    from mindcv_ext.training.runner import check_run_folder, refuse_existing_run
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder in (a, b):
+        folder.mkdir()
+        (folder / "latest.ckpt").write_bytes(b"\0")
+    run = RunEnd("train", "train_seg.py")
+    refused = re.escape(f"ckpt_save_dir {b} holds another run ({b / 'latest.ckpt'}); resuming {a / 'latest.ckpt'} "
+                        f"there would overwrite it. Continue in the checkpoint's own folder (--ckpt_save_dir {a})")
+    with pytest.raises(ConfigError, match=refused):
+        check_run_folder(run, str(b), str(a / "latest.ckpt"))
+    check_run_folder(run, str(b), str(b / "periodic.ckpt"))  # another file of the same folder: that run goes on
+    with pytest.raises(ConfigError, match="already holds a run"):
+        check_run_folder(run, str(b), "")
+    # checked again by rank 0 under the run lock, inside its one agreement with the other ranks; the lock let go
+    with pytest.raises(ConfigError, match=refused):
+        claim_run_dir(str(b), 0, 2, agree=lambda flag: flag,
+                      check=lambda: refuse_existing_run(run, str(a / "latest.ckpt"), str(b)))
+    assert not (b / LOCK_NAME).exists()
+
+
+def test_bad_input_met_once_training_ran_is_a_failed_run_not_bad_input(capsys):
+    # train_seg.py exited 2 for a bad pair met mid-training (check_data off); 2 is for what is found before the work
+    from mindcv_ext.seg.data import DataError
+    from mindcv_ext.training.run_end import RunEnd
+
+    run = RunEnd("train", "train_seg.py")
+
+    def main(trained):
+        def stop():
+            run.trained = trained
+            raise DataError("label x.png: not single-channel")
+        return stop
+
+    assert run.run(main(False)) == cli.BAD_INPUT
+    run.reset([])
+    assert run.run(main(True)) == cli.FAILED
+    assert capsys.readouterr().err.count("error: label x.png: not single-channel") == 2
+
+
+def test_every_launcher_variable_gets_a_normal_exit(tmp_path):
+    # script_exit knew only MS_ROLE / RANK_TABLE_FILE: under another launcher variable it skipped the normal exit
+    # (atexit, the worker's end reported to the scheduler)
+    code = ("import atexit; from mindcv_ext.training.run_end import RunEnd; "
+            "from mindcv_ext.training.runner import script_exit; atexit.register(lambda: print('normal exit')); "
+            "script_exit(RunEnd(), lambda: 0)")
+    env = {k: v for k, v in os.environ.items() if k not in ("MS_ROLE", "RANK_TABLE_FILE")}
+    env["MINDSPORE_HCCL_CONFIG_PATH"] = str(tmp_path / "hccl.json")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "normal exit", explain(proc)

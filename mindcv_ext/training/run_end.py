@@ -97,7 +97,9 @@ class RunEnd:
             code = cli.DIVERGED
         except (ConfigError, CheckpointError, FileNotFoundError) as e:
             self.report(e)
-            code = cli.BAD_INPUT
+            # bad input (2) is what the checks find before the work; the same problem met once training ran (a bad
+            # pair with check_data off) is a failed run (1), as the evaluation tools' cli.staged has it
+            code = cli.FAILED if self.trained else cli.BAD_INPUT
         except NonFiniteLossError as e:
             self.report(e)
             code = cli.DIVERGED
