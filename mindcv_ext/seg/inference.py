@@ -67,7 +67,8 @@ def resolve_test_cfg(arch: dict, native: int, mode: str = "whole", scale=None, c
         stride = tuple(stride) if stride else default_stride(crop)
         check_slide(crop, stride, native)
     return dict(mode=mode, scale=tuple(scale) if scale else None, crop_size=tuple(crop) if crop else None,
-                stride=tuple(stride) if stride else None, mean=tuple(mean or IMAGENET_MEAN), std=tuple(std or IMAGENET_STD))
+                stride=tuple(stride) if stride else None, mean=tuple(mean or IMAGENET_MEAN),
+                std=tuple(std or IMAGENET_STD))
 
 
 def init_segmentor(checkpoint: str, reparameterize: bool = False, gelu_approximate: Optional[bool] = None,
