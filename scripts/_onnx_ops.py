@@ -131,16 +131,22 @@ def export_resize(x, size, mode="bilinear"):
     return ms_ops.ResizeNearestNeighbor(tuple(size), align_corners=(mode == "bilinear"))(x)
 
 
-def prepare_for_onnx(net, input_shape=None) -> Counter:
+def prepare_for_onnx(net, input_shape=None, split_local=False) -> Counter:
     """Rewrite an eval-mode deploy-form RepMLPNet or SegModel in place into the form finish_onnx expects (module
     docstring). Returns counts of what was changed. The network computes the same function except the GELUs and
     bilinear resizes, which become markers: take reference logits before calling this. input_shape (N, C, H, W)
-    is needed for a SegModel's pyramid pooling (static bins)."""
+    is needed for a SegModel's pyramid pooling (static bins). split_local (for INT8, quantize.py): each fc3 as a
+    dense FC plus its conv taps as a small conv beside it (RepMLPBlock.split_local: no outliers left to quantize)."""
     from mindspore import nn
 
-    from mindcv_ext.models.repmlp import PartitionFC, PatchConv, RepMLPNet, RepMLPNetUnit
+    from mindcv_ext.models.repmlp import PartitionFC, PatchConv, RepMLPBlock, RepMLPNet, RepMLPNetUnit
 
     done = Counter()
+    if split_local:
+        for _, cell in list(net.cells_and_names()):
+            if isinstance(cell, RepMLPBlock) and cell.reparam_conv_k:
+                cell.split_local()
+                done["fc3 conv taps split off"] += 1
     for path, cell in list(net.cells_and_names()):
         pools = getattr(cell, "pools", None)
         if pools is not None and input_shape is not None:

@@ -313,7 +313,8 @@ def main(argv=None) -> int:
     return OK
 
 
-def export(args, net, form, x, final_path, info=None, quiet=False) -> None:
+def export(args, net, form, x, final_path, info=None, quiet=False, split_local=False) -> None:
+    """split_local: ONNX for INT8 (quantize.py), fc3's conv taps apart (_onnx_ops.prepare_for_onnx)."""
     import mindcv_ext
 
     info = info or dict(task="classification", model=args.model, class_names=None, native_size=x.shape[-1])
@@ -332,7 +333,7 @@ def export(args, net, form, x, final_path, info=None, quiet=False) -> None:
         from _onnx_ops import prepare_for_onnx
         if reference is None:  # the ONNX rewrite changes the network; its reference comes first
             reference = net(x).asnumpy().astype(np.float64)
-        prepare_for_onnx(net, x.shape)
+        prepare_for_onnx(net, x.shape, split_local=split_local)
         if info["task"] == "segmentation":
             import mindcv_ext.seg.model as seg_model
 

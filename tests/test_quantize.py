@@ -72,7 +72,11 @@ def test_int8_file_quantizes_the_weights_and_records_what_the_tools_need(work):
     assert json.loads(meta["input_shape"]) == [4, 3, 64, 64]
     assert json.loads(meta["quantization"])["calib_images"] == 16
     assert "float: conv_embedding.conv.conv (Conv" in work["log"] and "the stem" in work["log"]
-    assert "int8: 29 of 30 Conv / MatMul / Gemm weights" in work["log"] and "agreement" in work["log"]
+    # each fc3 as a dense FC plus its conv taps as a conv (split_local), both int8: 30 weighted layers + 1 per block
+    blocks = sum(len(stage) for stage in deploy.stages)
+    assert f"int8: {29 + blocks} of {30 + blocks} Conv / MatMul / Gemm weights" in work["log"] and "agreement" in work["log"]
+    local = [n for n in model.graph.node if n.op_type == "Conv" and n.name.endswith("repmlp_block.local")]
+    assert len(local) == blocks and json.loads(meta["quantization"])["split_local"] is True
     assert json.loads(meta["quantization"])["fp32_layers"] == ["conv_embedding.conv.conv"]
     # ORT's advice to pre-process does not apply to export.py's folded graph; the user is not told to
     assert "pre-processing" not in work["log"]
@@ -142,3 +146,22 @@ def test_bad_input_is_one_line_before_any_work(work, tmp_path, case):
         assert output.read_bytes() == b"someone else's file"
     else:
         assert not output.exists()
+
+
+def test_fp32_layers_takes_shell_patterns(work, tmp_path):
+    """'stem,*.ffn_fc1.conv' keeps the stem and every FFN's first conv in float (the t224 sensitivity measurements
+    in docs/performance.md name layer groups, not single layers); everything else stays int8."""
+    from onnx import TensorProto
+
+    out = tmp_path / "ffn_float.onnx"
+    rc, log, err = run("quantize.py", "--model", "demo_repmlp", "--ckpt_path", work["ckpt"], "--calib_dir",
+                       os.path.join(work["data"], "train"), "--calib_images", 8, "--batch_size", 4,
+                       "--fp32_layers", "stem,*.ffn_fc1.conv", "--output", out, cwd=tmp_path)
+    assert rc == 0, log + err
+    model = onnx.load(str(out))
+    inits = {t.name: t.data_type for t in model.graph.initializer}
+    fc1 = [n for n in model.graph.node if n.op_type == "Conv" and n.name.endswith("ffn_fc1.conv")]
+    assert fc1 and all(inits.get(n.input[1]) == TensorProto.FLOAT for n in fc1)  # weight read as float
+    stayed = json.loads({p.key: p.value for p in model.metadata_props}["quantization"])["fp32_layers"]
+    assert sorted(stayed) == sorted(["conv_embedding.conv.conv"] + [n.name for n in fc1])
+    assert log.count("kept by --fp32_layers") == len(fc1)

@@ -56,6 +56,38 @@ def test_deploy_checkpoint_reproduces_numpy_reference_of_train_form():
     assert rel_err(deploy, want) < 1e-5
 
 
+def test_split_local_keeps_the_function_and_takes_the_conv_taps_out(ms_mode):
+    """RepMLPBlock.split_local (quantize.py's INT8 export): the deploy fc3 becomes a dense FC plus a k x k conv;
+    same outputs as the train form, the conv holds the fused branch kernels (a NumPy fusion), and the FC rows
+    lose the tap outliers that per-row int8 could not hold."""
+    from mindspore import Tensor
+
+    block = randomize(RepMLPBlock(8, 6, 5, sharesets=2), seed=4)  # non-square partition
+    # fc3 small beside the conv taps, as in trained RepMLPNets (t224 here: merged row max/std 30-50)
+    block.fc3.weight.set_data(Tensor(block.fc3.weight.asnumpy() * 0.05))
+    block.set_train(False)
+    x = images(3, (6, 5), channels=8, seed=2)
+    want = block(x).asnumpy()
+    p = params_np(block)
+    kernel = np.zeros((2, 3, 3))  # the branches' fused kernels, summed and centred in 3 x 3
+    for k in (1, 3):
+        bn = f"repconv{k}.bn."
+        t = p[bn + "gamma"] / np.sqrt(p[bn + "moving_variance"] + 1e-5)
+        r = (3 - k) // 2
+        kernel[:, r:r + k, r:r + k] += p[f"repconv{k}.conv.weight"][:, 0] * t[:, None, None]
+    mindcv_ext.reparameterize(block)
+    merged = block.fc3.weight.asnumpy().reshape(2, 30, 30)
+    gain = block.split_local()
+    assert rel_err(block(x).asnumpy(), want) <= 1e-5
+    taps = block.local.weight.asnumpy()[:, 0]
+    assert np.abs(taps - kernel).max() <= 0.1 * np.abs(kernel).max()
+    dense = block.fc3.weight.asnumpy().reshape(2, 30, 30)
+    assert np.abs(dense).max() < 0.1 * np.abs(merged).max() and gain > 1.5, gain
+    assert "local.weight" in [q.name for q in block.get_parameters()]
+    with pytest.raises(ValueError, match="deploy-form"):
+        block.split_local()  # already split
+
+
 def test_pass_converts_any_opted_in_cell_and_is_idempotent():
     class Doubler(nn.Cell):  # a toy re-parameterizable block: train form x + x, deploy form 2 * x
         def __init__(self):

@@ -345,6 +345,7 @@ class RepMLPBlock(nn.Cell):
                     self.matmul_branches += ((f"repconv{k}", f"taps{k}"),)
         in_matmul = [branch for branch, _ in self.matmul_branches]
         self.conv_branches = () if deploy else tuple(n for n in self.branch_names if n not in in_matmul)
+        self.local = None  # deploy form only: fc3's conv taps kept apart (split_local), for INT8
 
     def construct(self, x):
         n, c, H, W = x.shape
@@ -358,6 +359,8 @@ class RepMLPBlock(nn.Cell):
             rows = x.reshape(n, c, hp, self.h, wp, self.w).transpose(0, 2, 4, 1, 3, 5).reshape(-1, self.s, self.h, self.w)
         if self.deploy:
             out = self.fc3(rows)
+            if self.local is not None:
+                out = out + self.local(rows)
         elif self.matmul_branches:
             out = self._fc3_and_matmul_branches(rows)
         else:
@@ -404,6 +407,35 @@ class RepMLPBlock(nn.Cell):
         conv_weight = response.reshape(hw, self.s * hw).transpose(1, 0).reshape(self.s * hw, hw, 1, 1)
         conv_bias = kbias.reshape(-1, 1).tile((1, hw)).reshape(-1)
         return weight + conv_weight, bias + conv_bias
+
+    def split_local(self) -> float:
+        """Deploy form only: fc3 = dense FC + a grouped k x k conv (k the largest branch), exactly, in place.
+
+        Why: merging the conv branches adds each kernel tap to one entry per row of fc3's matrix, so every row
+        holds up to k*k entries an order of magnitude above the rest (t224 trained here: row max/std 30-50 in
+        stage 0). A per-row int8 scale set by those taps rounds the dense FC to a few levels. The taps are
+        translation-invariant: each tap's median over the rows (the dense FC's own entries there are as small
+        as elsewhere) is taken out of the matrix into `local`, a conv of S groups, and the remainder holds no
+        outliers (t224: max/std 2-3). Any estimate keeps the function: the matrix loses exactly the conv's FC
+        form (conv_tap_index) that `local` adds back. Returns the largest row max/std before over after."""
+        if not self.deploy or self.local is not None or not self.reparam_conv_k:
+            raise ValueError("split_local needs a deploy-form block not yet split, with conv branches")
+        k, hw = max(self.reparam_conv_k), self.h * self.w
+        weight = self.fc3.weight.asnumpy().astype(np.float64).reshape(self.s, hw, hw)
+        index = conv_tap_index(self.h, self.w, k)
+        taps = np.zeros((self.s, k * k + 1))  # the last column: "no tap", stays 0
+        for t in range(k * k):
+            taps[:, t] = np.median(weight[:, index == t], axis=1)
+        dense = weight - taps[:, index]
+        ratio = lambda m: float((np.abs(m).max(-1) / np.maximum(m.std(-1), 1e-30)).max())  # noqa: E731
+        gain = ratio(weight) / max(ratio(dense), 1e-30)
+        self.fc3.weight.set_data(Tensor(dense.reshape(self.s * hw, hw, 1, 1).astype(np.float32)))
+        local = nn.Conv2d(self.s, self.s, k, pad_mode="pad", padding=k // 2, group=self.s, has_bias=False)
+        local.weight.set_data(Tensor(taps[:, :-1].reshape(self.s, 1, k, k).astype(np.float32)))
+        self.local = local
+        # Named after fc3 once attached (attaching renames a new Cell's parameters): <block>.local.weight
+        self.local.weight.name = self.fc3.weight.name[: -len("fc3.weight")] + "local.weight"
+        return gain
 
     def switch_to_deploy(self):
         """Re-parameterization protocol (see mindcv_ext.reparameterize): become the deploy form in place."""
