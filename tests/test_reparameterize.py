@@ -68,6 +68,8 @@ def test_split_local_keeps_the_function_and_takes_the_conv_taps_out(ms_mode):
     block.set_train(False)
     x = images(3, (6, 5), channels=8, seed=2)
     want = block(x).asnumpy()
+    x2 = images(2, (12, 10), channels=8, seed=3)  # 2 x 2 partitions: the conv must not cross their borders
+    want2 = block(x2).asnumpy()
     p = params_np(block)
     kernel = np.zeros((2, 3, 3))  # the branches' fused kernels, summed and centred in 3 x 3
     for k in (1, 3):
@@ -78,9 +80,9 @@ def test_split_local_keeps_the_function_and_takes_the_conv_taps_out(ms_mode):
     mindcv_ext.reparameterize(block)
     merged = block.fc3.weight.asnumpy().reshape(2, 30, 30)
     gain = block.split_local()
-    assert rel_err(block(x).asnumpy(), want) <= 1e-5
-    taps = block.local.weight.asnumpy()[:, 0]
-    assert np.abs(taps - kernel).max() <= 0.1 * np.abs(kernel).max()
+    assert rel_err(block(x).asnumpy(), want) <= 1e-5 and rel_err(block(x2).asnumpy(), want2) <= 1e-5
+    taps = block.local.weight.asnumpy()[:, 0]  # depthwise over the 8 channels: channel c has set c % 2's taps
+    assert taps.shape == (8, 3, 3) and np.abs(taps - np.tile(kernel, (4, 1, 1))).max() <= 0.1 * np.abs(kernel).max()
     dense = block.fc3.weight.asnumpy().reshape(2, 30, 30)
     assert np.abs(dense).max() < 0.1 * np.abs(merged).max() and gain > 1.5, gain
     assert "local.weight" in [q.name for q in block.get_parameters()]
