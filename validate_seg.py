@@ -36,7 +36,7 @@ PROG = "validate_seg.py"
 def prepare(argv):
     """Every check before the evaluation (the command, the data, the checkpoint, the output place), then the model
     and the loader: a problem here is bad input (2)."""
-    from mindcv_ext.weights import same_file
+    from mindcv_ext.outputs import same_file
 
     cfg = load_seg_eval_config(argv, PROG)
     rank, group_size = init_context(cfg)

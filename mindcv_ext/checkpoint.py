@@ -13,9 +13,7 @@ import string
 import time
 from typing import Optional
 
-import mindspore as ms
 import numpy as np
-from mindspore import Parameter, Tensor
 
 __all__ = [
     "CheckpointError",
@@ -43,6 +41,9 @@ def checkpoint_format(path: str) -> str:
 
 
 def _as_save_list(obj):
+    import mindspore as ms  # here, not at the top: infer.py's .onnx path imports this module without MindSpore
+    from mindspore import Parameter, Tensor
+
     if isinstance(obj, ms.nn.Cell):
         return [{"name": p.name, "data": p} for p in obj.get_parameters()]
     if isinstance(obj, dict):
@@ -69,6 +70,8 @@ class CheckpointWriteError(CheckpointError):
 def _host_array(data) -> np.ndarray:
     if isinstance(data, np.ndarray):
         return data
+    import mindspore as ms
+
     if getattr(data, "dtype", None) == getattr(ms, "bfloat16", object()):  # NumPy has no bfloat16
         data = data.astype(ms.float32)
     return data.asnumpy() if hasattr(data, "asnumpy") else np.asarray(data)
@@ -297,6 +300,8 @@ def save_checkpoint(obj, path: str, append_dict: Optional[dict] = None) -> str:
         os.makedirs(directory, exist_ok=True)
         remove_temp_files(directory)  # leftovers of killed saves into this folder, whatever file they were for
         tmp = make_temp(path, suffix)
+        import mindspore as ms
+
         ms.save_checkpoint(save_list, tmp, append_dict=append_dict, format=fmt)
         # MindSpore leaves its files read-only (0400); an ordinary mode, so read-only means a user protected a file
         # (mindcv_ext.outputs refuses to replace those)

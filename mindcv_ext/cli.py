@@ -228,9 +228,12 @@ def run_tool(main: Callable[[], int], prog: str, bad_input: Tuple[type, ...] = (
     """The __main__ block of validate.py and the scripts: guarded(main) under the signal watchdog, then an exit
     without MindSpore's shutdown noise. Tools that set their own MindSpore context (export, benchmarks) get the
     compile-dump redirect too: no rank_0/ in the cwd."""
-    from .training.runtime import keep_compile_dumps_out_of_cwd
-
-    keep_compile_dumps_out_of_cwd()
+    try:
+        from .training.runtime import keep_compile_dumps_out_of_cwd
+    except ImportError:  # no MindSpore (infer.py serving an .onnx file): nothing is compiled
+        pass
+    else:
+        keep_compile_dumps_out_of_cwd()
     install_signals(lambda signum: print(f"{prog}: {signal_line(signum)}", file=sys.stderr))
     quiet_exit(guarded(main, prog, bad_input))
 

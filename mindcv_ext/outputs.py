@@ -34,7 +34,7 @@ import re
 import stat
 from typing import Dict, List, Optional
 
-__all__ = ["OutputError", "MARK_KEY", "mark", "checkpoint_mark", "png_mark", "onnx_mark", "written_by",
+__all__ = ["OutputError", "same_file", "MARK_KEY", "mark", "checkpoint_mark", "png_mark", "onnx_mark", "written_by",
            "training_state", "check_replace", "OutputNames", "checkpoint_keys"]
 
 MARK_KEY = "written_by"
@@ -215,3 +215,10 @@ class OutputNames:
 
     def __len__(self) -> int:
         return len(self._claimed)
+
+
+def same_file(a: str, b: str) -> bool:
+    """True when writing `b` would replace `a` (same path, or a link to it)."""
+    if os.path.exists(a) and os.path.exists(b):
+        return os.path.samefile(a, b)
+    return os.path.realpath(a) == os.path.realpath(b)

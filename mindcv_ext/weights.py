@@ -30,7 +30,7 @@ from .models.repmlp import MINDCV_EXTRA_KEYS, RepMLPNet, checkpoint_form, checkp
     checkpoint_variant
 
 __all__ = ["Weights", "read_weights", "load_into", "build_model", "load_pretrained", "check_class_names",
-           "save_weights", "encode_class_names", "recorded_class_names", "same_file", "load_hint",
+           "save_weights", "encode_class_names", "recorded_class_names", "load_hint",
            "refuse_segmentation_checkpoint",
            "CLASS_NAMES_KEY", "HEAD_KEYS", "TRAINING_STATE_SCALARS", "install"]
 
@@ -182,13 +182,6 @@ def refuse_segmentation_checkpoint(path: str, tool: str) -> None:
     keys = checkpoint_keys(path)
     if any(k.startswith("decode_head.") for k in keys) and any(k.startswith("encoder.") for k in keys):
         raise CheckpointError(f"{path} is a segmentation checkpoint (train_seg.py): use {tool}.")
-
-
-def same_file(a: str, b: str) -> bool:
-    """True when writing `b` would replace `a` (same path, or a link to it)."""
-    if os.path.exists(a) and os.path.exists(b):
-        return os.path.samefile(a, b)
-    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def _fmt_list(names, limit=10) -> str:

@@ -35,7 +35,7 @@ def parse_args(argv=None):
     if not os.path.isfile(args.src):
         what = "is a directory" if os.path.isdir(args.src) else "does not exist"
         p.error(f"--src {args.src!r} {what}; pass the weight file (relative paths start at {os.getcwd()!r})")
-    from mindcv_ext.weights import same_file  # light: no network is built
+    from mindcv_ext.outputs import same_file
 
     if same_file(args.src, args.output):
         p.error("--output is the source file; write to another name")

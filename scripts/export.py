@@ -89,7 +89,7 @@ def output_path(args) -> str:
         path += ext  # what mindspore.export would do; say it so nobody looks for the wrong name
         print(f"note: writing {path} (the {args.file_format} extension was added)")
     from mindcv_ext.checkpoint import CheckpointError, check_output_path
-    from mindcv_ext.weights import same_file
+    from mindcv_ext.outputs import same_file
 
     if args.ckpt_path and same_file(args.ckpt_path, path):
         print(f"{PROG}: error: --output {path} is the checkpoint itself; write the export to another file.",

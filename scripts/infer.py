@@ -7,7 +7,9 @@
 mindcv's flags (--model, --ckpt_path, --image_path) plus `-c/--config` with the training recipe, read by the parser
 validate.py uses (command-line flags win). The checkpoint may be train or deploy form: the form is read from the
 file. Preprocessing is validate.py's, from the same code: resize the short side to int(image_size / crop_pct),
-centre crop, mean/std (the model's or recipe's image size, crop_pct, interpolation, mean, std).
+centre crop, mean/std (the model's or recipe's image size, crop_pct, interpolation, mean, std). An .onnx file
+(export.py / quantize.py) runs on ONNX Runtime with no MindSpore needed: its pixels come from PIL and OpenCV
+(mindcv_ext.data.pixels), the same pixels as MindSpore's pipeline (bit for bit with bilinear, nearest and area).
 
 --image_path is an image or a folder, searched recursively for .jpg .jpeg .jpe .jfif .png .bmp .tif .tiff (any
 case). Files that cannot be read (corrupt, truncated, not an image) are reported on one line each and skipped:
@@ -111,7 +113,11 @@ def predict(net, paths: Sequence[str], transforms: list, batch_size: int, worker
             on_skip: Callable[[str, str], None]) -> Iterator[Tuple[List[int], np.ndarray]]:
     """Yield (indices into `paths`, logits (n, num_classes) float32) batch by batch, in file order; call
     `on_skip(path, reason)` for each file that cannot be used. The decode and transforms are validate.py's, run by a
-    MindSpore pipeline over the checked bytes (what ImageFolderDataset feeds validate.py's loader)."""
+    MindSpore pipeline over the checked bytes (what ImageFolderDataset feeds validate.py's loader); `transforms` a
+    function (bytes -> pixels: an .onnx file's, mindcv_ext.data.pixels) runs without MindSpore."""
+    if callable(transforms):
+        yield from _predict_numpy(net, paths, transforms, batch_size, workers, on_skip)
+        return
     import mindspore as ms
     import mindspore.dataset as ds
 
@@ -188,6 +194,34 @@ def predict(net, paths: Sequence[str], transforms: list, batch_size: int, worker
     report(len(paths))
 
 
+def _predict_numpy(net, paths, pixels, batch_size, workers, on_skip):
+    """predict() for an .onnx file: the checked bytes -> pixels (`pixels`, threads: PIL and OpenCV release the GIL)
+    -> ONNX Runtime, batch by batch in file order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def load(path):
+        data, reason = read_image(path)
+        if reason:
+            return None, reason
+        try:
+            return pixels(data), None
+        except Exception as e:  # noqa: BLE001 - PIL / OpenCV raise many types on data the checks let through
+            return None, f"cannot be decoded ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})"
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for start in range(0, len(paths), batch_size):
+            part = list(range(start, min(start + batch_size, len(paths))))
+            index, images = [], []
+            for i, (x, reason) in zip(part, pool.map(load, [paths[i] for i in part])):
+                if reason:
+                    on_skip(paths[i], reason)
+                else:
+                    index.append(i)
+                    images.append(x)
+            if images:
+                yield index, net(np.stack(images))
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     z = np.asarray(logits, np.float64)
     z = np.exp(z - z.max(axis=-1, keepdims=True))
@@ -244,7 +278,7 @@ def _class_names(cfg, w, file_names: Optional[List[str]], num_classes: int) -> T
 def _refuse_output_over_inputs(cfg, paths: List[str]) -> None:
     """--output must not replace what the run reads: the checkpoint, the class-names file or an input image (also
     through a link), nor be a file in the --image_path folder that a later run would take for an image."""
-    from mindcv_ext.weights import same_file
+    from mindcv_ext.outputs import same_file
 
     out = cfg.output
     for flag, path in (("--ckpt_path", cfg.ckpt_path), ("--class_names", cfg.class_names)):
@@ -270,16 +304,17 @@ def _refuse_output_over_inputs(cfg, paths: List[str]) -> None:
 
 def prepare(cfg):
     """Every check of the command that needs no network, then the network: raises ConfigError / CheckpointError.
-    Returns (net, weights, image_size, paths, names, names_source, transforms)."""
-    import mindcv
+    Returns (net, weights, image_size, paths, names, names_source, transforms). An .onnx file runs on ONNX Runtime
+    with the evaluation pixels made by PIL + OpenCV (mindcv_ext.data.pixels, the same pixels): no MindSpore."""
+    from mindcv_ext.onnx_runtime import is_onnx
 
-    import mindcv_ext  # noqa: F401  (registers the models)
-    from mindcv_ext.data.loaders import eval_transforms
-    from mindcv_ext.evaluation import build_eval_model, set_eval_context
-
-    from mindcv_ext.weights import refuse_segmentation_checkpoint
-
-    refuse_segmentation_checkpoint(cfg.ckpt_path, "scripts/predict_seg.py")
+    onnx_file = is_onnx(cfg.ckpt_path)
+    if onnx_file:
+        from mindcv_ext.data.pixels import check_filter
+        check_filter(cfg.interpolation)  # ValueError: bad input, before the images are searched
+    else:
+        from mindcv_ext.weights import refuse_segmentation_checkpoint
+        refuse_segmentation_checkpoint(cfg.ckpt_path, "scripts/predict_seg.py")
     if not cfg.image_path:
         raise ConfigError("no images given: pass --image_path photo.jpg, or --image_path a folder of images.")
     if not os.path.exists(cfg.image_path):
@@ -298,13 +333,29 @@ def prepare(cfg):
         _refuse_output_over_inputs(cfg, paths)
         from mindcv_ext.outputs import check_replace
         check_replace(cfg.output, PROG, cfg.overwrite)  # the one output rule; OutputError is a ValueError (2)
-    if not mindcv.is_model(cfg.model):
-        raise ConfigError(f"unknown model {cfg.model!r}; use one of {', '.join(mindcv.list_models('*repmlp*'))} "
-                          f"(or another registered mindcv model).")
-    set_eval_context(cfg)
-    net, w, image_size = build_eval_model(cfg, log=lambda s: _err(s))
+    if onnx_file:
+        from functools import partial
+
+        from mindcv_ext.data.pixels import eval_pixels
+        from mindcv_ext.onnx_runtime import build_onnx_model
+
+        net, w, image_size = build_onnx_model(cfg, log=lambda s: _err(s))
+        transforms = partial(eval_pixels, image_size=image_size, crop_pct=cfg.crop_pct,
+                             interpolation=cfg.interpolation, mean=cfg.mean, std=cfg.std)
+    else:
+        import mindcv
+
+        import mindcv_ext  # noqa: F401  (registers the models)
+        from mindcv_ext.data.loaders import eval_transforms
+        from mindcv_ext.evaluation import build_eval_model, set_eval_context
+
+        if not mindcv.is_model(cfg.model):
+            raise ConfigError(f"unknown model {cfg.model!r}; use one of {', '.join(mindcv.list_models('*repmlp*'))} "
+                              f"(or another registered mindcv model).")
+        set_eval_context(cfg)
+        net, w, image_size = build_eval_model(cfg, log=lambda s: _err(s))
+        transforms = eval_transforms(image_size, cfg.crop_pct, cfg.interpolation, cfg.mean, cfg.std)
     names, names_source = _class_names(cfg, w, file_names, net.num_classes)
-    transforms = eval_transforms(image_size, cfg.crop_pct, cfg.interpolation, cfg.mean, cfg.std)
     return net, w, image_size, paths, names, names_source, transforms
 
 

@@ -41,7 +41,7 @@ def _err(text) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from mindcv_ext.checkpoint import CHECKPOINT_SUFFIXES, CheckpointError, check_output_path
-    from mindcv_ext.weights import same_file
+    from mindcv_ext.outputs import same_file
 
     try:  # before loading anything: a path that cannot be written or read back is a one-line error
         if same_file(args.ckpt_path, args.output):

@@ -6,11 +6,10 @@ import math
 import os
 from typing import Dict, Optional, Sequence, Tuple
 
-import mindspore.dataset as ds
-from mindspore.dataset.vision import Inter
-from mindcv.data import create_dataset, create_loader, create_transforms
-from mindcv.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from mindcv.data.mixup import Mixup
+from ..config import IMAGENET_MEAN as IMAGENET_DEFAULT_MEAN, IMAGENET_STD as IMAGENET_DEFAULT_STD
+
+# MindSpore and mindcv are imported where a loader is built: the argument checks below also serve the config of
+# infer.py on an .onnx file, on a machine without MindSpore.
 
 __all__ = ["create_train_loader", "create_eval_loader", "class_folders", "eval_resize_size", "eval_transforms",
            "check_args", "check_mixing", "check_interpolation"]
@@ -73,10 +72,15 @@ def class_folders(data_dir: str, split: str, num_classes: Optional[int] = None, 
 
 
 def check_interpolation(interpolation: str, key: str = "interpolation") -> str:
-    """The name in lower case, if MindSpore knows the filter (mindcv falls back to bilinear without a word)."""
-    if not isinstance(interpolation, str) or not hasattr(Inter, interpolation.upper()):
-        valid = ", ".join(n.lower() for n in Inter.__members__)
-        raise ValueError(f"Unknown {key} {interpolation!r}; use one of: {valid}.")
+    """The name in lower case, if MindSpore knows the filter (mindcv falls back to bilinear without a word);
+    without MindSpore, the filters an .onnx file's preprocessing has (data.pixels)."""
+    try:
+        from mindspore.dataset.vision import Inter
+        known = [n.lower() for n in Inter.__members__]
+    except ImportError:
+        from .pixels import FILTERS as known
+    if not isinstance(interpolation, str) or interpolation.lower() not in known:
+        raise ValueError(f"Unknown {key} {interpolation!r}; use one of: {', '.join(known)}.")
     return interpolation.lower()
 
 
@@ -185,6 +189,10 @@ def create_train_loader(data_dir: str, *, batch_size: int, image_size: int, num_
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}.")
     mixing = mixup > 0 or cutmix > 0
     class_folders(data_dir, split, num_classes, training=True)
+    import mindspore.dataset as ds
+    from mindcv.data import create_dataset, create_loader, create_transforms
+    from mindcv.data.mixup import Mixup
+
     if seed is not None:
         ds.config.set_seed(int(seed))
 
@@ -238,6 +246,8 @@ def create_eval_loader(data_dir: str, *, split: str = "val", batch_size: int, im
     if not split or os.sep in split:
         raise ValueError(f"split must be a directory name under data_dir such as 'val', got {split!r}.")
     class_folders(data_dir, split, num_classes)
+    from mindcv.data import create_dataset, create_loader
+
     transform = eval_transforms(image_size, crop_pct, interpolation, mean, std)
     data = create_dataset(name="imagenet", root=data_dir, split=split, shuffle=False, num_shards=num_shards,
                           shard_id=shard_id, num_parallel_workers=num_parallel_workers)
@@ -254,5 +264,7 @@ def eval_transforms(image_size: int, crop_pct: float = 0.875, interpolation: str
     to int(image_size / crop_pct), centre crop image_size, mean/std (0-255 scale). validate.py's loader and
     scripts/infer.py both take them from here, so a prediction sees exactly the pixels an evaluation does."""
     interpolation = check_args(crop_pct=crop_pct, interpolation=interpolation)["interpolation"]
+    from mindcv.data import create_transforms
+
     return create_transforms(dataset_name="imagenet", image_resize=image_size, is_training=False,
                              crop_pct=float(crop_pct), interpolation=interpolation, mean=list(mean), std=list(std))
