@@ -38,7 +38,7 @@ from mindcv_ext.seg.config import load_seg_eval_config  # noqa: E402
 from mindcv_ext.seg.data import DataError, read_image  # noqa: E402
 from mindcv_ext.seg.inference import inference_segmentor, init_segmentor  # noqa: E402
 from mindcv_ext.config import ConfigError  # noqa: E402
-from mindcv_ext.training.runtime import set_runtime  # noqa: E402
+from mindcv_ext.onnx_runtime import is_onnx  # noqa: E402
 
 PROG = "predict_seg.py"
 _OUR_SUFFIXES = ("_mask.png", "_overlay.png")
@@ -140,7 +140,9 @@ def prepare(argv):
     images, skipped = find_inputs(cfg.image_path)
     check_images(images)
     plan = plan_outputs(images, cfg.image_path, cfg.output, cfg.overlay > 0, cfg.overwrite)
-    set_runtime(cfg, "Use --device_target CPU.")
+    if not is_onnx(cfg.ckpt_path):  # an .onnx file runs on ONNX Runtime: no MindSpore needed
+        from mindcv_ext.training.runtime import set_runtime
+        set_runtime(cfg, "Use --device_target CPU.")
     model = init_segmentor(cfg.ckpt_path, reparameterize=cfg.reparameterize, gelu_approximate=cfg.gelu_approximate,
                            mode=cfg.eval_mode, scale=cfg.eval_scale, crop_size=cfg.eval_crop,
                            stride=cfg.eval_stride, mean=cfg.mean, std=cfg.std)

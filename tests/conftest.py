@@ -68,3 +68,17 @@ def _remove_large_artefacts(request):
                     os.remove(path)
             except OSError:
                 pass
+
+
+def run_without_mindspore(script: str, *args, cwd, timeout=300):
+    """Run a tool as on a serving machine without MindSpore or mindcv (importing either raises ImportError):
+    (exit code, stdout, stderr)."""
+    import subprocess
+    import sys
+
+    code = ("import os, runpy, sys; sys.modules['mindspore'] = sys.modules['mindcv'] = None; "
+            "sys.argv = sys.argv[1:]; sys.path.insert(0, os.path.dirname(sys.argv[0])); "
+            "runpy.run_path(sys.argv[0], run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", code, script, *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout)
+    return proc.returncode, proc.stdout, proc.stderr

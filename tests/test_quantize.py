@@ -13,7 +13,7 @@ import pytest
 
 import mindcv
 
-from conftest import ROOT, randomize
+from conftest import ROOT, randomize, run_without_mindspore
 
 import mindcv_ext
 from mindcv_ext.data.demo import ensure_demo_dataset
@@ -102,21 +102,13 @@ def test_validate_runs_onnx_files_like_the_checkpoint(work):
     assert abs(int8["loss"] - ckpt["loss"]) < 0.05 * ckpt["loss"]
 
 
-# As on a serving machine without MindSpore (or mindcv): importing either raises ImportError.
-WITHOUT_MINDSPORE = ("import os, runpy, sys; sys.modules['mindspore'] = sys.modules['mindcv'] = None; "
-                     "sys.argv = sys.argv[1:]; sys.path.insert(0, os.path.dirname(sys.argv[0])); "
-                     "runpy.run_path(sys.argv[0], run_name='__main__')")
-
-
 def _predictions(path, work, name, mindspore=True):
     out_file = work["root"] / name
     args = ["--ckpt_path", path, "--image_path", os.path.join(work["data"], "val"), "--output", out_file]
     if mindspore:
         rc, out, err = run("infer.py", "--model", "demo_repmlp", *args, cwd=work["root"])
     else:
-        proc = subprocess.run([sys.executable, "-c", WITHOUT_MINDSPORE, os.path.join(ROOT, "scripts", "infer.py"),
-                               *map(str, args)], cwd=work["root"], capture_output=True, text=True, timeout=300)
-        rc, out, err = proc.returncode, proc.stdout, proc.stderr
+        rc, out, err = run_without_mindspore(os.path.join(ROOT, "scripts", "infer.py"), *args, cwd=work["root"])
     assert rc == 0, out + err
     return [json.loads(line)["top5"][0] for line in out_file.read_text().splitlines()]
 

@@ -222,3 +222,17 @@ def test_amp_o2_keeps_syncbatchnorm_in_fp32_with_the_sync_bn_cast_list():
     auto_mixed_precision(model, "O2", SYNC_BN_O2_FP32)
     kept = [c for _, c in model.cells_and_names() if type(c).__name__ == "_OutputTo16"]
     assert sum(type(c._op) is nn.SyncBatchNorm for c in kept) == n_sync > 0
+
+
+@pytest.mark.parametrize("src,dst", [((16, 24), (64, 96)), ((64, 64), (37, 51)), ((7, 9), (7, 30)), ((50, 40), (13, 80))])
+def test_resize_logits_is_mindspore_bilinear(src, dst):
+    """The NumPy logits resize (every model, and the .onnx path without MindSpore) against ops.interpolate
+    (bilinear, align_corners False), up and down, odd sizes."""
+    from mindspore import ops
+
+    from mindcv_ext.seg.inference import resize_logits
+
+    x = np.random.default_rng(sum(src)).standard_normal((5,) + src).astype(np.float32)
+    want = ops.interpolate(ms.Tensor(x[None]), size=dst, mode="bilinear", align_corners=False).asnumpy()[0]
+    got = resize_logits(x, dst)
+    assert got.shape == want.shape and np.abs(got - want).max() < 5e-5

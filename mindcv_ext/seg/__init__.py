@@ -7,5 +7,13 @@ from Python, mmseg's way:
     model = init_segmentor("best.ckpt", reparameterize=True)
     mask = inference_segmentor(model, "photo.png")   # (H, W) class indices; model.dataset_meta["classes"]
 """
-from .model import HEADS, SegModel, SegWithLoss, create_seg_model, load_seg_checkpoint, seg_architecture  # noqa: F401
 from .inference import inference_segmentor, init_segmentor  # noqa: F401
+
+_FROM_MODEL = ("HEADS", "SegModel", "SegWithLoss", "create_seg_model", "load_seg_checkpoint", "seg_architecture")
+
+
+def __getattr__(name):  # the model imports MindSpore: only when asked for (predict_seg on an .onnx file needs none)
+    if name in _FROM_MODEL:
+        from . import model
+        return getattr(model, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,7 +13,6 @@ from ..config import (KEYS, ConfigError, at_least, check_precision_and_optimizer
 from ..training.runtime import LAUNCHER_VARS
 from .data import LAYOUTS
 from .demo import SEG_DEMO_CLASSES as DEMO_CLASSES
-from .model import HEADS
 
 __all__ = ["SEG_KEYS", "SEG_TRAIN_KEYS", "SEG_EVAL_KEYS", "EVAL_ONLY", "EVAL_OWN", "load_seg_config",
            "load_seg_eval_config", "DEMO_CLASSES"]
@@ -187,6 +186,7 @@ def load_seg_config(argv: Optional[Sequence[str]] = None) -> Any:
                           + ").")
     _common(cfg, native=_native(cfg.backbone))
     cfg.head = str(cfg.head).lower()
+    from .model import HEADS  # here: the evaluation tools' config (predict_seg on an .onnx file) needs no MindSpore
     choice(cfg, "head", HEADS)
     for key, low in (("total_iters", 1), ("val_interval", 1), ("keep_checkpoint_max", 1), ("warmup_iters", 0),
                      ("aux_channels", 1), ("aux_weight", 0)):

@@ -20,9 +20,7 @@ records; the stride 2/3 of it (mmseg's 341x682 for 512x1024); images at their ow
 import math
 from typing import Optional, Sequence
 
-import mindspore as ms
 import numpy as np
-from mindspore import ops
 
 from ..cli import exit_at_once, keep_sigint
 from ..config import IMAGENET_MEAN, IMAGENET_STD
@@ -79,12 +77,12 @@ def init_segmentor(checkpoint: str, reparameterize: bool = False, gelu_approxima
       model.arch (seg_architecture + gelu_approximate, crop_size; "reparameterized" when done here),
       model.test_cfg (resolve_test_cfg(**test_cfg)).
     Raises CheckpointError (not a segmentation checkpoint, damaged) or ValueError (a test setting that cannot fit)."""
+    if str(checkpoint).lower().endswith(".onnx"):  # scripts/export.py's file, run by ONNX Runtime: no MindSpore
+        from ..onnx_runtime import onnx_segmentor
+        return onnx_segmentor(checkpoint, **test_cfg)
     from ..reparameterize import reparameterize as fuse
     from .model import load_seg_checkpoint
 
-    if str(checkpoint).lower().endswith(".onnx"):  # scripts/export.py's file, run by ONNX Runtime
-        from ..onnx_runtime import onnx_segmentor
-        return onnx_segmentor(checkpoint, **test_cfg)
     model, w, arch = load_seg_checkpoint(checkpoint, log=log, gelu_approximate=gelu_approximate)
     model.set_train(False)
     if reparameterize and not arch["deploy"]:
@@ -136,9 +134,13 @@ def _run(model, img: np.ndarray) -> np.ndarray:
     h, w = img.shape[-2:]
     # A signal ends the process at once here (cli.exit_at_once): each new image size compiles the graph again,
     # and an exception inside MindSpore's compile prints pages of analyzer dump.
+    x = pad_to_multiple(img, model.native_size)
     with exit_at_once():
-        out = model(ms.Tensor(pad_to_multiple(img, model.native_size)))
-        out = out.asnumpy() if hasattr(out, "asnumpy") else out  # ONNX Runtime returns NumPy
+        if _is_onnx(model):  # ONNX Runtime: NumPy in and out, no MindSpore
+            out = model(x)
+        else:
+            import mindspore as ms
+            out = model(ms.Tensor(x)).asnumpy()
     keep_sigint()  # MindSpore's forward installs a SIGINT handler that turns Ctrl-C into SIGTERM
     return out[..., :h, :w]
 
@@ -171,13 +173,36 @@ def infer_logits(model, img: np.ndarray, mode: str = "whole", crop_size: Optiona
     return total / count
 
 
+def _is_onnx(model) -> bool:
+    from ..onnx_runtime import OnnxNet
+    return isinstance(model, OnnxNet)
+
+
+def _bilinear_taps(n_out: int, n_in: int):
+    """(first index, second index, weight of the second) per output pixel of bilinear resampling with half-pixel
+    centres (align_corners False), the source coordinate clamped at 0 and at the last pixel: what
+    ops.interpolate(mode='bilinear') and mmseg's resize compute along one axis."""
+    src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    return i0, np.minimum(i0 + 1, n_in - 1), (src - i0).astype(np.float32)
+
+
+def resize_logits(logits: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """(C, h, w) float32 -> (C, H, W) bilinear, align_corners False: columns (the strided gather, on the smaller
+    array), then rows, two taps each. In NumPy for every model, checkpoint or .onnx file alike: one resize, and
+    none that needs MindSpore (tests compare it with ops.interpolate)."""
+    r0, r1, fy = _bilinear_taps(int(size[0]), logits.shape[1])
+    c0, c1, fx = _bilinear_taps(int(size[1]), logits.shape[2])
+    cols = logits[:, :, c0] * (1 - fx) + logits[:, :, c1] * fx
+    return cols[:, r0, :] * (1 - fy)[None, :, None] + cols[:, r1, :] * fy[None, :, None]
+
+
 def predict_mask(model, img: np.ndarray, out_size: Optional[Sequence[int]] = None, **kwargs) -> np.ndarray:
     """Class index per pixel (H, W) int32, resized to out_size (H, W) first if given."""
-    logits = ms.Tensor(infer_logits(model, img, **kwargs)[None])
-    if out_size is not None and tuple(out_size) != tuple(logits.shape[2:]):
-        logits = ops.interpolate(logits, size=tuple(int(s) for s in out_size), mode="bilinear",
-                                 align_corners=False)
-    return logits.argmax(axis=1).asnumpy()[0].astype(np.int32)
+    logits = infer_logits(model, img, **kwargs)
+    if out_size is not None and tuple(out_size) != tuple(logits.shape[1:]):
+        logits = resize_logits(logits, out_size)
+    return logits.argmax(axis=0).astype(np.int32)
 
 
 def evaluate_seg(model, loader, num_classes: int, ignore_index: int = 255, all_reduce=None, log=None,
@@ -205,6 +230,8 @@ def _sum_counts(cm: np.ndarray, all_reduce) -> np.ndarray:
     limit 2**24 (20-bit parts were exact only up to 16 ranks)."""
     if cm.max(initial=0) >= 2 ** 48:
         raise ValueError("confusion-matrix counts too large to all-reduce exactly")
+    import mindspore as ms
+
     parts = ms.Tensor(np.stack([(cm >> s) & 0xFFFF for s in (0, 16, 32)]).astype(np.float32))
     summed = np.rint(all_reduce(parts).asnumpy()).astype(np.int64)
     return summed[0] + (summed[1] << 16) + (summed[2] << 32)

@@ -3,11 +3,12 @@ import os
 import tempfile
 from typing import List, Tuple
 
-import mindspore as ms
 import numpy as np
-from mindspore import Parameter
 
 from ..config import ConfigError
+
+# MindSpore is imported in each function: LAUNCHER_VARS and keep_compile_dumps_out_of_cwd also serve the tools'
+# .onnx paths on a machine without it.
 
 __all__ = ["set_runtime", "init_context", "average_across_ranks", "sum_across_ranks",
            "keep_compile_dumps_out_of_cwd", "LAUNCHER_VARS"]
@@ -21,6 +22,8 @@ def set_runtime(cfg, fix: str) -> None:
     """Mode, device and compile level (train.py, validate.py, infer.py). The device is set only when it changes:
     the runtime refuses a second set_device once it ran a kernel (tests call the tools' main() in one process).
     `fix` completes the one-line error for a device this MindSpore build does not have."""
+    import mindspore as ms
+
     keep_compile_dumps_out_of_cwd()
     ms.set_context(mode=cfg.mode)
     if ms.get_context("device_target") != cfg.device_target:
@@ -48,6 +51,8 @@ def keep_compile_dumps_out_of_cwd() -> None:
 
 def init_context(cfg) -> Tuple[int, int]:
     """Apply mode, device, jit level, data parallelism and seeds. Returns (rank, number of ranks)."""
+    import mindspore as ms
+
     set_runtime(cfg, "Install the MindSpore build for that device, or try the recipe on CPU with --device_target "
                      "CPU --jit_level O0 --amp_level O0 --distribute False.")
 
@@ -75,18 +80,21 @@ def init_context(cfg) -> Tuple[int, int]:
 
 def sum_across_ranks(flag: int) -> int:
     """An integer summed over all ranks (every rank must call it): how ranks agree on stopping together."""
+    import mindspore as ms
     from mindcv.utils import AllReduceSum
 
     return int(round(float(AllReduceSum()(ms.Tensor(np.array([flag], np.float32))).asnumpy()[0])))
 
 
-def average_across_ranks(params: List[Parameter], all_reduce, group_size: int) -> None:
+def average_across_ranks(params: list, all_reduce, group_size: int) -> None:
     """Set each parameter to its mean over all ranks, with one collective for the whole list.
 
     Data parallelism keeps the trained weights identical on every rank, but BatchNorm's moving statistics are
     computed from each rank's own batches and drift apart. Averaging them (and their EMA copies) at the end of
     every epoch makes validation and the saved checkpoints describe one model on all ranks.
     """
+    import mindspore as ms
+
     if group_size <= 1 or not params:
         return
     values = [p.asnumpy() for p in params]
