@@ -131,11 +131,11 @@ def test_graph_mode_recompiles_after_conversion():
 
 
 @pytest.mark.slow
-def test_full_t224_in_both_modes():
+def test_full_t224_in_graph_mode():
     sys.path.insert(0, f"{ROOT}/bench")
     from verify_reparam import check
 
-    for mode in ("pynative", "graph"):
+    for mode in ("graph",):  # what validate.py / export run; PyNative is checked at small size above
         r = check("repmlp_t224", mode)
         assert r["rel_err"] <= 1e-5, r
         assert r["same_layout_as_deploy"], r

@@ -291,7 +291,10 @@ def test_signal_mid_run_is_one_line_with_its_code(seg, tmp_path, sig, code, line
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "scripts", "predict_seg.py"), "--ckpt_path", ckpt,
                              "--image_path", str(photos), "--mode", "0"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    assert "image(s)" in proc.stdout.readline()  # the header: the model is loaded
+    first = proc.stdout.readline()
+    while first.startswith("note: "):  # the configuration's notes (e.g. workers fitted to the cores) come first
+        first = proc.stdout.readline()
+    assert "image(s)" in first  # the header: the model is loaded
     assert " -> " in proc.stdout.readline()  # one mask written: the next image, of another size, compiles now
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
