@@ -139,6 +139,8 @@ def test_unknown_cli_key_names_closest(flag, suggestion):
     # loader arguments, checked by the loaders' own check (data.loaders.check_args) before any work and named by
     # their config keys; these four were found only when the loader was built, after the model
     (["--interpolation", "bilinaer"], r"Unknown interpolation 'bilinaer'"),
+    # MindSpore's ANTIALIAS resizes PIL images; mindcv's pipeline decodes to NumPy and failed at the first image
+    (["--interpolation", "antialias"], r"Unknown interpolation 'antialias'; use one of: nearest, bilinear"),
     (["--auto_augment", "rand-m9-mstd0.5"], r"Unknown auto_augment policy 'rand-m9-mstd0.5'"),  # timm's spelling
     (["--num_samples", "0"], r"num_samples must be a positive integer; got 0"),
     (["--mixup", "0.2", "--batch_size", "7"], r"mixup/cutmix .* even batch_size"),

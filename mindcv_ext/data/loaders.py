@@ -76,7 +76,8 @@ def check_interpolation(interpolation: str, key: str = "interpolation") -> str:
     without MindSpore, the filters an .onnx file's preprocessing has (data.pixels)."""
     try:
         from mindspore.dataset.vision import Inter
-        known = [n.lower() for n in Inter.__members__]
+        # ANTIALIAS resizes PIL images only, and mindcv decodes to NumPy: its pipeline failed at the first image
+        known = [n.lower() for n in Inter.__members__ if n != "ANTIALIAS"]
     except ImportError:
         from .pixels import FILTERS as known
     if not isinstance(interpolation, str) or interpolation.lower() not in known:
