@@ -18,8 +18,9 @@ matrix turned a t224's predictions to 39% agreement with float, the split form g
 --fp32_layers keeps layers in float: by default the stem (the first conv, on the raw pixels: the one layer whose
 INT8 form cost the demo model accuracy, docs/performance.md), 'none', or comma-separated node names as printed,
 shell patterns allowed (e.g. 'stem,*.ffn_fc1.conv'); the run prints every layer that stayed float and why, the share
-of parameter bytes stored as int8, and how INT8 and float agree on the calibration images. The file records its model, class
-names, input shape and preprocessing (metadata_props), so validate.py / infer.py run it with no more flags:
+of parameter bytes stored as int8, and how INT8 and float agree on the calibration images. The file records its
+model, class names, input shape and preprocessing (metadata_props), so validate.py / infer.py run it with no more
+flags:
 
     python validate.py --ckpt_path t224_int8.onnx --data_dir my_data
 

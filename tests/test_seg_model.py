@@ -224,7 +224,8 @@ def test_amp_o2_keeps_syncbatchnorm_in_fp32_with_the_sync_bn_cast_list():
     assert sum(type(c._op) is nn.SyncBatchNorm for c in kept) == n_sync > 0
 
 
-@pytest.mark.parametrize("src,dst", [((16, 24), (64, 96)), ((64, 64), (37, 51)), ((7, 9), (7, 30)), ((50, 40), (13, 80))])
+@pytest.mark.parametrize("src,dst", [((16, 24), (64, 96)), ((64, 64), (37, 51)), ((7, 9), (7, 30)),
+                                     ((50, 40), (13, 80))])
 def test_resize_logits_is_mindspore_bilinear(src, dst):
     """The NumPy logits resize (every model, and the .onnx path without MindSpore) against ops.interpolate
     (bilinear, align_corners False), up and down, odd sizes."""
