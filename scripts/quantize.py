@@ -11,9 +11,9 @@ Conv / MatMul / Gemm; GELU, the gates and the residual adds stay float. Calibrat
 validate.py's evaluation preprocessing (mindcv_ext.data.loaders.eval_transforms). --calib_method picks how the
 activation ranges are set (minmax by default: the measurements in docs/performance.md, INT8 section).
 
-Each fc3 is quantized as a dense FC plus its conv taps as a small k x k conv beside it (--split_local True, the
-same function: RepMLPBlock.split_local). The merged taps are outliers of every fc3 row: per-row int8 of the merged
-matrix turned a t224's predictions to 39% agreement with float, the split form gives 93% on that model.
+Each fc3 is quantized as a dense FC plus its conv taps as a 3x3 depthwise conv beside it, kept in float (--split_local
+True, the same function: RepMLPBlock.split_local). The merged taps are outliers of every fc3 row: per-row int8 of the
+merged matrix turned a t224's predictions to 39% agreement with float, the split form gives 92-93% on that model.
 
 --fp32_layers keeps layers in float: by default the stem (the first conv, on the raw pixels: the one layer whose
 INT8 form cost the demo model accuracy, docs/performance.md), 'none', or comma-separated node names as printed,
@@ -44,6 +44,7 @@ from mindcv_ext.cli import BAD_INPUT, FAILED, OK, printable, run_tool
 PROG = "quantize.py"
 METHODS = ("minmax", "percentile", "entropy")
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
+LOCAL = ".repmlp_block.local"  # RepMLPBlock.split_local's conv taps
 
 
 class QuantizeError(Exception):
@@ -295,11 +296,12 @@ def main(argv=None) -> int:
         if unknown:
             raise QuantizeError(f"--fp32_layers: no layer matches {unknown[0]!r}; layers: {', '.join(sorted(names))}")
         keep = sorted({n for k in keep for n in fnmatch.filter(names, k)})
+        taps = sorted(n for n in names if n.endswith(LOCAL))  # float always: see report_float_layers
         start = time.perf_counter()
         print(f"calibrating on {len(images)} images of {args.calib_dir} ({args.calib_method}), batch {args.batch_size}"
               f"...", flush=True)
         staged = os.path.join(work, "int8.onnx")
-        quantize(fp32, staged, images, args.batch_size, args.calib_method, keep, args.activations)
+        quantize(fp32, staged, images, args.batch_size, args.calib_method, keep + taps, args.activations)
         model = onnx.load(staged)
         share = quantized_share(fp32_model, model)
         stayed = report_float_layers(fp32_model, model, keep)
@@ -346,16 +348,24 @@ def report_float_layers(fp32_model, int8_model, keep) -> list:
     from onnx import numpy_helper
 
     inits = {t.name: t for t in int8_model.graph.initializer}
-    stayed = []
+    stayed, taps = [], []
     for name, op, weight, nbytes in weighted_layers(fp32_model):
         t = inits.get(weight)
-        if t is not None and t.data_type == 1:  # the weight is still float here: not quantized
+        if t is not None and t.data_type == 1 and name.endswith(LOCAL) and name not in keep:
+            taps.append((name, nbytes))
+        elif t is not None and t.data_type == 1:  # the weight is still float here: not quantized
             why = ("the stem, reading the raw pixels: in int8 it cost the demo model 0.6 top-1 point and 0.6% of "
                    "its predictions, in float 0.2 and 0.2% (docs/performance.md); --fp32_layers none quantizes it"
                    if name == stem_layer(fp32_model) and name in keep else
                    "kept by --fp32_layers" if name in keep else "left float by the quantizer")
             stayed.append(name)
             print(f"float: {name} ({op}, {nbytes / 2**10:.0f} KiB): {why}")
+    if taps:
+        # 9 weights per channel: int8 would save nothing, and its requantized output cost ~10% of a t224 INT8 run
+        size = sum(b for _, b in taps) / 2**10
+        print(f"float: the {len(taps)} fc3 conv-tap convs (*{LOCAL}, 3x3 depthwise, {size:.0f} KiB in all): a "
+              f"negligible share of the bytes, and float keeps the INT8 run faster (docs/performance.md)")
+        stayed += [n for n, _ in taps]
     total = len(weighted_layers(fp32_model))
     print(f"int8: {total - len(stayed)} of {total} Conv / MatMul / Gemm weights; float also: GELU, the perceptron "
           f"gates, the prebn1 scale/shift and the residual adds (element-wise, no weights to quantize)")

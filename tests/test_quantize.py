@@ -72,13 +72,18 @@ def test_int8_file_quantizes_the_weights_and_records_what_the_tools_need(work):
     assert json.loads(meta["input_shape"]) == [4, 3, 64, 64]
     assert json.loads(meta["quantization"])["calib_images"] == 16
     assert "float: conv_embedding.conv.conv (Conv" in work["log"] and "the stem" in work["log"]
-    # each fc3 as a dense FC plus its conv taps as a conv (split_local), both int8: 30 weighted layers + 1 per block
+    # each fc3 as a dense FC (int8) plus its conv taps as a depthwise conv (split_local; float): 30 weighted layers
+    # + 1 per block, of which the stem and the tap convs stay float
     blocks = sum(len(stage) for stage in deploy.stages)
-    assert f"int8: {29 + blocks} of {30 + blocks} Conv / MatMul / Gemm weights" in work["log"]
-    assert "agreement" in work["log"]
+    assert f"int8: 29 of {30 + blocks} Conv / MatMul / Gemm weights" in work["log"]
+    assert f"float: the {blocks} fc3 conv-tap convs" in work["log"] and "agreement" in work["log"]
+    inits = {t.name: t.data_type for t in model.graph.initializer}
     local = [n for n in model.graph.node if n.op_type == "Conv" and n.name.endswith("repmlp_block.local")]
-    assert len(local) == blocks and json.loads(meta["quantization"])["split_local"] is True
-    assert json.loads(meta["quantization"])["fp32_layers"] == ["conv_embedding.conv.conv"]
+    assert len(local) == blocks and all(inits.get(n.input[1]) == TensorProto.FLOAT for n in local)
+    fc3 = [n for n in model.graph.node if n.name.endswith("repmlp_block.fc3")]
+    assert len(fc3) == blocks and not any(inits.get(n.input[1]) == TensorProto.FLOAT for n in fc3)  # int8 via DQ
+    assert json.loads(meta["quantization"])["split_local"] is True
+    assert json.loads(meta["quantization"])["fp32_layers"] == ["conv_embedding.conv.conv"] + [n.name for n in local]
     # ORT's advice to pre-process does not apply to export.py's folded graph; the user is not told to
     assert "pre-processing" not in work["log"]
 
@@ -169,5 +174,6 @@ def test_fp32_layers_takes_shell_patterns(work, tmp_path):
     fc1 = [n for n in model.graph.node if n.op_type == "Conv" and n.name.endswith("ffn_fc1.conv")]
     assert fc1 and all(inits.get(n.input[1]) == TensorProto.FLOAT for n in fc1)  # weight read as float
     stayed = json.loads({p.key: p.value for p in model.metadata_props}["quantization"])["fp32_layers"]
-    assert sorted(stayed) == sorted(["conv_embedding.conv.conv"] + [n.name for n in fc1])
+    local = [n.name for n in model.graph.node if n.name.endswith("repmlp_block.local")]
+    assert sorted(stayed) == sorted(["conv_embedding.conv.conv"] + [n.name for n in fc1] + local)
     assert log.count("kept by --fp32_layers") == len(fc1)
