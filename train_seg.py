@@ -51,7 +51,7 @@ def poly_schedule(cfg):
 def main(argv=None) -> int:
     cfg = load_seg_config(argv)
     resuming = bool(cfg.ckpt_path)
-    resume_from = cfg.ckpt_path if resuming else ""  # the checkpoint this run continues
+    resume_from = cfg.ckpt_path  # train_seg.py's ckpt_path only continues a run ("" for a fresh start)
     check_run_folder(RUN, cfg.ckpt_save_dir, resume_from)
     rank, group_size = init_context(cfg)
     claim_run_folder(RUN, cfg.ckpt_save_dir, resume_from, rank, group_size)  # one live run per ckpt_save_dir

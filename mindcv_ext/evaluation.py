@@ -101,8 +101,9 @@ def build_eval_model(cfg, log: Callable[[str], None] = print):
     from .reparameterize import reparameterize
     from .weights import build_model, read_weights
 
-    if str(cfg.ckpt_path).lower().endswith(".onnx"):  # an exported / quantized file, run by ONNX Runtime
-        from .onnx_runtime import build_onnx_model
+    from .onnx_runtime import build_onnx_model, is_onnx
+
+    if is_onnx(cfg.ckpt_path):  # an exported / quantized file, run by ONNX Runtime
         return build_onnx_model(cfg, log)
     w = read_weights(cfg.ckpt_path, ema=cfg.ema)
     if cfg.deploy is not None and w.form is not None and cfg.deploy != (w.form == "deploy"):

@@ -10,6 +10,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 from ..config import (KEYS, ConfigError, at_least, check_precision_and_optimizer_keys, check_runtime_keys, choice,
                       fit_workers, in_unit, parse_config, recipe_names)
+from ..onnx_runtime import is_onnx
 from ..training.runtime import LAUNCHER_VARS
 from .data import LAYOUTS
 from .demo import SEG_DEMO_CLASSES as DEMO_CLASSES
@@ -257,7 +258,7 @@ def load_seg_eval_config(argv: Optional[Sequence[str]] = None, prog: str = "vali
     if not os.path.isfile(cfg.ckpt_path):
         raise ConfigError(f"checkpoint not found: {cfg.ckpt_path!r}; pass best.ckpt (or latest.ckpt) of a "
                           f"train_seg.py run.")
-    if cfg.ckpt_path.lower().endswith(".onnx"):  # scripts/export.py's deploy-form file: nothing left to fuse
+    if is_onnx(cfg.ckpt_path):  # scripts/export.py's deploy-form file: nothing left to fuse
         asked = ["save_deploy"] * bool(cfg.save_deploy) + [k for k in ("reparameterize", "gelu_approximate")
                                                             if k in cfg._given]  # a recipe's: not the user's ask
         if asked:

@@ -77,8 +77,9 @@ def init_segmentor(checkpoint: str, reparameterize: bool = False, gelu_approxima
       model.arch (seg_architecture + gelu_approximate, crop_size; "reparameterized" when done here),
       model.test_cfg (resolve_test_cfg(**test_cfg)).
     Raises CheckpointError (not a segmentation checkpoint, damaged) or ValueError (a test setting that cannot fit)."""
-    if str(checkpoint).lower().endswith(".onnx"):  # scripts/export.py's file, run by ONNX Runtime: no MindSpore
-        from ..onnx_runtime import onnx_segmentor
+    from ..onnx_runtime import is_onnx, onnx_segmentor
+
+    if is_onnx(checkpoint):  # scripts/export.py's file, run by ONNX Runtime: no MindSpore
         return onnx_segmentor(checkpoint, **test_cfg)
     from ..reparameterize import reparameterize as fuse
     from .model import load_seg_checkpoint
@@ -188,13 +189,16 @@ def _bilinear_taps(n_out: int, n_in: int):
 
 
 def resize_logits(logits: np.ndarray, size: Sequence[int]) -> np.ndarray:
-    """(C, h, w) float32 -> (C, H, W) bilinear, align_corners False: columns (the strided gather, on the smaller
-    array), then rows, two taps each. In NumPy for every model, checkpoint or .onnx file alike: one resize, and
-    none that needs MindSpore (tests compare it with ops.interpolate)."""
+    """(C, h, w) float32 -> (C, H, W) bilinear, align_corners False: columns, then rows, two taps each. In NumPy
+    for every model, checkpoint or .onnx file alike: one resize, and none that needs MindSpore (tests compare it
+    with ops.interpolate). Computed channels-last, so each tap gathers whole pixels (C contiguous values): half
+    the time of gathering along the last axis of (C, h, w), about MindSpore's CPU op's at Cityscapes' 1024x2048
+    (measured with the argmax: 0.46-0.49 s against 0.96-1.06 s and 0.42 s). Returns a (C, H, W) view."""
     r0, r1, fy = _bilinear_taps(int(size[0]), logits.shape[1])
     c0, c1, fx = _bilinear_taps(int(size[1]), logits.shape[2])
-    cols = logits[:, :, c0] * (1 - fx) + logits[:, :, c1] * fx
-    return cols[:, r0, :] * (1 - fy)[None, :, None] + cols[:, r1, :] * fy[None, :, None]
+    pixels = np.ascontiguousarray(logits.transpose(1, 2, 0))  # (h, w, C)
+    cols = pixels[:, c0] * (1 - fx)[None, :, None] + pixels[:, c1] * fx[None, :, None]
+    return (cols[r0] * (1 - fy)[:, None, None] + cols[r1] * fy[:, None, None]).transpose(2, 0, 1)
 
 
 def predict_mask(model, img: np.ndarray, out_size: Optional[Sequence[int]] = None, **kwargs) -> np.ndarray:

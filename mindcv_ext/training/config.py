@@ -138,8 +138,9 @@ def load_eval_config(argv: Optional[Sequence[str]] = None, prog: str = "validate
     cfg = parse_config(argv, eval_keys(extra), EVAL_ALIASES, prog, own=[*EVAL_KEYS, *(extra or {})])
     if cfg.ema and "ema" not in cfg._given:
         cfg.ema = None  # from the recipe: prefer EMA weights, but best.ckpt already holds them as plain weights
-    if not cfg.model and str(cfg.ckpt_path).lower().endswith(".onnx") and os.path.isfile(cfg.ckpt_path):
-        from ..onnx_runtime import model_name
+    from ..onnx_runtime import is_onnx, model_name
+
+    if not cfg.model and is_onnx(cfg.ckpt_path) and os.path.isfile(cfg.ckpt_path):
         cfg.model = model_name(cfg.ckpt_path)  # export.py / quantize.py record it
     for key, what in (("model", "a model: --model repmlp_t224 (or a recipe with -c)"),
                       ("ckpt_path", "weights to evaluate: --ckpt_path best.ckpt")):
