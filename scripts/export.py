@@ -8,7 +8,9 @@ checkpoint (train_seg.py's: encoder.* and decode_head.* keys) is recognised from
 (logits at the input size); --model may then be left out. The file is checked before it gets its final name: it
 is loaded back (mindspore.load + nn.GraphCell for MINDIR, onnxruntime for ONNX) and its logits on a random batch
 are compared with the network's. Shapes are static: the file takes exactly (--batch_size, C, --image_size,
---image_size); --image_size may be any multiple of the native size.
+--image_size); --image_size may be any multiple of the native size. A segmentation checkpoint that records its
+training crop is exported at that crop unless --image_size is given: predict_seg.py slides the file's input
+over any image, and the crop is also the checkpoint's own default window.
 
 ONNX (needs the `onnx` extra: onnx + onnxruntime) is written for ONNX Runtime and its quantizer: opset 20, every
 BatchNormalization folded away, one ONNX Gelu node per FFN, every matmul / conv weight a plain
@@ -48,7 +50,8 @@ def parse_args(argv=None):
                                                 "(default: <model>_deploy_b<batch>.<ext> in the current directory)")
     p.add_argument("--batch_size", type=int, default=1, help="static batch size of the exported graph")
     p.add_argument("--image_size", type=int, default=None,
-                   help="input height = width (default: the model's native size; multiples of it also work)")
+                   help="input height = width (default: the model's native size, or a segmentation checkpoint's "
+                        "recorded training crop; multiples of the native size also work)")
     p.add_argument("--num_classes", type=int, default=None, help="default: from the checkpoint's head, else 1000")
     p.add_argument("--gelu_approximate", type=_common.str2bool, default=False,
                    help="tanh GELU: True for mindcv's published t224 weights, False (exact erf) for the authors'")
@@ -165,19 +168,27 @@ def _seg_net(args, w):
     names = w.class_names if w.class_names and len(w.class_names) == arch["num_classes"] else None
     return net, form, w.in_channels or 3, dict(task="segmentation", model=arch["backbone"], head=arch["head"],
                                                class_names=names, native_size=net.native_size,
-                                               num_classes=arch["num_classes"])
+                                               num_classes=arch["num_classes"], crop_size=arch.get("crop_size"))
 
 
 def random_batch(args, net, in_channels, info):
     import mindspore as ms
 
-    size = args.image_size or info["native_size"]
-    if size % info["native_size"]:
-        raise ExportError(f"--image_size {size} is not a multiple of {info['model']}'s native size "
-                          f"{info['native_size']} (e.g. {info['native_size']} or {2 * info['native_size']})")
+    native = info["native_size"]
+    if args.image_size is None and info.get("crop_size"):
+        # A segmentation file's input is its sliding window (predict_seg.py slides it over any image), and the
+        # checkpoint's own default window is its training crop: the same window, so both predict alike.
+        height, width = info["crop_size"]
+        print(f"input {height}x{width}: the training crop {args.ckpt_path} records (the checkpoint's default "
+              f"evaluation window); --image_size N for N x N")
+    else:
+        height = width = args.image_size or native
+        if height % native:
+            raise ExportError(f"--image_size {height} is not a multiple of {info['model']}'s native size "
+                              f"{native} (e.g. {native} or {2 * native})")
     if hasattr(net, "check_input"):
-        net.check_input((args.batch_size, in_channels, size, size))  # clear message for a bad --image_size
-    x = np.random.default_rng(0).standard_normal((args.batch_size, in_channels, size, size)).astype(np.float32)
+        net.check_input((args.batch_size, in_channels, height, width))  # clear message for a bad --image_size
+    x = np.random.default_rng(0).standard_normal((args.batch_size, in_channels, height, width)).astype(np.float32)
     return ms.Tensor(x)
 
 

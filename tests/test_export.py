@@ -226,36 +226,45 @@ def test_export_removes_every_dead_runs_temporaries_in_its_folder(tmp_path):
 @pytest.mark.parametrize("head", ["upernet", "fpn"])
 def test_segmentation_checkpoint_exports_at_twice_the_native_size(head, tmp_path):
     """A train_seg.py checkpoint (train form, non-trivial BN stats) is recognised from its keys; ONNX and MINDIR at
-    128 = 2 x demo_repmlp's 64 match the re-parameterized SegModel on image-like inputs."""
+    128 = 2 x demo_repmlp's 64 match the re-parameterized SegModel on image-like inputs. Without --image_size the
+    file takes the training crop the checkpoint records (64 x 128 here: the checkpoint's own default window)."""
     ort = pytest.importorskip("onnxruntime", reason="onnxruntime not installed (optional 'onnx' extra)")
     from mindcv_ext.checkpoint import save_checkpoint
-    from mindcv_ext.seg.model import load_seg_checkpoint
+    from mindcv_ext.seg.model import load_seg_checkpoint, seg_metadata
 
     ms.set_seed(1)  # a fixed network: its masks of the test images hold several classes (compared below)
     model, _ = create_seg_model("demo_repmlp", head=head, num_classes=5, channels=8, aux=True, aux_channels=8)
     randomize(model, seed=4)
     ckpt = str(tmp_path / "seg.ckpt")
-    save_checkpoint(model, ckpt)
+    save_checkpoint(model, ckpt, append_dict=seg_metadata(False, (64, 128)))
     ref_net, _, _ = load_seg_checkpoint(ckpt)
     ref_net.set_train(False)
     mindcv_ext.reparameterize(ref_net)
     x = image_like(1, size=128, seed=8)
     ref = ref_net(ms.Tensor(x)).asnumpy()
     assert ref.shape == (1, 5, 128, 128)
-    for fmt, name in (("ONNX", "seg.onnx"), ("MINDIR", "seg.mindir"))[:2 if head == "upernet" else 1]:
-        rc, log = run_script("export.py", "--ckpt_path", ckpt, "--file_format", fmt, "--image_size", 128,
+    crop_x = np.ascontiguousarray(x[:, :, :64])
+    crop_ref = ref_net(ms.Tensor(crop_x)).asnumpy()
+    # upernet: ONNX at the recorded crop (no --image_size), MINDIR at 128; fpn: ONNX with --image_size 128
+    exports = (("ONNX", "seg.onnx", ()), ("MINDIR", "seg.mindir", ("--image_size", 128))) if head == "upernet" \
+        else (("ONNX", "seg.onnx", ("--image_size", 128)),)
+    for fmt, name, size in exports:
+        rc, log = run_script("export.py", "--ckpt_path", ckpt, "--file_format", fmt, *size,
                              "--output", tmp_path / name, cwd=tmp_path)
         assert rc == 0, log
         assert "segmentation checkpoint" in log and "segmentation logits" in log
+        assert ("input 64x128: the training crop" in log) == (not size), log
+        inp, want = (x, ref) if size else (crop_x, crop_ref)
         if fmt == "ONNX":
             session = ort.InferenceSession(str(tmp_path / name), providers=["CPUExecutionProvider"])
-            got = session.run(None, {session.get_inputs()[0].name: x})[0]
+            got = session.run(None, {session.get_inputs()[0].name: inp})[0]
         else:
-            got = ms.nn.GraphCell(ms.load(str(tmp_path / name)))(ms.Tensor(x)).asnumpy()
-        assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max(), fmt
+            got = ms.nn.GraphCell(ms.load(str(tmp_path / name)))(ms.Tensor(inp)).asnumpy()
+        assert got.shape == want.shape and np.abs(got - want).max() <= 1e-5 * np.abs(want).max(), fmt
     if head == "fpn":
         return
-    # predict_seg.py runs the ONNX file (sliding windows of its 128x128 input) like the checkpoint.
+    # predict_seg.py runs the ONNX file (sliding windows of its 64x128 input) like the checkpoint (its default
+    # window: the recorded crop), with no window given to either.
     from PIL import Image
     pics = tmp_path / "pics"
     pics.mkdir()
@@ -264,7 +273,7 @@ def test_segmentation_checkpoint_exports_at_twice_the_native_size(head, tmp_path
         Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(pics / f"im{i}.png")
     for src in ("seg.ckpt", "seg.onnx"):  # the .onnx file as on a machine without MindSpore
         args = ("--ckpt_path", tmp_path / src, "--image_path", pics, "--output", tmp_path / f"masks_{src}",
-                "--eval_mode", "slide", "--eval_crop", "[128, 128]")
+                "--eval_mode", "slide")
         if src == "seg.ckpt":
             rc, log = run_script("predict_seg.py", *args, cwd=tmp_path)
         else:
