@@ -343,12 +343,10 @@ def run_prepare(cfg):
 
 # ---------------------------------------------------------------- ONNX Runtime
 
-def run_ort(cfg):
-    """The ONNX file scripts/export.py (fp32) or scripts/quantize.py (INT8) wrote, on ONNX Runtime's CPU provider
-    with the same thread count, at full graph optimization (ORT's default)."""
+def ort_session(cfg, model):
+    """An ONNX Runtime CPU session for a file or serialized model, with the benchmark's threads and idle policy."""
     import onnxruntime as ort
 
-    rss_import = proc_status_mib("VmRSS")
     so = ort.SessionOptions()
     so.intra_op_num_threads = int(cfg["threads"])
     so.inter_op_num_threads = 1
@@ -356,8 +354,17 @@ def run_ort(cfg):
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if cfg.get("idle_threads") == "sleep":  # as OMP_WAIT_POLICY=PASSIVE does for MindSpore's OpenMP kernels
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+
+
+def run_ort(cfg):
+    """The ONNX file scripts/export.py (fp32) or scripts/quantize.py (INT8) wrote, on ONNX Runtime's CPU provider
+    with the same thread count, at full graph optimization (ORT's default)."""
+    import onnxruntime as ort
+
+    rss_import = proc_status_mib("VmRSS")
     t0 = time.perf_counter()
-    sess = ort.InferenceSession(cfg["onnx"], so, providers=["CPUExecutionProvider"])
+    sess = ort_session(cfg, cfg["onnx"])
     load_s = time.perf_counter() - t0
     inp = sess.get_inputs()[0]
     size = cfg["image_size"]
@@ -426,26 +433,52 @@ def as_gemm(op_type, shapes):
     return None
 
 
-def run_shapes_mindspore(cfg):
-    """Each of the deploy graph's matmuls timed alone, back to back, as a plain MatMul / BatchMatMul graph of
-    the same shape; summed over the graph (with multiplicity) = the step time if everything else were free.
-    A call's fixed cost (graph launch + sync, measured on a 1x1x1 matmul) is taken off each shape's time."""
-    ms = ms_setup(cfg)
+def mindspore_matmul(cfg):
+    """matmul(a, b) -> a callable that runs it in MindSpore graph mode (ms_setup done) and waits for the result."""
+    import mindspore as ms
     from mindspore import nn, ops
 
     class MatMul(nn.Cell):
         def construct(self, a, b):
             return ops.matmul(a, b)
 
-    gemms = deploy_gemms(cfg)
-    rng = np.random.default_rng(0)
     net = MatMul()
+
+    def bind(a, b):
+        a, b = ms.Tensor(a), ms.Tensor(b)
+        return lambda: net(a, b).asnumpy()
+    return bind
+
+
+def ort_matmul(cfg):
+    """The same in ONNX Runtime: a one-node MatMul model per shape, both operands inputs (as in MindSpore's
+    loop; in the exported model the weights are constants, which ONNX Runtime may pre-pack)."""
+    from onnx import TensorProto, helper
+
+    def bind(a, b):
+        ins = [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(v.shape)) for n, v in (("a", a), ("b", b))]
+        out = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+        graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["y"])], "matmul", ins, [out])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        sess = ort_session(cfg, model.SerializeToString())
+        return lambda: sess.run(None, {"a": a, "b": b})
+    return bind
+
+
+def run_shapes(cfg):
+    """Each of the deploy graph's matmuls timed alone, back to back, as a plain matmul of the same shape in one
+    framework (shapes-mindspore: MindSpore graph mode; shapes-ort: ONNX Runtime); summed over the graph (with
+    multiplicity) = the step time if everything else were free. The shapes are MindSpore's deploy graph's in
+    both. A call's fixed cost (launch + sync, measured on a 1x1x1 matmul) is taken off each shape's time."""
+    ms_setup(cfg)  # graph mode: the profiler reads the compiled graph's ops (and sets MindSpore's threads once)
+    gemms = deploy_gemms(cfg)
+    bind = ort_matmul(cfg) if cfg["impl"] == "shapes-ort" else mindspore_matmul(cfg)
+    rng = np.random.default_rng(0)
 
     def time_shape(batch, m, k, n):
         lead = (batch,) if batch > 1 else ()
-        a = ms.Tensor(rng.standard_normal(lead + (m, k)).astype(np.float32))
-        b = ms.Tensor(rng.standard_normal(lead + (k, n)).astype(np.float32))
-        fn = lambda: net(a, b).asnumpy()  # noqa: E731
+        fn = bind(rng.standard_normal(lead + (m, k)).astype(np.float32),
+                  rng.standard_normal(lead + (k, n)).astype(np.float32))
         first = timed_loop(fn, cfg["warmup"], 1)[1][0]
         # Small shapes take ~0.1 ms: time at least ~0.3 s of them, so a median is one of many calls.
         iters = int(min(max(cfg["iters"], 0.3 / max(first, 1e-6)), 200))
@@ -466,7 +499,7 @@ def run_shapes_mindspore(cfg):
     return dict(gemms=rows, call_overhead_ms=dict(p50=round(null_p50 * 1e3, 3), min=round(null_min * 1e3, 3)),
                 bound_ms=round(total_p50 * 1e3, 2), bound_ms_min=round(total_min * 1e3, 2),
                 bound_img_s=round(bs / total_p50, 3), bound_img_s_best=round(bs / total_min, 3),
-                gemm_flops_per_image=flops // bs, mode="graph")
+                gemm_flops_per_image=flops // bs, mode="graph" if cfg["impl"] == "shapes-mindspore" else "onnxruntime")
 
 
 def run_info(cfg):
@@ -491,7 +524,7 @@ def run_info(cfg):
 
 RUNNERS = {"ours": run_mindspore, "mindcv": run_mindspore, "torch": run_torch, "gemm-mindspore": run_gemm_mindspore,
            "gemm-torch": run_torch, "gemm-numpy": run_gemm_numpy, "info": run_info, "prepare": run_prepare,
-           "ort": run_ort, "shapes-mindspore": run_shapes_mindspore}
+           "ort": run_ort, "shapes-mindspore": run_shapes, "shapes-ort": run_shapes}
 
 
 def main():

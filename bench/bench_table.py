@@ -8,6 +8,7 @@ import os
 import sys
 
 CONTENDED_CORES = 0.2  # other processes' average CPU during a timed loop above which a row is flagged
+BOUND_NAMES = {"mindspore": "MindSpore", "onnxruntime": "ONNX Runtime"}
 
 
 def load(*paths):
@@ -38,12 +39,13 @@ def _round(r):
 
 
 def shapes_bound_fraction(r, bounds):
-    """img/s over the same round's own-shape bound (bench/_bench_worker.run_shapes_mindspore): the batch over the
-    summed time of the deploy graph's matmuls, each timed alone in MindSpore. For MindSpore fp32 deploy rows."""
-    if r["framework"] != "mindspore" or not str(r.get("form")).startswith("deploy") or r["task"] != "inference" \
+    """img/s over the same round's own-shape bound in the row's framework (bench/_bench_worker.run_shapes): the
+    batch over the summed time of the deploy graph's matmuls, each timed alone. For fp32 deploy rows of this
+    project (MindSpore) and of ONNX Runtime."""
+    if r["impl"] not in ("ours", "ort") or not str(r.get("form")).startswith("deploy") or r["task"] != "inference" \
             or r["dtype"] != "fp32":
         return None
-    b = bounds.get(_round(r) + (r["model"], r["batch_size"]))
+    b = bounds.get(_round(r) + (r["framework"], r["model"], r["batch_size"]))
     return _ips(r) / b["bound_img_s"] if b else None
 
 
@@ -116,7 +118,7 @@ def render(records):
         return "(no measurements)"
     ok = [r for r in records if r["status"] == "ok" and r["task"] not in ("gemm", "gemm-shapes")]
     gemm = {(r["run_id"], r["framework"]): r for r in records if r["task"] == "gemm" and r["status"] == "ok"}
-    bounds = {_round(r) + (r["model"], r["batch_size"]): r for r in records
+    bounds = {_round(r) + (r["framework"], r["model"], r["batch_size"]): r for r in records
               if r["task"] == "gemm-shapes" and r["status"] == "ok"}
     same_round = {_round(r) + (r["impl"],) + _key(r): r for r in ok}
 
@@ -156,14 +158,14 @@ def render(records):
             f"{_spread([r.get('peak_rss_mib') for r in rs], lambda v: f'{v:.0f}')} | "
             f"{_spread([mib_per_image(r) for r in rs], lambda v: f'{v:.0f}')} | {vs_torch} |")
     if bounds:
-        lines += ["", "| own-shape bound (MindSpore) | model | batch | matmul calls | distinct shapes | "
+        lines += ["", "| own-shape bound: each matmul alone, summed | model | batch | matmul calls | distinct shapes | "
                       "summed time (ms) | img/s if all else were free | GEMM FLOPs per image |",
                   "|---|---|---|---|---|---|---|---|"]
         seen = {}
         for b in bounds.values():
-            seen.setdefault((b["model"], b["batch_size"]), []).append(b)
-        for (model, bs), bs_ in seen.items():
-            lines.append(f"| each alone, summed | {model} | {bs} | {sum(g['count'] for g in bs_[0]['gemms'])} | "
+            seen.setdefault((b["model"], b["batch_size"], b["framework"]), []).append(b)
+        for (model, bs, fw), bs_ in sorted(seen.items()):
+            lines.append(f"| {BOUND_NAMES.get(fw, fw)} | {model} | {bs} | {sum(g['count'] for g in bs_[0]['gemms'])} | "
                          f"{len(bs_[0]['gemms'])} | {_spread([b['bound_ms'] for b in bs_], lambda v: f'{v:.1f}')} | "
                          f"{_spread([b['bound_img_s'] for b in bs_], lambda v: f'{v:.2f}')} | "
                          f"{bs_[0]['gemm_flops_per_image'] / 1e9:.2f} G |")
@@ -184,12 +186,14 @@ def render(records):
                  "2048^3 fp32 GEMM FLOP/s at its fastest call (each framework's own GEMM), with the deploy forward's FLOPs (t224: "
                  "5.6 GFLOP, l256: 23.2) for inference and 3x that for a training step.")
     if bounds:
-        notes.append("Fraction of own-shape bound = img/s / the same round's own-shape bound: every MatMul, "
-                     "BatchMatMul and 1x1 Conv2D the compiled deploy graph ran (read from MindSpore's profiler "
-                     "record of one step, batch included; a 1x1 conv as the (N*H*W) x C x O GEMM it is), each timed "
-                     "alone back to back as a plain MindSpore matmul of that shape (median call, the fixed cost of "
-                     "a call taken off), summed with multiplicity: the step time if everything but the matmuls "
-                     "were free.")
+        notes.append("Fraction of own-shape bound = img/s / the same round's own-shape bound in the row's framework: "
+                     "every MatMul, BatchMatMul and 1x1 Conv2D the compiled MindSpore deploy graph ran (read from "
+                     "MindSpore's profiler record of one step, batch included; a 1x1 conv as the (N*H*W) x C x O GEMM "
+                     "it is), each timed alone back to back as a plain matmul of that shape with both operands as "
+                     "inputs (MindSpore graph mode; ONNX Runtime: a one-node MatMul model), median call, the fixed "
+                     "cost of a call taken off, summed with multiplicity: the step time if everything but the "
+                     "matmuls were free. ONNX Runtime pre-packs constant weights in the real model, which a "
+                     "one-node model with both operands as inputs does not show.")
     if any(r["impl"] == "ort" for r in ok):
         notes.append("ONNX Runtime rows: the files scripts/export.py --file_format ONNX (fp32) and "
                      "scripts/quantize.py (INT8, calibrated on generated demo images) wrote from the same deploy "

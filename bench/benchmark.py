@@ -6,8 +6,8 @@
         --baselines ort,shapes,gemm --rounds 2 --output bench.jsonl --markdown True   # deployment side by side
 
 Baselines: mindcv (mindcv 0.3.0's class), torch (PyTorch reimplementation), gemm (one 2048^3 fp32 GEMM per
-framework), shapes (the deploy graph's own matmuls, each timed alone in MindSpore and summed: the step time if
-everything but the matmuls were free), ort (ONNX Runtime on the fp32 file scripts/export.py writes and the INT8
+framework), shapes (the deploy graph's own matmuls, each timed alone and summed: the step time if everything
+but the matmuls were free; in MindSpore, and with ort also in ONNX Runtime), ort (ONNX Runtime on the fp32 file scripts/export.py writes and the INT8
 file scripts/quantize.py writes, both made here as subprocesses from the same weights). Every row of a model uses
 one set of weights (random, with random BN statistics, saved once; train and deploy form). --rounds repeats the
 whole sequence, so implementations alternate and each is measured several times in one run.
@@ -46,6 +46,7 @@ LABELS = {
     "torch": "PyTorch reimplementation of the official RepMLPNet (not the authors' file)",
     "ort": "ONNX Runtime (CPU) on scripts/export.py's file (fp32) / scripts/quantize.py's (int8)",
     "shapes-mindspore": "the deploy graph's own matmuls, each alone, summed (MindSpore)",
+    "shapes-ort": "the deploy graph's own matmuls, each alone, summed (ONNX Runtime)",
 }
 
 
@@ -185,6 +186,9 @@ def configs(args, info, files=None):
                     yield dict(base, impl="ort", form="deploy", task="inference", dtype=dtype, onnx=path), why
             if "shapes" in args.baselines:
                 yield dict(base, impl="shapes-mindspore", form="deploy", task="gemm-shapes", dtype="fp32"), None
+                if "ort" in args.baselines:  # the same shapes in the framework the ort rows run in
+                    yield dict(base, impl="shapes-ort", form="deploy", task="gemm-shapes", dtype="fp32"), \
+                        (None if _version("onnxruntime") else "onnxruntime is not installed")
     if "gemm" in args.baselines:
         for impl in ("gemm-mindspore", "gemm-torch", "gemm-numpy"):
             cfg = dict(impl=impl, model=None, task="gemm", dtype="fp32", gemm_size=args.gemm_size,
@@ -209,7 +213,7 @@ def skip_reason(cfg, info):
 
 
 def record(cfg, args, machine, run_id):
-    framework = {"gemm-numpy": "numpy", "ort": "onnxruntime"}.get(cfg["impl"], "torch" if "torch" in cfg["impl"]
+    framework = {"gemm-numpy": "numpy", "ort": "onnxruntime", "shapes-ort": "onnxruntime"}.get(cfg["impl"], "torch" if "torch" in cfg["impl"]
                                                                  else "mindspore")
     rec = dict(schema=SCHEMA, run_id=run_id, impl=cfg["impl"], impl_label=LABELS.get(cfg["impl"], cfg["impl"]),
                framework=framework,

@@ -87,12 +87,18 @@ def test_benchmark_deploy_rows_ort_and_own_shape_bound(tmp_path):
                         "--calib_images", 10, "--output", out, "--markdown", "True", cwd=tmp_path)
     recs = [json.loads(line) for line in out.read_text().splitlines()]
     rows = {(r["impl"], r["dtype"]): r for r in recs}
-    assert set(rows) == {("ours", "fp32"), ("ort", "fp32"), ("ort", "int8"), ("shapes-mindspore", "fp32")}, log
-    # The bound's shapes come from the compiled graph (profiler); they must be exactly the model's matmuls.
-    bound = rows[("shapes-mindspore", "fp32")]
-    assert bound["status"] == "ok", bound
+    assert set(rows) == {("ours", "fp32"), ("ort", "fp32"), ("ort", "int8"), ("shapes-mindspore", "fp32"),
+                         ("shapes-ort", "fp32")}, log
+    # The bound's shapes come from the compiled graph (profiler); they must be exactly the model's matmuls, the
+    # same in both frameworks' bounds.
+    bound, ort_bound = rows[("shapes-mindspore", "fp32")], rows[("shapes-ort", "fp32")]
+    assert bound["status"] == "ok" and ort_bound["status"] == "ok", (bound, ort_bound)
     assert bound["gemm_flops_per_image"] == _demo_deploy_gemm_flops_per_image()
-    assert bound["bound_ms"] == pytest.approx(sum(g["count"] * g["ms_p50"] for g in bound["gemms"]), abs=0.05)
+    assert [(g["op"], g["gemm"], g["count"]) for g in ort_bound["gemms"]] == \
+        [(g["op"], g["gemm"], g["count"]) for g in bound["gemms"]]
+    assert bound["framework"] == "mindspore" and ort_bound["framework"] == "onnxruntime"
+    for b in (bound, ort_bound):
+        assert b["bound_ms"] == pytest.approx(sum(g["count"] * g["ms_p50"] for g in b["gemms"]), abs=0.05)
     assert rows[("ort", "fp32")]["status"] == "ok", rows[("ort", "fp32")]  # scripts/export.py's file, loaded in ORT
     assert rows[("ort", "fp32")]["onnx_file"] == "demo_repmlp_b2.onnx"
     int8 = rows[("ort", "int8")]
@@ -102,6 +108,7 @@ def test_benchmark_deploy_rows_ort_and_own_shape_bound(tmp_path):
         assert int8["status"] == "skipped" and "quantize.py does not exist" in int8["reason"]
     assert rc == 0, log
     assert "| ONNX Runtime | demo_repmlp | deploy | inference | fp32 | 2 |" in log
+    assert "| ONNX Runtime | demo_repmlp | 2 |" in log and "| MindSpore | demo_repmlp | 2 |" in log  # bound rows
     assert sorted(os.listdir(tmp_path)) == ["bench.jsonl"]  # weights and ONNX files went to a temporary dir
 
 
@@ -121,11 +128,14 @@ def test_table_pairs_rows_of_the_same_round(monkeypatch):
     recs = [_rec("ours", 20.0, 0), _rec("ort", 16.0, 0, "onnxruntime"), _rec("ort", 32.0, 0, "onnxruntime", "int8"),
             dict(_rec("shapes-mindspore", 1, 0, task="gemm-shapes"), bound_img_s=25.0, **BOUND),
             _rec("ours", 10.0, 1), _rec("ort", 10.0, 1, "onnxruntime"), _rec("ort", 15.0, 1, "onnxruntime", "int8"),
-            dict(_rec("shapes-mindspore", 1, 1, task="gemm-shapes"), bound_img_s=20.0, **BOUND)]
-    bounds = {("r", r["round"], "m", 8): r for r in recs if r["task"] == "gemm-shapes"}
-    # Each round against its own bound: 20/25 and 10/20, never 20/20.
+            dict(_rec("shapes-mindspore", 1, 1, task="gemm-shapes"), bound_img_s=20.0, **BOUND),
+            dict(_rec("shapes-ort", 1, 1, "onnxruntime", task="gemm-shapes"), bound_img_s=12.5, **BOUND)]
+    bounds = {("r", r["round"], r["framework"], "m", 8): r for r in recs if r["task"] == "gemm-shapes"}
+    # Each round against its own bound in its own framework: 20/25 and 10/20, never 20/20; ORT fp32 10/12.5.
     assert [bench_table.shapes_bound_fraction(r, bounds) for r in recs if r["impl"] == "ours"] == [0.8, 0.5]
-    assert bench_table.shapes_bound_fraction(recs[1], bounds) is None  # ORT rows have no MindSpore bound
+    assert bench_table.shapes_bound_fraction(recs[5], bounds) == 0.8
+    assert bench_table.shapes_bound_fraction(recs[1], bounds) is None  # no ORT bound in round 0
+    assert bench_table.shapes_bound_fraction(recs[6], bounds) is None  # INT8: the bound is fp32
     for r in recs:
         r.update(run_id="r", command="c", machine=dict(cpu_model="x", cores=2, mem_gib=1, mindspore="2", mindcv="0",
                                                         device_target="CPU", threads=2, loadavg_1m_at_start=0.0))
@@ -134,6 +144,9 @@ def test_table_pairs_rows_of_the_same_round(monkeypatch):
     assert "| this project | m | deploy | inference | fp32 | 8 | 15.00 (10.00-20.00) | 1.12x (1.00x-1.25x) | " \
            "0.65 (0.50-0.80) |" in table
     assert "| ONNX Runtime | m | deploy | inference | int8 | 8 | 23.50 (15.00-32.00) | 1.75x (1.50x-2.00x) |" in table
+    assert "| ONNX Runtime | m | deploy | inference | fp32 | 8 | 13.00 (10.00-16.00) | - | 0.80 |" in table
+    assert "| MindSpore | m | 8 | 2 | 1 | 320.0 | 22.50 (20.00-25.00) |" in table
+    assert "| ONNX Runtime | m | 8 | 2 | 1 | 320.0 | 12.50 |" in table
 
 
 def test_as_gemm_reads_matmul_shapes(monkeypatch):
