@@ -17,35 +17,6 @@ def run_bench(name, *args, cwd):
     return proc.returncode, proc.stdout + proc.stderr
 
 
-def test_benchmark_smoke_jsonl_schema(tmp_path):
-    out = tmp_path / "bench.jsonl"
-    baselines = "torch" if _installed("torch") else ""
-    rc, log = run_bench("benchmark.py", "--models", "demo_repmlp", "--batch_sizes", 2, "--forms", "deploy",
-                        "--tasks", "inference,train_step", "--dtypes", "fp32", "--warmup", 0, "--iters", 1,
-                        "--baselines", baselines, "--output", out, "--markdown", "True", cwd=tmp_path)
-    assert rc == 0, log
-    recs = [json.loads(line) for line in out.read_text().splitlines()]
-    expected = {("ours", "deploy", "inference"), ("ours", "train", "train_step")}
-    if baselines:
-        expected |= {("torch", "deploy", "inference"), ("torch", "train", "train_step")}
-    assert {(r["impl"], r["form"], r["task"]) for r in recs} == expected
-    for r in recs:
-        assert r["schema"] == "repmlp-bench/1" and r["status"] == "ok", r
-        assert r["model"] == "demo_repmlp" and r["batch_size"] == 2 and r["dtype"] == "fp32"
-        assert r["throughput_img_s"] > 0 and r["throughput_p50_img_s"] > 0 and r["peak_rss_mib"] > 0
-        assert set(r["latency_ms"]) >= {"mean", "p50", "p90", "p99", "min", "max"}
-        assert isinstance(r["loadavg_1m_before"], float)
-        assert "other_cpu_cores" in r["cpu_during_timed_loop"]
-        m = r["machine"]
-        assert m["cores"] >= 1 and m["cpu_model"] and m["mindspore"] and m["device_target"] == "CPU"
-        if r["impl"] == "torch":
-            assert r["impl_label"] == "PyTorch reimplementation of the official RepMLPNet (not the authors' file)"
-            assert r["compile_s"] is None and r["device_target"] == "CPU"
-        else:
-            assert r["mode"] == "graph" and r["compile_s"] is not None
-    assert "| this project | demo_repmlp | deploy | inference | fp32 | 2 |" in log  # --markdown table
-
-
 def test_benchmark_plan_skips_what_cannot_run(monkeypatch):
     monkeypatch.syspath_prepend(BENCH)
     import benchmark
@@ -80,33 +51,51 @@ def _demo_deploy_gemm_flops_per_image():
     return 2 * macs
 
 
-def test_benchmark_deploy_rows_ort_and_own_shape_bound(tmp_path):
+def test_benchmark_rows_schema_ort_and_own_shape_bound(tmp_path):
+    """One small run of every kind of row: this project's inference and training step, the PyTorch baseline, ONNX
+    Runtime on the files export.py and quantize.py write, and the own-shape bound in both frameworks."""
     out = tmp_path / "bench.jsonl"
+    torch = ",torch" if _installed("torch") else ""
     rc, log = run_bench("benchmark.py", "--models", "demo_repmlp", "--batch_sizes", 2, "--forms", "deploy",
-                        "--tasks", "inference", "--warmup", 0, "--iters", 1, "--baselines", "shapes,ort",
-                        "--calib_images", 10, "--output", out, "--markdown", "True", cwd=tmp_path)
+                        "--tasks", "inference,train_step", "--dtypes", "fp32", "--warmup", 0, "--iters", 1,
+                        "--baselines", "shapes,ort" + torch, "--calib_images", 10, "--output", out,
+                        "--markdown", "True", cwd=tmp_path)
     recs = [json.loads(line) for line in out.read_text().splitlines()]
-    rows = {(r["impl"], r["dtype"]): r for r in recs}
-    assert set(rows) == {("ours", "fp32"), ("ort", "fp32"), ("ort", "int8"), ("shapes-mindspore", "fp32"),
-                         ("shapes-ort", "fp32")}, log
+    expected = {("ours", "deploy", "inference", "fp32"), ("ours", "train", "train_step", "fp32"),
+                ("ort", "deploy", "inference", "fp32"), ("ort", "deploy", "inference", "int8"),
+                ("shapes-mindspore", "deploy", "gemm-shapes", "fp32"), ("shapes-ort", "deploy", "gemm-shapes", "fp32")}
+    if torch:
+        expected |= {("torch", "deploy", "inference", "fp32"), ("torch", "train", "train_step", "fp32")}
+    rows = {(r["impl"], r["form"], r["task"], r["dtype"]): r for r in recs}
+    assert set(rows) == expected and len(recs) == len(expected), log
+    for r in recs:
+        assert r["schema"] == "repmlp-bench/1" and r["status"] == "ok", r
+        assert r["model"] == "demo_repmlp" and r["batch_size"] == 2
+        m = r["machine"]
+        assert m["cores"] >= 1 and m["cpu_model"] and m["mindspore"] and m["device_target"] == "CPU"
+        if r["task"] == "gemm-shapes":
+            continue
+        assert r["throughput_img_s"] > 0 and r["throughput_p50_img_s"] > 0 and r["peak_rss_mib"] > 0
+        assert set(r["latency_ms"]) >= {"mean", "p50", "p90", "p99", "min", "max"}
+        assert isinstance(r["loadavg_1m_before"], float)
+        assert "other_cpu_cores" in r["cpu_during_timed_loop"]
+        if r["impl"] == "torch":
+            assert r["impl_label"] == "PyTorch reimplementation of the official RepMLPNet (not the authors' file)"
+            assert r["compile_s"] is None and r["device_target"] == "CPU"
+        elif r["impl"] == "ours":
+            assert r["mode"] == "graph" and r["compile_s"] is not None
     # The bound's shapes come from the compiled graph (profiler); they must be exactly the model's matmuls, the
     # same in both frameworks' bounds.
-    bound, ort_bound = rows[("shapes-mindspore", "fp32")], rows[("shapes-ort", "fp32")]
-    assert bound["status"] == "ok" and ort_bound["status"] == "ok", (bound, ort_bound)
+    bound, ort_bound = (rows[(impl, "deploy", "gemm-shapes", "fp32")] for impl in ("shapes-mindspore", "shapes-ort"))
     assert bound["gemm_flops_per_image"] == _demo_deploy_gemm_flops_per_image()
     assert [(g["op"], g["gemm"], g["count"]) for g in ort_bound["gemms"]] == \
         [(g["op"], g["gemm"], g["count"]) for g in bound["gemms"]]
     assert bound["framework"] == "mindspore" and ort_bound["framework"] == "onnxruntime"
     for b in (bound, ort_bound):
         assert b["bound_ms"] == pytest.approx(sum(g["count"] * g["ms_p50"] for g in b["gemms"]), abs=0.05)
-    assert rows[("ort", "fp32")]["status"] == "ok", rows[("ort", "fp32")]  # scripts/export.py's file, loaded in ORT
-    assert rows[("ort", "fp32")]["onnx_file"] == "demo_repmlp_b2.onnx"
-    int8 = rows[("ort", "int8")]
-    if os.path.isfile(os.path.join(ROOT, "scripts", "quantize.py")):
-        assert int8["status"] == "ok", int8
-    else:
-        assert int8["status"] == "skipped" and "quantize.py does not exist" in int8["reason"]
+    assert rows[("ort", "deploy", "inference", "fp32")]["onnx_file"] == "demo_repmlp_b2.onnx"  # export.py's file
     assert rc == 0, log
+    assert "| this project | demo_repmlp | deploy | inference | fp32 | 2 |" in log  # --markdown table
     assert "| ONNX Runtime | demo_repmlp | deploy | inference | fp32 | 2 |" in log
     assert "| ONNX Runtime | demo_repmlp | 2 |" in log and "| MindSpore | demo_repmlp | 2 |" in log  # bound rows
     assert sorted(os.listdir(tmp_path)) == ["bench.jsonl"]  # weights and ONNX files went to a temporary dir
