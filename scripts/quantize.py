@@ -18,9 +18,12 @@ merged matrix turned a t224's predictions to 39% agreement with float, the split
 --fp32_layers keeps layers in float: by default the stem (the first conv, on the raw pixels: the one layer whose
 INT8 form cost the demo model accuracy, docs/performance.md), 'none', or comma-separated node names as printed,
 shell patterns allowed (e.g. 'stem,*.ffn_fc1.conv'); the run prints every layer that stayed float and why, the share
-of parameter bytes stored as int8, and how INT8 and float agree on the calibration images. The file records its
-model, class names, input shape and preprocessing (metadata_props), so validate.py / infer.py run it with no more
-flags:
+of parameter bytes stored as int8, and how INT8 and float agree on the calibration images. When they disagree on
+1% or more (or with --layer_report N), it lists the int8 layers with the largest error of their own (each layer
+rounded alone, on the float model's input to it: layer-wise error analysis), with the --fp32_layers value that keeps
+them float. The
+file records its model, class names, input shape and preprocessing (metadata_props), so validate.py / infer.py run
+it with no more flags:
 
     python validate.py --ckpt_path t224_int8.onnx --data_dir my_data
 
@@ -70,6 +73,10 @@ def parse_args(argv=None):
     p.add_argument("--split_local", type=_common.str2bool, default=True,
                    help="quantize each fc3 as a dense FC plus its conv taps as a small conv (default True: the "
                         "merged taps are outliers that per-row int8 cannot hold; False: the merged fc3)")
+    p.add_argument("--layer_report", type=int, default=None,
+                   help="list the N int8 layers with the largest error, each measured alone on the float model's "
+                        "input (8 calibration images); default: the 5 worst, printed when INT8 changes the top-1 "
+                        "class of 1%% or more of the calibration images; 0: never")
     p.add_argument("--activations", default="uint8", choices=("uint8", "int8"),
                    help="activation type: uint8 (u8s8, ORT's fastest x86 path) or int8 (s8s8)")
     p.add_argument("--num_classes", type=int, default=None, help="default: from the checkpoint's head")
@@ -81,6 +88,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.batch_size < 1 or args.calib_images < 1:
         p.error("--batch_size and --calib_images must be >= 1")
+    if args.layer_report is not None and args.layer_report < 0:
+        p.error(f"--layer_report must be >= 0; got {args.layer_report}")
     if args.crop_pct is not None and not 0.0 < args.crop_pct <= 1.0:
         p.error(f"--crop_pct must be in (0, 1]; got {args.crop_pct}")
     if not os.path.isfile(args.ckpt_path):
@@ -230,9 +239,11 @@ class _DropLogLine(logging.Filter):
 def agreement(fp32_path: str, int8_path: str, images: np.ndarray) -> dict:
     from mindcv_ext.onnx_runtime import OnnxNet
 
-    a, b = OnnxNet(fp32_path)(images), OnnxNet(int8_path)(images)
+    a, b = OnnxNet(fp32_path)(images).astype(np.float64), OnnxNet(int8_path)(images).astype(np.float64)
+    noise = ((a - b) ** 2).sum()
     return {"top1_agreement": float((a.argmax(1) == b.argmax(1)).mean()),
-            "max_logit_diff": float(np.abs(a - b).max()), "max_logit": float(np.abs(a).max())}
+            "max_logit_diff": float(np.abs(a - b).max()), "max_logit": float(np.abs(a).max()),
+            "logits_sqnr_db": float(10 * np.log10((a ** 2).sum() / noise)) if noise > 0 else float("inf")}
 
 
 def main(argv=None) -> int:
@@ -317,11 +328,17 @@ def main(argv=None) -> int:
         print(f"INT8 vs float on the calibration images: top-1 agreement {100 * agree['top1_agreement']:.2f}%, "
               f"max |logit diff| {agree['max_logit_diff']:.3g} (max |logit| {agree['max_logit']:.3g}); "
               f"{time.perf_counter() - start:.0f} s")
-        if agree["top1_agreement"] < 0.99:  # the file is still written: the user decides, with the numbers
+        low = agree["top1_agreement"] < 0.99
+        if low:  # the file is still written: the user decides, with the numbers
             print(f"warning: INT8 changes the top-1 class of {100 * (1 - agree['top1_agreement']):.1f}% of the "
                   f"calibration images; validate both files on held-out data (validate.py --ckpt_path <file>) and "
-                  f"keep sensitive layers in float with --fp32_layers (e.g. 'stem,*.ffn_fc1.conv'; what each "
-                  f"layer group costs on t224: docs/performance.md, INT8 section)")
+                  f"keep sensitive layers in float with --fp32_layers (the layers with the largest error are "
+                  f"listed below; what each layer group costs on t224: docs/performance.md, INT8 section)")
+        top = args.layer_report if args.layer_report is not None else (5 if low else 0)
+        if top:
+            # 8 images (or one batch) hold millions of values per tensor: enough for a dB
+            rows = layer_errors(fp32, staged, images[:max(8, args.batch_size)], args.batch_size)
+            report_layer_errors(rows, top, keep, agree["logits_sqnr_db"])
         print(f"parameters stored as int8: {100 * share:.1f}% of the float file's parameter bytes; file "
               f"{size8 / 2**20:.1f} MiB ({size8 / size32:.2f}x the float file's {size32 / 2**20:.1f} MiB)")
         os.chmod(staged, 0o666 & ~_umask())
@@ -335,6 +352,105 @@ def main(argv=None) -> int:
     print(f"wrote {out}: {info['model']} INT8 (QDQ), input ({', '.join(map(str, x.shape))}) float32 -> logits. "
           f"Evaluate: python validate.py --ckpt_path {out} --data_dir <data>")
     return OK
+
+
+def layer_errors(fp32_path: str, int8_path: str, images: np.ndarray, batch: int) -> list:
+    """Layer-wise INT8 error: [(layer, op, weight bytes, SQNR dB)] of every int8 Conv / MatMul / Gemm, lowest SQNR
+    first. Each layer runs alone in its INT8 form (input, weight, bias and output rounded with the INT8 file's own
+    scales) on the float model's input to it, against its float output (inf: no difference). So a layer is judged by
+    the error it makes itself, not by the noise earlier layers hand it. One run of the float model with a rounded
+    copy of every int8 layer beside it, QDQ emulated in float (as ONNX Runtime's qdq_loss_debug does)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    fmodel, qmodel = onnx.load(fp32_path), onnx.load(int8_path)
+    producer = {o: n for n in qmodel.graph.node for o in n.output}
+    consumers = {}
+    for n in qmodel.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    qinits = {t.name: t for t in qmodel.graph.initializer}
+    float_nodes = {n.name: n for n in fmodel.graph.node}
+    float_tensors = {o for n in fmodel.graph.node for o in n.output} | {t.name for t in fmodel.graph.initializer} | \
+        {i.name for i in fmodel.graph.input}
+    added, extra_inits, pairs = {}, {}, []
+
+    def copy(node, inputs):
+        """A copy of an INT8-file node reading `inputs`, its output renamed; returns that name. A node two layers
+        share (the rounding of a tensor both read) is copied once."""
+        for name in inputs:
+            if name in qinits and name not in float_tensors:
+                extra_inits[name] = qinits[name]
+        out = node.output[0] + "__alone"
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        added.setdefault(out, helper.make_node(node.op_type, list(inputs), [out], name=node.name + "__alone", **attrs))
+        return out
+
+    for node in qmodel.graph.node:
+        dq_w = producer.get(node.input[1]) if node.op_type in QUANTIZED_OPS and len(node.input) > 1 else None
+        if dq_w is None or dq_w.op_type != "DequantizeLinear" or node.name not in float_nodes:
+            continue  # not an int8 layer (its weight is float) or not one of the float model's layers
+        sources = []  # per input: (dq, q) for a rounded activation, (dq, None) a rounded constant, (None, None) as is
+        for name in node.input:
+            dq = producer.get(name)
+            dq = dq if dq is not None and dq.op_type == "DequantizeLinear" else None
+            q = producer.get(dq.input[0]) if dq is not None else None
+            sources.append((dq, q if q is not None and q.op_type == "QuantizeLinear" else None))
+        reads = [q.input[0] if q is not None else None if dq is not None else name
+                 for name, (dq, q) in zip(node.input, sources)]
+        if not all(r is None or r in float_tensors for r in reads):
+            continue  # reads a tensor the float model does not have under that name
+        inputs = [copy(dq, [copy(q, q.input)] + list(dq.input[1:])) if q is not None else
+                  copy(dq, dq.input) if dq is not None else name for name, (dq, q) in zip(node.input, sources)]
+        out = copy(node, inputs)
+        q_out = [c for c in consumers.get(node.output[0], []) if c.op_type == "QuantizeLinear"]
+        if q_out:  # the output is rounded too before the next layer reads it
+            dq_out = [c for c in consumers.get(q_out[0].output[0], []) if c.op_type == "DequantizeLinear"]
+            out = copy(q_out[0], [out] + list(q_out[0].input[1:]))
+            if dq_out:
+                out = copy(dq_out[0], [out] + list(dq_out[0].input[1:]))
+        pairs.append((node.name, float_nodes[node.name].output[0], out))
+    graph = fmodel.graph
+    graph.node.extend(added.values())
+    graph.initializer.extend(extra_inits.values())
+    present = {o.name for o in graph.output}
+    for _, ref, out in pairs:
+        for name in (ref, out):
+            if name not in present:
+                graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+                present.add(name)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # Q/DQ as written, not fused
+    sess = ort.InferenceSession(fmodel.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    reader = _Reader(sess.get_inputs()[0].name, images, batch)
+    signal, noise = np.zeros(len(pairs)), np.zeros(len(pairs))
+    for feed in iter(reader.get_next, None):
+        got = dict(zip(names, sess.run(None, feed)))
+        for k, (_, ref, out) in enumerate(pairs):
+            a, b = got[ref].astype(np.float64), got[out].astype(np.float64)
+            signal[k] += (a ** 2).sum()
+            noise[k] += ((a - b) ** 2).sum()
+    sizes = {name: (op, nbytes) for name, op, _, nbytes in weighted_layers(fmodel)}
+    rows = [(name,) + sizes[name] + (10 * np.log10(signal[k] / noise[k]) if noise[k] > 0 else float("inf"),)
+            for k, (name, _, _) in enumerate(pairs)]
+    return sorted(rows, key=lambda row: row[3])
+
+
+def report_layer_errors(rows, top: int, keep, logits_db: float) -> None:
+    """Print the `top` worst layers of layer_errors' list and the --fp32_layers value that keeps them in float."""
+    if not rows:
+        print("layer report: no int8 layer could be matched with the float model's")
+        return
+    print(f"layer by layer (each int8 layer alone, on the float model's input; {len(rows)} int8 layers, the whole "
+          f"INT8 model's logits at {logits_db:.1f} dB against float), the {min(top, len(rows))} with the largest "
+          f"error:")
+    for name, op, nbytes, db in rows[:top]:
+        print(f"  {name} ({op}, {nbytes / 2**10:.{0 if nbytes >= 10 * 2**10 else 1}f} KiB float): {db:.1f} dB")
+    names = list(keep) + [r[0] for r in rows[:top]]
+    print(f"to keep them in float: --fp32_layers '{','.join(names)}' (then compare on held-out images: docs/"
+          f"performance.md, INT8 section, has what keeping layers in float did on t224)")
 
 
 def stem_layer(model) -> str:

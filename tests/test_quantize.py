@@ -159,15 +159,16 @@ def test_bad_input_is_one_line_before_any_work(work, tmp_path, case):
         assert not output.exists()
 
 
-def test_fp32_layers_takes_shell_patterns(work, tmp_path):
+def test_fp32_layers_takes_shell_patterns_and_the_layer_report_lists_the_rest(work, tmp_path, monkeypatch):
     """'stem,*.ffn_fc1.conv' keeps the stem and every FFN's first conv in float (the t224 sensitivity measurements
-    in docs/performance.md name layer groups, not single layers); everything else stays int8."""
+    in docs/performance.md name layer groups, not single layers); everything else stays int8. --layer_report lists
+    every int8 layer once, worst first, with the error it makes alone; one layer's figure is recomputed in NumPy."""
     from onnx import TensorProto
 
     out = tmp_path / "ffn_float.onnx"
     rc, log, err = run("quantize.py", "--model", "demo_repmlp", "--ckpt_path", work["ckpt"], "--calib_dir",
                        os.path.join(work["data"], "train"), "--calib_images", 8, "--batch_size", 4,
-                       "--fp32_layers", "stem,*.ffn_fc1.conv", "--output", out, cwd=tmp_path)
+                       "--fp32_layers", "stem,*.ffn_fc1.conv", "--layer_report", 1000, "--output", out, cwd=tmp_path)
     assert rc == 0, log + err
     model = onnx.load(str(out))
     inits = {t.name: t.data_type for t in model.graph.initializer}
@@ -177,3 +178,51 @@ def test_fp32_layers_takes_shell_patterns(work, tmp_path):
     local = [n.name for n in model.graph.node if n.name.endswith("repmlp_block.local")]
     assert sorted(stayed) == sorted(["conv_embedding.conv.conv"] + [n.name for n in fc1] + local)
     assert log.count("kept by --fp32_layers") == len(fc1)
+
+    import re
+    rows = {m[0]: (m[1], float(m[2])) for m in
+            re.findall(r"^  (\S+) \((\w+), [\d.]+ KiB float\): (-?[\d.]+|inf) dB$", log, re.M)}
+    int8 = [n.name for n in model.graph.node if n.op_type in ("Conv", "MatMul", "Gemm") and n.name not in stayed]
+    assert int8 and sorted(rows) == sorted(int8), log
+    assert [v[1] for v in rows.values()] == sorted(v[1] for v in rows.values())  # worst first
+
+    # One layer by hand in NumPy: stage 0's ffn_fc2 (a 1x1 conv) on the float model's input to it, with the INT8
+    # file's scales, zero points and int8 / int32 values, against the same conv in float.
+    from onnx import numpy_helper
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "scripts"))
+    import quantize
+    from mindcv_ext.config import KEYS
+
+    files = quantize.calibration_files(os.path.join(work["data"], "train"), 8)
+    images = quantize.preprocess(files, 64, KEYS["crop_pct"][0], KEYS["interpolation"][0], KEYS["mean"][0],
+                                 KEYS["std"][0])
+    layer = "stages.0.0.ffn_block.ffn_fc2.conv"
+    fmodel = onnx.load(work["fp32"])
+    fnode = next(n for n in fmodel.graph.node if n.name == layer)
+    fmodel.graph.output.append(onnx.helper.make_tensor_value_info(fnode.input[0], TensorProto.FLOAT, None))
+    path = str(tmp_path / "with_input.onnx")
+    onnx.save(fmodel, path)
+    import onnxruntime
+    sess = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    feed = sess.get_inputs()[0].name
+    x = np.concatenate([sess.run([fnode.input[0]], {feed: images[i:i + 4]})[0] for i in (0, 4)]).astype(np.float64)
+    finits = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in fmodel.graph.initializer}
+    w, b = finits[fnode.input[1]][:, :, 0, 0], finits[fnode.input[2]]
+    qinits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    qnode = next(n for n in model.graph.node if n.name == layer)
+    dq_x, dq_w, dq_b = (producer[i] for i in qnode.input)
+    q_out = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == qnode.output[0])
+
+    def qdq(v, q):  # uint8 per tensor, as QuantizeLinear + DequantizeLinear
+        scale, zero = float(qinits[q.input[1]]), float(qinits[q.input[2]])
+        return (np.clip(np.round(v / scale) + zero, 0, 255) - zero) * scale
+
+    wq = qinits[dq_w.input[0]][:, :, 0, 0].astype(np.float64) * qinits[dq_w.input[1]].reshape(-1, 1)
+    bq = qinits[dq_b.input[0]].astype(np.float64) * qinits[dq_b.input[1]]
+    conv = lambda v, k, c: np.einsum("oc,nchw->nohw", k, v) + c.reshape(1, -1, 1, 1)  # noqa: E731
+    ref = conv(x, w, b)
+    got = qdq(conv(qdq(x, producer[dq_x.input[0]]), wq, bq), q_out)
+    by_hand = 10 * np.log10((ref ** 2).sum() / ((ref - got) ** 2).sum())
+    assert abs(rows[layer][1] - by_hand) < 0.1, (rows[layer], by_hand)
+    assert f"--fp32_layers 'conv_embedding.conv.conv," in log
