@@ -499,7 +499,8 @@ def run_shapes(cfg):
     return dict(gemms=rows, call_overhead_ms=dict(p50=round(null_p50 * 1e3, 3), min=round(null_min * 1e3, 3)),
                 bound_ms=round(total_p50 * 1e3, 2), bound_ms_min=round(total_min * 1e3, 2),
                 bound_img_s=round(bs / total_p50, 3), bound_img_s_best=round(bs / total_min, 3),
-                gemm_flops_per_image=flops // bs, mode="graph" if cfg["impl"] == "shapes-mindspore" else "onnxruntime")
+                gemm_flops_per_image=flops // bs,
+                mode="graph" if cfg["impl"] == "shapes-mindspore" else "onnxruntime")
 
 
 def run_info(cfg):

@@ -7,8 +7,9 @@
 
 Baselines: mindcv (mindcv 0.3.0's class), torch (PyTorch reimplementation), gemm (one 2048^3 fp32 GEMM per
 framework), shapes (the deploy graph's own matmuls, each timed alone and summed: the step time if everything
-but the matmuls were free; in MindSpore, and with ort also in ONNX Runtime), ort (ONNX Runtime on the fp32 file scripts/export.py writes and the INT8
-file scripts/quantize.py writes, both made here as subprocesses from the same weights). Every row of a model uses
+but the matmuls were free; in MindSpore, and with ort also in ONNX Runtime), ort (ONNX Runtime on the fp32 file
+scripts/export.py writes and the INT8 file scripts/quantize.py writes, both made here as subprocesses from the
+same weights). Every row of a model uses
 one set of weights (random, with random BN statistics, saved once; train and deploy form). --rounds repeats the
 whole sequence, so implementations alternate and each is measured several times in one run.
 
@@ -213,8 +214,8 @@ def skip_reason(cfg, info):
 
 
 def record(cfg, args, machine, run_id):
-    framework = {"gemm-numpy": "numpy", "ort": "onnxruntime", "shapes-ort": "onnxruntime"}.get(cfg["impl"], "torch" if "torch" in cfg["impl"]
-                                                                 else "mindspore")
+    framework = {"gemm-numpy": "numpy", "ort": "onnxruntime", "shapes-ort": "onnxruntime"}.get(
+        cfg["impl"], "torch" if "torch" in cfg["impl"] else "mindspore")
     rec = dict(schema=SCHEMA, run_id=run_id, impl=cfg["impl"], impl_label=LABELS.get(cfg["impl"], cfg["impl"]),
                framework=framework,
                model=cfg["model"], task=cfg["task"], dtype=cfg["dtype"],

@@ -179,8 +179,8 @@ def random_batch(args, net, in_channels, info):
         # A segmentation file's input is its sliding window (predict_seg.py slides it over any image), and the
         # checkpoint's own default window is its training crop: the same window, so both predict alike.
         height, width = info["crop_size"]
-        print(f"input {height}x{width}: the training crop {args.ckpt_path} records (the checkpoint's default "
-              f"evaluation window); --image_size N for N x N")
+        print(f"input {height}x{width}: the training crop {printable(args.ckpt_path)} records (the checkpoint's "
+              f"default evaluation window); --image_size N for N x N")
     else:
         height = width = args.image_size or native
         if height % native:
