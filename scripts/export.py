@@ -179,6 +179,10 @@ def random_batch(args, net, in_channels, info):
         # A segmentation file's input is its sliding window (predict_seg.py slides it over any image), and the
         # checkpoint's own default window is its training crop: the same window, so both predict alike.
         height, width = info["crop_size"]
+        if height % native or width % native:
+            raise ExportError(f"{printable(args.ckpt_path)} records the training crop {height}x{width}, not a "
+                              f"multiple of {info['model']}'s native size {native}: pass --image_size N (a multiple "
+                              f"of {native})")
         print(f"input {height}x{width}: the training crop {printable(args.ckpt_path)} records (the checkpoint's "
               f"default evaluation window); --image_size N for N x N")
     else:

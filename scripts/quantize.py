@@ -76,8 +76,8 @@ def parse_args(argv=None):
                         "merged taps are outliers that per-row int8 cannot hold; False: the merged fc3)")
     p.add_argument("--layer_report", type=int, default=None,
                    help="list the N int8 layers with the largest error, each measured alone on the float model's "
-                        "input (8 calibration images); default: the 5 worst, printed when INT8 changes the top-1 "
-                        "class of 1%% or more of the calibration images; 0: never")
+                        "input (the first max(8, --batch_size) calibration images); default: the 5 worst, printed "
+                        "when INT8 changes the top-1 class of 1%% or more of the calibration images; 0: never")
     p.add_argument("--activations", default="uint8", choices=("uint8", "int8"),
                    help="activation type: uint8 (u8s8, ORT's fastest x86 path) or int8 (s8s8)")
     p.add_argument("--num_classes", type=int, default=None, help="default: from the checkpoint's head")
@@ -330,20 +330,25 @@ def main(argv=None) -> int:
               f"max |logit diff| {agree['max_logit_diff']:.3g} (max |logit| {agree['max_logit']:.3g}); "
               f"{time.perf_counter() - start:.0f} s")
         low = agree["top1_agreement"] < 0.99
+        top = args.layer_report if args.layer_report is not None else (5 if low else 0)
         if low:  # the file is still written: the user decides, with the numbers
             print(f"warning: INT8 changes the top-1 class of {100 * (1 - agree['top1_agreement']):.1f}% of the "
                   f"calibration images; validate both files on held-out data (validate.py --ckpt_path <file>) and "
-                  f"keep sensitive layers in float with --fp32_layers (the layers with the largest error are "
-                  f"listed below; what each layer group costs on t224: docs/performance.md, INT8 section)")
-        top = args.layer_report if args.layer_report is not None else (5 if low else 0)
-        if top:
-            # 8 images (or one batch) hold millions of values per tensor: enough for a dB
-            rows = layer_errors(fp32, staged, images[:max(8, args.batch_size)], args.batch_size)
-            report_layer_errors(rows, top, keep, agree["logits_sqnr_db"])
+                  f"keep sensitive layers in float with --fp32_layers ("
+                  + ("the layers with the largest error are listed below; " if top else "")
+                  + "what each layer group costs on t224: docs/performance.md, INT8 section)")
         print(f"parameters stored as int8: {100 * share:.1f}% of the float file's parameter bytes; file "
               f"{size8 / 2**20:.1f} MiB ({size8 / size32:.2f}x the float file's {size32 / 2**20:.1f} MiB)")
         os.chmod(staged, 0o666 & ~_umask())
         os.replace(staged, out)
+        if top:
+            try:  # 8 images (or one batch) hold millions of values per tensor: enough for a dB
+                rows, skipped = layer_errors(fp32, out, images[:max(8, args.batch_size)], args.batch_size)
+            except Exception as e:  # noqa: BLE001  a diagnostic: it never costs the file just written
+                why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+                print(f"note: no layer report ({printable(why)}); the INT8 file is written")
+            else:
+                report_layer_errors(rows, top, keep, agree["logits_sqnr_db"], skipped)
     except (export.ExportError, QuantizeError, OSError) as e:
         print(f"{PROG}: error: {printable(e)}; nothing written", file=sys.stderr)
         return FAILED
@@ -355,12 +360,13 @@ def main(argv=None) -> int:
     return OK
 
 
-def layer_errors(fp32_path: str, int8_path: str, images: np.ndarray, batch: int) -> list:
-    """Layer-wise INT8 error: [(layer, op, weight bytes, SQNR dB)] of every int8 Conv / MatMul / Gemm, lowest SQNR
-    first. Each layer runs alone in its INT8 form (input, weight, bias and output rounded with the INT8 file's own
-    scales) on the float model's input to it, against its float output (inf: no difference). So a layer is judged by
-    the error it makes itself, not by the noise earlier layers hand it. One run of the float model with a rounded
-    copy of every int8 layer beside it, QDQ emulated in float (as ONNX Runtime's qdq_loss_debug does)."""
+def layer_errors(fp32_path: str, int8_path: str, images: np.ndarray, batch: int) -> tuple:
+    """Layer-wise INT8 error: ([(layer, op, weight bytes, SQNR dB)] of every int8 Conv / MatMul / Gemm, lowest SQNR
+    first; how many int8 layers could not be matched with the float model's). Each layer runs alone in its INT8
+    form (input, weight, bias and output rounded with the INT8 file's own scales) on the float model's input to
+    it, against its float output (inf: no difference). So a layer is judged by the error it makes itself, not by
+    the noise earlier layers hand it. One run of the float model with a rounded copy of every int8 layer beside
+    it, QDQ emulated in float (as ONNX Runtime's qdq_loss_debug does)."""
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
@@ -375,23 +381,27 @@ def layer_errors(fp32_path: str, int8_path: str, images: np.ndarray, batch: int)
     float_nodes = {n.name: n for n in fmodel.graph.node}
     float_tensors = {o for n in fmodel.graph.node for o in n.output} | {t.name for t in fmodel.graph.initializer} | \
         {i.name for i in fmodel.graph.input}
-    added, extra_inits, pairs = {}, {}, []
+    added, extra_inits, pairs, skipped = {}, {}, [], 0
 
-    def copy(node, inputs):
-        """A copy of an INT8-file node reading `inputs`, its output renamed; returns that name. A node two layers
-        share (the rounding of a tensor both read) is copied once."""
+    def copy(node, inputs, k):
+        """A copy of an INT8-file node reading `inputs`, for the k-th layer only, its output renamed; returns that
+        name. Per layer: where int8 layer A feeds int8 layer B, the rounding of A's output is the rounding of B's
+        input, and B's copy must read it from the float tensor, not from A's copy."""
         for name in inputs:
             if name in qinits and name not in float_tensors:
                 extra_inits[name] = qinits[name]
-        out = node.output[0] + "__alone"
+        out = f"{node.output[0]}__alone{k}"
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        added.setdefault(out, helper.make_node(node.op_type, list(inputs), [out], name=node.name + "__alone", **attrs))
+        added[out] = helper.make_node(node.op_type, list(inputs), [out], name=f"{node.name}__alone{k}", **attrs)
         return out
 
     for node in qmodel.graph.node:
         dq_w = producer.get(node.input[1]) if node.op_type in QUANTIZED_OPS and len(node.input) > 1 else None
-        if dq_w is None or dq_w.op_type != "DequantizeLinear" or node.name not in float_nodes:
-            continue  # not an int8 layer (its weight is float) or not one of the float model's layers
+        if dq_w is None or dq_w.op_type != "DequantizeLinear":
+            continue  # not an int8 layer: its weight is float
+        if node.name not in float_nodes:
+            skipped += 1
+            continue
         sources = []  # per input: (dq, q) for a rounded activation, (dq, None) a rounded constant, (None, None) as is
         for name in node.input:
             dq = producer.get(name)
@@ -401,16 +411,18 @@ def layer_errors(fp32_path: str, int8_path: str, images: np.ndarray, batch: int)
         reads = [q.input[0] if q is not None else None if dq is not None else name
                  for name, (dq, q) in zip(node.input, sources)]
         if not all(r is None or r in float_tensors for r in reads):
-            continue  # reads a tensor the float model does not have under that name
-        inputs = [copy(dq, [copy(q, q.input)] + list(dq.input[1:])) if q is not None else
-                  copy(dq, dq.input) if dq is not None else name for name, (dq, q) in zip(node.input, sources)]
-        out = copy(node, inputs)
+            skipped += 1  # reads a tensor the float model does not have under that name
+            continue
+        k = len(pairs)
+        inputs = [copy(dq, [copy(q, q.input, k)] + list(dq.input[1:]), k) if q is not None else
+                  copy(dq, dq.input, k) if dq is not None else name for name, (dq, q) in zip(node.input, sources)]
+        out = copy(node, inputs, k)
         q_out = [c for c in consumers.get(node.output[0], []) if c.op_type == "QuantizeLinear"]
         if q_out:  # the output is rounded too before the next layer reads it
             dq_out = [c for c in consumers.get(q_out[0].output[0], []) if c.op_type == "DequantizeLinear"]
-            out = copy(q_out[0], [out] + list(q_out[0].input[1:]))
+            out = copy(q_out[0], [out] + list(q_out[0].input[1:]), k)
             if dq_out:
-                out = copy(dq_out[0], [out] + list(dq_out[0].input[1:]))
+                out = copy(dq_out[0], [out] + list(dq_out[0].input[1:]), k)
         pairs.append((node.name, float_nodes[node.name].output[0], out))
     graph = fmodel.graph
     graph.node.extend(added.values())
@@ -434,24 +446,26 @@ def layer_errors(fp32_path: str, int8_path: str, images: np.ndarray, batch: int)
             signal[k] += (a ** 2).sum()
             noise[k] += ((a - b) ** 2).sum()
     sizes = {name: (op, nbytes) for name, op, _, nbytes in weighted_layers(fmodel)}
-    rows = [(name,) + sizes[name] + (10 * np.log10(signal[k] / noise[k]) if noise[k] > 0 else float("inf"),)
-            for k, (name, _, _) in enumerate(pairs)]
-    return sorted(rows, key=lambda row: row[3])
+    db = [float("inf") if n == 0 else float("-inf") if s == 0 else 10 * np.log10(s / n) for s, n in zip(signal, noise)]
+    rows = [(name,) + sizes[name] + (db[k],) for k, (name, _, _) in enumerate(pairs)]
+    return sorted(rows, key=lambda row: row[3]), skipped
 
 
-def report_layer_errors(rows, top: int, keep, logits_db: float) -> None:
+def report_layer_errors(rows, top: int, keep, logits_db: float, skipped: int = 0) -> None:
     """Print the `top` worst layers of layer_errors' list and the --fp32_layers value that keeps them in float."""
+    if skipped:
+        print(f"layer report: {skipped} int8 layer(s) could not be matched with the float model's and are not listed")
     if not rows:
-        print("layer report: no int8 layer could be matched with the float model's")
         return
     print(f"layer by layer (each int8 layer alone, on the float model's input; {len(rows)} int8 layers, the whole "
           f"INT8 model's logits at {logits_db:.1f} dB against float), the {min(top, len(rows))} with the largest "
           f"error:")
     for name, op, nbytes, db in rows[:top]:
-        print(f"  {name} ({op}, {nbytes / 2**10:.{0 if nbytes >= 10 * 2**10 else 1}f} KiB float): {db:.1f} dB")
+        print(f"  {printable(name)} ({op}, {nbytes / 2**10:.{0 if nbytes >= 10 * 2**10 else 1}f} KiB float): "
+              f"{db:.1f} dB")
     names = list(keep) + [r[0] for r in rows[:top]]
-    print(f"to keep them in float: --fp32_layers '{','.join(names)}' (then compare on held-out images: docs/"
-          f"performance.md, INT8 section, has what keeping layers in float did on t224)")
+    print(f"to keep them in float: --fp32_layers '{printable(','.join(names))}' (then compare on held-out images: "
+          f"docs/performance.md, INT8 section, has what keeping layers in float did on t224)")
 
 
 def stem_layer(model) -> str:

@@ -56,14 +56,17 @@ def test_benchmark_rows_schema_ort_and_own_shape_bound(tmp_path):
     Runtime on the files export.py and quantize.py write, and the own-shape bound in both frameworks."""
     out = tmp_path / "bench.jsonl"
     torch = ",torch" if _installed("torch") else ""
+    ort = ",ort" if _installed("onnxruntime") and _installed("onnx") else ""  # the optional 'onnx' extra
     rc, log = run_bench("benchmark.py", "--models", "demo_repmlp", "--batch_sizes", 2, "--forms", "deploy",
                         "--tasks", "inference,train_step", "--dtypes", "fp32", "--warmup", 0, "--iters", 1,
-                        "--baselines", "shapes,ort" + torch, "--calib_images", 10, "--output", out,
+                        "--baselines", "shapes" + ort + torch, "--calib_images", 10, "--output", out,
                         "--markdown", "True", cwd=tmp_path)
     recs = [json.loads(line) for line in out.read_text().splitlines()]
     expected = {("ours", "deploy", "inference", "fp32"), ("ours", "train", "train_step", "fp32"),
-                ("ort", "deploy", "inference", "fp32"), ("ort", "deploy", "inference", "int8"),
-                ("shapes-mindspore", "deploy", "gemm-shapes", "fp32"), ("shapes-ort", "deploy", "gemm-shapes", "fp32")}
+                ("shapes-mindspore", "deploy", "gemm-shapes", "fp32")}
+    if ort:
+        expected |= {("ort", "deploy", "inference", "fp32"), ("ort", "deploy", "inference", "int8"),
+                     ("shapes-ort", "deploy", "gemm-shapes", "fp32")}
     if torch:
         expected |= {("torch", "deploy", "inference", "fp32"), ("torch", "train", "train_step", "fp32")}
     rows = {(r["impl"], r["form"], r["task"], r["dtype"]): r for r in recs}
@@ -84,20 +87,21 @@ def test_benchmark_rows_schema_ort_and_own_shape_bound(tmp_path):
             assert r["compile_s"] is None and r["device_target"] == "CPU"
         elif r["impl"] == "ours":
             assert r["mode"] == "graph" and r["compile_s"] is not None
-    # The bound's shapes come from the compiled graph (profiler); they must be exactly the model's matmuls, the
-    # same in both frameworks' bounds.
-    bound, ort_bound = (rows[(impl, "deploy", "gemm-shapes", "fp32")] for impl in ("shapes-mindspore", "shapes-ort"))
+    # The bound's shapes come from the compiled graph (profiler): exactly the model's matmuls (a hand count).
+    bound = rows[("shapes-mindspore", "deploy", "gemm-shapes", "fp32")]
     assert bound["gemm_flops_per_image"] == _demo_deploy_gemm_flops_per_image()
-    assert [(g["op"], g["gemm"], g["count"]) for g in ort_bound["gemms"]] == \
-        [(g["op"], g["gemm"], g["count"]) for g in bound["gemms"]]
-    assert bound["framework"] == "mindspore" and ort_bound["framework"] == "onnxruntime"
-    for b in (bound, ort_bound):
-        assert b["bound_ms"] == pytest.approx(sum(g["count"] * g["ms_p50"] for g in b["gemms"]), abs=0.05)
-    assert rows[("ort", "deploy", "inference", "fp32")]["onnx_file"] == "demo_repmlp_b2.onnx"  # export.py's file
+    assert bound["framework"] == "mindspore"
     assert rc == 0, log
     assert "| this project | demo_repmlp | deploy | inference | fp32 | 2 |" in log  # --markdown table
-    assert "| ONNX Runtime | demo_repmlp | deploy | inference | fp32 | 2 |" in log
-    assert "| ONNX Runtime | demo_repmlp | 2 |" in log and "| MindSpore | demo_repmlp | 2 |" in log  # bound rows
+    assert "| MindSpore | demo_repmlp | 2 |" in log  # bound row
+    if ort:  # the same shapes timed in ONNX Runtime; ORT rows run export.py's and quantize.py's files
+        ort_bound = rows[("shapes-ort", "deploy", "gemm-shapes", "fp32")]
+        assert [(g["op"], g["gemm"], g["count"]) for g in ort_bound["gemms"]] == \
+            [(g["op"], g["gemm"], g["count"]) for g in bound["gemms"]]
+        assert ort_bound["framework"] == "onnxruntime" and ort_bound["mode"] == "onnxruntime"
+        assert rows[("ort", "deploy", "inference", "fp32")]["onnx_file"] == "demo_repmlp_b2.onnx"
+        assert "| ONNX Runtime | demo_repmlp | deploy | inference | fp32 | 2 |" in log
+        assert "| ONNX Runtime | demo_repmlp | 2 |" in log
     assert sorted(os.listdir(tmp_path)) == ["bench.jsonl"]  # weights and ONNX files went to a temporary dir
 
 

@@ -289,3 +289,9 @@ def test_segmentation_checkpoint_exports_at_twice_the_native_size(head, tmp_path
     rc, log = run_script("export.py", "--ckpt_path", ckpt, "--file_format", "ONNX", "--image_size", 96,
                          "--output", tmp_path / "bad.onnx", cwd=tmp_path)
     assert rc == 2 and "not a multiple of demo_repmlp's native size 64" in log, log
+    odd = str(tmp_path / "odd_crop.ckpt")  # a recorded crop the encoder cannot take: one line, before any work
+    save_checkpoint(model, odd, append_dict=seg_metadata(False, (64, 96)))
+    rc, log = run_script("export.py", "--ckpt_path", odd, "--file_format", "ONNX", "--output", tmp_path / "bad.onnx",
+                         cwd=tmp_path)
+    assert rc == 2 and "records the training crop 64x96, not a multiple" in log and "--image_size N" in log, log
+    assert not (tmp_path / "bad.onnx").exists()

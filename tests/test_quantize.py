@@ -181,7 +181,7 @@ def test_fp32_layers_takes_shell_patterns_and_the_layer_report_lists_the_rest(wo
 
     import re
     rows = {m[0]: (m[1], float(m[2])) for m in
-            re.findall(r"^  (\S+) \((\w+), [\d.]+ KiB float\): (-?[\d.]+|inf) dB$", log, re.M)}
+            re.findall(r"^  (\S+) \((\w+), [\d.]+ KiB float\): (-?[\d.]+|-?inf) dB$", log, re.M)}
     int8 = [n.name for n in model.graph.node if n.op_type in ("Conv", "MatMul", "Gemm") and n.name not in stayed]
     assert int8 and sorted(rows) == sorted(int8), log
     assert [v[1] for v in rows.values()] == sorted(v[1] for v in rows.values())  # worst first
@@ -226,3 +226,50 @@ def test_fp32_layers_takes_shell_patterns_and_the_layer_report_lists_the_rest(wo
     by_hand = 10 * np.log10((ref ** 2).sum() / ((ref - got) ** 2).sum())
     assert abs(rows[layer][1] - by_hand) < 0.1, (rows[layer], by_hand)
     assert f"--fp32_layers 'conv_embedding.conv.conv," in log
+
+
+def test_layer_report_judges_each_layer_on_its_float_input(tmp_path, monkeypatch):
+    """Two int8 convs in a row (A feeds B with nothing between): the rounding of A's output is B's input rounding.
+    B's figure must be B alone on A's float output, as NumPy computes it from the file's scales and int8 values,
+    not B fed A's rounded output."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "scripts"))
+    import quantize
+
+    rng = np.random.default_rng(0)
+    w_a, w_b = (rng.standard_normal((4, 4, 1, 1)).astype(np.float32) for _ in range(2))
+    b_a, b_b = (rng.standard_normal(4).astype(np.float32) for _ in range(2))
+    nodes = [helper.make_node("Conv", ["x", "wa", "ba"], ["a"], name="A"),
+             helper.make_node("Conv", ["a", "wb", "bb"], ["y"], name="B")]
+    inits = [numpy_helper.from_array(v, n) for n, v in (("wa", w_a), ("ba", b_a), ("wb", w_b), ("bb", b_b))]
+    graph = helper.make_graph(nodes, "two_convs", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4, 6, 6])], inits)
+    fp32, int8 = str(tmp_path / "f.onnx"), str(tmp_path / "q.onnx")
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]), fp32)
+    images = rng.standard_normal((8, 4, 6, 6)).astype(np.float32)
+    quantize.quantize(fp32, int8, images, 2, "minmax", [])
+    rows, skipped = quantize.layer_errors(fp32, int8, images, 2)
+    assert skipped == 0 and sorted(r[0] for r in rows) == ["A", "B"]
+
+    q = onnx.load(int8)
+    inits = {t.name: numpy_helper.to_array(t) for t in q.graph.initializer}
+    producer = {o: n for n in q.graph.node for o in n.output}
+    node_b = next(n for n in q.graph.node if n.name == "B")
+    dq_x, dq_w, dq_b = (producer[i] for i in node_b.input)
+    q_in = producer[dq_x.input[0]]
+    q_out = next(n for n in q.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == node_b.output[0])
+
+    def qdq(v, node):
+        scale, zero = float(inits[node.input[1]]), float(inits[node.input[2]])
+        return (np.clip(np.round(v / scale) + zero, 0, 255) - zero) * scale
+
+    conv = lambda v, k, c: np.einsum("oc,nchw->nohw", k, v) + c.reshape(1, -1, 1, 1)  # noqa: E731
+    x = images.astype(np.float64)
+    a = conv(x, w_a[:, :, 0, 0].astype(np.float64), b_a.astype(np.float64))  # A's float output: B's input
+    ref = conv(a, w_b[:, :, 0, 0].astype(np.float64), b_b.astype(np.float64))
+    wq = inits[dq_w.input[0]][:, :, 0, 0].astype(np.float64) * inits[dq_w.input[1]].reshape(-1, 1)
+    bq = inits[dq_b.input[0]].astype(np.float64) * inits[dq_b.input[1]]
+    got = qdq(conv(qdq(a, q_in), wq, bq), q_out)
+    by_hand = 10 * np.log10((ref ** 2).sum() / ((ref - got) ** 2).sum())
+    assert abs(dict((r[0], r[3]) for r in rows)["B"] - by_hand) < 0.05, (rows, by_hand)
