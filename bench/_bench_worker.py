@@ -498,7 +498,9 @@ def run_shapes(cfg):
     bs = cfg["batch_size"]
     return dict(gemms=rows, call_overhead_ms=dict(p50=round(null_p50 * 1e3, 3), min=round(null_min * 1e3, 3)),
                 bound_ms=round(total_p50 * 1e3, 2), bound_ms_min=round(total_min * 1e3, 2),
-                bound_img_s=round(bs / total_p50, 3), bound_img_s_best=round(bs / total_min, 3),
+                # None: every matmul took less than a call's fixed cost (tiny models), no bound to divide by
+                bound_img_s=round(bs / total_p50, 3) if total_p50 > 0 else None,
+                bound_img_s_best=round(bs / total_min, 3) if total_min > 0 else None,
                 gemm_flops_per_image=flops // bs,
                 mode="graph" if cfg["impl"] == "shapes-mindspore" else "onnxruntime")
 

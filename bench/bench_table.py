@@ -46,7 +46,7 @@ def shapes_bound_fraction(r, bounds):
             or r["dtype"] != "fp32":
         return None
     b = bounds.get(_round(r) + (r["framework"], r["model"], r["batch_size"]))
-    return _ips(r) / b["bound_img_s"] if b else None
+    return _ips(r) / b["bound_img_s"] if b and b.get("bound_img_s") else None
 
 
 def _median(values):

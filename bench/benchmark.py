@@ -240,7 +240,9 @@ def describe(rec):
         return f"{what}: {rec['gflops']} GFLOP/s"
     if rec["task"] == "gemm-shapes":
         return (f"{what}: {len(rec['gemms'])} matmul shapes, {sum(g['count'] for g in rec['gemms'])} calls: "
-                f"{rec['bound_ms']:.1f} ms per batch = {rec['bound_img_s']:.2f} img/s if all else were free")
+                f"{rec['bound_ms']:.1f} ms per batch = "
+                + (f"{rec['bound_img_s']:.2f} img/s if all else were free" if rec.get("bound_img_s") else
+                   "every matmul below a call's fixed cost"))
     lat = rec["latency_ms"]
     return (f"{what}: {rec['throughput_p50_img_s']:.2f} img/s (median; mean {rec['throughput_img_s']:.2f}), "
             f"p50 {lat['p50']:.1f} ms, compile "

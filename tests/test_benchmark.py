@@ -129,6 +129,13 @@ def test_table_pairs_rows_of_the_same_round(monkeypatch):
     assert bench_table.shapes_bound_fraction(recs[5], bounds) == 0.8
     assert bench_table.shapes_bound_fraction(recs[1], bounds) is None  # no ORT bound in round 0
     assert bench_table.shapes_bound_fraction(recs[6], bounds) is None  # INT8: the bound is fp32
+    # A tiny model's matmuls can all take less than a call's fixed cost: the worker records no bound (None), and
+    # neither the fraction nor the console line divides by it.
+    zero = dict(_rec("shapes-mindspore", 1, 0, task="gemm-shapes"), **dict(BOUND, bound_ms=0.0), bound_img_s=None)
+    assert bench_table.shapes_bound_fraction(recs[0], {("r", 0, "mindspore", "m", 8): zero}) is None
+    monkeypatch.syspath_prepend(BENCH)
+    import benchmark
+    assert "every matmul below a call's fixed cost" in benchmark.describe(dict(zero, form="deploy"))
     for r in recs:
         r.update(run_id="r", command="c", machine=dict(cpu_model="x", cores=2, mem_gib=1, mindspore="2", mindcv="0",
                                                         device_target="CPU", threads=2, loadavg_1m_at_start=0.0))
