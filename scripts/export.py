@@ -175,21 +175,21 @@ def random_batch(args, net, in_channels, info):
     import mindspore as ms
 
     native = info["native_size"]
-    if args.image_size is None and info.get("crop_size"):
+    from_crop = args.image_size is None and bool(info.get("crop_size"))
+    if from_crop:
         # A segmentation file's input is its sliding window (predict_seg.py slides it over any image), and the
         # checkpoint's own default window is its training crop: the same window, so both predict alike.
         height, width = info["crop_size"]
-        if height % native or width % native:
-            raise ExportError(f"{printable(args.ckpt_path)} records the training crop {height}x{width}, not a "
-                              f"multiple of {info['model']}'s native size {native}: pass --image_size N (a multiple "
-                              f"of {native})")
-        print(f"input {height}x{width}: the training crop {printable(args.ckpt_path)} records (the checkpoint's "
-              f"default evaluation window); --image_size N for N x N")
+        what = f"{printable(args.ckpt_path)} records the training crop {height}x{width},"
+        fix = f": pass --image_size N (a multiple of {native})"
     else:
         height = width = args.image_size or native
-        if height % native:
-            raise ExportError(f"--image_size {height} is not a multiple of {info['model']}'s native size "
-                              f"{native} (e.g. {native} or {2 * native})")
+        what, fix = f"--image_size {height} is", f" (e.g. {native} or {2 * native})"
+    if height % native or width % native:
+        raise ExportError(f"{what} not a multiple of {info['model']}'s native size {native}{fix}")
+    if from_crop:
+        print(f"input {height}x{width}: the training crop {printable(args.ckpt_path)} records (the checkpoint's "
+              f"default evaluation window); --image_size N for N x N")
     if hasattr(net, "check_input"):
         net.check_input((args.batch_size, in_channels, height, width))  # clear message for a bad --image_size
     x = np.random.default_rng(0).standard_normal((args.batch_size, in_channels, height, width)).astype(np.float32)

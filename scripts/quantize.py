@@ -372,6 +372,7 @@ def layer_errors(fp32_path: str, int8_path: str, images: np.ndarray, batch: int)
     from onnx import TensorProto, helper
 
     fmodel, qmodel = onnx.load(fp32_path), onnx.load(int8_path)
+    sizes = {name: (op, nbytes) for name, op, _, nbytes in weighted_layers(fmodel)}  # before the copies join it
     producer = {o: n for n in qmodel.graph.node for o in n.output}
     consumers = {}
     for n in qmodel.graph.node:
@@ -445,7 +446,6 @@ def layer_errors(fp32_path: str, int8_path: str, images: np.ndarray, batch: int)
             a, b = got[ref].astype(np.float64), got[out].astype(np.float64)
             signal[k] += (a ** 2).sum()
             noise[k] += ((a - b) ** 2).sum()
-    sizes = {name: (op, nbytes) for name, op, _, nbytes in weighted_layers(fmodel)}
     db = [float("inf") if n == 0 else float("-inf") if s == 0 else 10 * np.log10(s / n) for s, n in zip(signal, noise)]
     rows = [(name,) + sizes[name] + (db[k],) for k, (name, _, _) in enumerate(pairs)]
     return sorted(rows, key=lambda row: row[3]), skipped

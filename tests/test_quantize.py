@@ -208,22 +208,7 @@ def test_fp32_layers_takes_shell_patterns_and_the_layer_report_lists_the_rest(wo
     x = np.concatenate([sess.run([fnode.input[0]], {feed: images[i:i + 4]})[0] for i in (0, 4)]).astype(np.float64)
     finits = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in fmodel.graph.initializer}
     w, b = finits[fnode.input[1]][:, :, 0, 0], finits[fnode.input[2]]
-    qinits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    producer = {o: n for n in model.graph.node for o in n.output}
-    qnode = next(n for n in model.graph.node if n.name == layer)
-    dq_x, dq_w, dq_b = (producer[i] for i in qnode.input)
-    q_out = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == qnode.output[0])
-
-    def qdq(v, q):  # uint8 per tensor, as QuantizeLinear + DequantizeLinear
-        scale, zero = float(qinits[q.input[1]]), float(qinits[q.input[2]])
-        return (np.clip(np.round(v / scale) + zero, 0, 255) - zero) * scale
-
-    wq = qinits[dq_w.input[0]][:, :, 0, 0].astype(np.float64) * qinits[dq_w.input[1]].reshape(-1, 1)
-    bq = qinits[dq_b.input[0]].astype(np.float64) * qinits[dq_b.input[1]]
-    conv = lambda v, k, c: np.einsum("oc,nchw->nohw", k, v) + c.reshape(1, -1, 1, 1)  # noqa: E731
-    ref = conv(x, w, b)
-    got = qdq(conv(qdq(x, producer[dq_x.input[0]]), wq, bq), q_out)
-    by_hand = 10 * np.log10((ref ** 2).sum() / ((ref - got) ** 2).sum())
+    by_hand = _conv_alone_db(model, layer, x, w, b)
     assert abs(rows[layer][1] - by_hand) < 0.1, (rows[layer], by_hand)
     assert f"--fp32_layers 'conv_embedding.conv.conv," in log
 
@@ -252,24 +237,33 @@ def test_layer_report_judges_each_layer_on_its_float_input(tmp_path, monkeypatch
     rows, skipped = quantize.layer_errors(fp32, int8, images, 2)
     assert skipped == 0 and sorted(r[0] for r in rows) == ["A", "B"]
 
-    q = onnx.load(int8)
-    inits = {t.name: numpy_helper.to_array(t) for t in q.graph.initializer}
-    producer = {o: n for n in q.graph.node for o in n.output}
-    node_b = next(n for n in q.graph.node if n.name == "B")
-    dq_x, dq_w, dq_b = (producer[i] for i in node_b.input)
-    q_in = producer[dq_x.input[0]]
-    q_out = next(n for n in q.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == node_b.output[0])
+    a = _conv1x1(images.astype(np.float64), w_a[:, :, 0, 0], b_a)  # A's float output: B's input
+    by_hand = _conv_alone_db(onnx.load(int8), "B", a, w_b[:, :, 0, 0], b_b)
+    assert abs(dict((r[0], r[3]) for r in rows)["B"] - by_hand) < 0.05, (rows, by_hand)
 
-    def qdq(v, node):
-        scale, zero = float(inits[node.input[1]]), float(inits[node.input[2]])
+
+def _conv1x1(x, w, b):
+    return np.einsum("oc,nchw->nohw", np.asarray(w, np.float64), x) + np.asarray(b, np.float64).reshape(1, -1, 1, 1)
+
+
+def _conv_alone_db(qmodel, layer, x, w, b):
+    """SQNR (dB) of int8 1x1 conv `layer` of a QDQ file alone, by hand in NumPy: its float input x rounded with the
+    file's input scale, the file's int8 weights and int32 bias times their scales, the output rounded with the
+    file's output scale, against the float conv (w, b)."""
+    from onnx import numpy_helper
+
+    inits = {t.name: numpy_helper.to_array(t) for t in qmodel.graph.initializer}
+    producer = {o: n for n in qmodel.graph.node for o in n.output}
+    node = next(n for n in qmodel.graph.node if n.name == layer)
+    dq_x, dq_w, dq_b = (producer[i] for i in node.input)
+    q_out = next(n for n in qmodel.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == node.output[0])
+
+    def qdq(v, q):  # uint8 per tensor, as QuantizeLinear + DequantizeLinear
+        scale, zero = float(inits[q.input[1]]), float(inits[q.input[2]])
         return (np.clip(np.round(v / scale) + zero, 0, 255) - zero) * scale
 
-    conv = lambda v, k, c: np.einsum("oc,nchw->nohw", k, v) + c.reshape(1, -1, 1, 1)  # noqa: E731
-    x = images.astype(np.float64)
-    a = conv(x, w_a[:, :, 0, 0].astype(np.float64), b_a.astype(np.float64))  # A's float output: B's input
-    ref = conv(a, w_b[:, :, 0, 0].astype(np.float64), b_b.astype(np.float64))
     wq = inits[dq_w.input[0]][:, :, 0, 0].astype(np.float64) * inits[dq_w.input[1]].reshape(-1, 1)
     bq = inits[dq_b.input[0]].astype(np.float64) * inits[dq_b.input[1]]
-    got = qdq(conv(qdq(a, q_in), wq, bq), q_out)
-    by_hand = 10 * np.log10((ref ** 2).sum() / ((ref - got) ** 2).sum())
-    assert abs(dict((r[0], r[3]) for r in rows)["B"] - by_hand) < 0.05, (rows, by_hand)
+    ref = _conv1x1(x, w, b)
+    got = qdq(_conv1x1(qdq(x, producer[dq_x.input[0]]), wq, bq), q_out)
+    return 10 * np.log10((ref ** 2).sum() / ((ref - got) ** 2).sum())
